@@ -1,0 +1,196 @@
+"""Commands: what somebody asked for (control plane) or observed (worker reports).
+
+Inbound commands forbid unknown fields: a typo is rejected, not silently dropped.
+The envelope (ids, time, actor, cause) is kept apart from the payload.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from events.specs import ContainerConfig, HostConfig, ImageConfig, NetworkSpec
+
+__all__ = [
+    "Command",
+    "CreateContainer",
+    "DefineNetwork",
+    "Envelope",
+    "KillContainer",
+    "RegisterImage",
+    "RemoveContainer",
+    "RemoveImage",
+    "RenameContainer",
+    "Report",
+    "ReportEndpoint",
+    "ReportMounted",
+    "ReportProcessExited",
+    "ReportProcessStarted",
+    "ReportRemoved",
+    "ReportSandbox",
+    "ReportStepFailed",
+    "RestartContainer",
+    "StartContainer",
+    "StopContainer",
+    "REPORT_TYPES",
+]
+
+SCHEMA_VERSION = 1
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+               omit_defaults=True):
+    """Who asked, when and why. `container_id` is the target for create and reports."""
+
+    command_id: str
+    container_id: str = ""
+    issued_at: int
+    actor: str = ""
+    reason: str = ""
+    causation_id: str = ""
+    correlation_id: str = ""
+    schema: int = SCHEMA_VERSION
+
+
+class _Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+               tag_field="type"):
+    """Base of every command."""
+
+
+# --- control plane ---------------------------------------------------------------
+
+class DefineNetwork(_Command, tag="DefineNetwork"):
+    network: NetworkSpec
+
+
+class RegisterImage(_Command, tag="RegisterImage"):
+    image_id: str
+    repo_tags: tuple[str, ...] = ()
+    config: ImageConfig = msgspec.field(default_factory=ImageConfig)
+    layers: tuple[str, ...] = ()
+    size: int = 0
+    created: int = 0
+
+
+class RemoveImage(_Command, tag="RemoveImage"):
+    ref: str
+    force: bool = False
+
+
+class CreateContainer(_Command, tag="CreateContainer"):
+    """Create a container; its 64-hex id travels in the envelope (chosen by the client)."""
+
+    config: ContainerConfig
+    name: str = ""
+    host_config: HostConfig = msgspec.field(default_factory=HostConfig)
+
+
+class StartContainer(_Command, tag="StartContainer"):
+    ref: str
+
+
+class StopContainer(_Command, tag="StopContainer"):
+    ref: str
+    timeout: int | None = None
+    signal: str = ""
+
+
+class KillContainer(_Command, tag="KillContainer"):
+    ref: str
+    signal: str = "SIGKILL"
+
+
+class RestartContainer(_Command, tag="RestartContainer"):
+    ref: str
+    timeout: int | None = None
+    signal: str = ""
+
+
+class RemoveContainer(_Command, tag="RemoveContainer"):
+    ref: str
+    force: bool = False
+
+
+class RenameContainer(_Command, tag="RenameContainer"):
+    ref: str
+    new_name: str
+
+
+# --- worker and supervisor reports (container id in the envelope) -----------------
+
+class ReportMounted(_Command, tag="ReportMounted"):
+    generation: int
+    rootfs: str = ""
+
+
+class ReportSandbox(_Command, tag="ReportSandbox"):
+    generation: int
+    sandbox_key: str = ""
+
+
+class ReportEndpoint(_Command, tag="ReportEndpoint"):
+    generation: int
+    endpoint_id: str = ""
+
+
+class ReportProcessStarted(_Command, tag="ReportProcessStarted"):
+    generation: int
+    pid: int
+    started_at: int
+
+
+class ReportProcessExited(_Command, tag="ReportProcessExited"):
+    generation: int
+    exit_code: int
+    finished_at: int
+    oom_killed: bool = False
+
+
+class ReportStepFailed(_Command, tag="ReportStepFailed"):
+    """A side effect failed and its own partial work was undone. step "remove" = cleanup."""
+
+    generation: int
+    step: str
+    error: str
+    exit_code: int = 128
+
+
+class ReportRemoved(_Command, tag="ReportRemoved"):
+    generation: int = 0
+
+
+Report = Union[
+    ReportMounted,
+    ReportSandbox,
+    ReportEndpoint,
+    ReportProcessStarted,
+    ReportProcessExited,
+    ReportStepFailed,
+    ReportRemoved,
+]
+
+REPORT_TYPES: tuple[type, ...] = (
+    ReportMounted, ReportSandbox, ReportEndpoint, ReportProcessStarted,
+    ReportProcessExited, ReportStepFailed, ReportRemoved,
+)
+
+Command = Union[
+    DefineNetwork,
+    RegisterImage,
+    RemoveImage,
+    CreateContainer,
+    StartContainer,
+    StopContainer,
+    KillContainer,
+    RestartContainer,
+    RemoveContainer,
+    RenameContainer,
+    ReportMounted,
+    ReportSandbox,
+    ReportEndpoint,
+    ReportProcessStarted,
+    ReportProcessExited,
+    ReportStepFailed,
+    ReportRemoved,
+]

@@ -1,0 +1,63 @@
+"""Stamp decisions into records and fold them: the one path from command to new state."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from commands.schema import Command, Envelope
+from engine.decide import decide
+from engine.evolve import evolve
+from engine.state import World
+from events import model as e
+from events.codec import CommandResult
+
+__all__ = ["Outcome", "apply_command", "decide_records"]
+
+
+class Outcome(NamedTuple):
+    """What one command produced: the target, its records and the client's result."""
+
+    container_id: str
+    expected_version: int  # the container's version before (-1: no container yet)
+    records: list[e.EventRecord]
+    result: CommandResult
+
+
+def decide_records(world: World, env: Envelope, cmd: Command) -> Outcome:
+    """Decide, and stamp each event with its envelope and the container's next version."""
+    cid, events = decide(world, env, cmd)
+    ctr = world.containers.get(cid) if cid else None
+    expected = ctr.version if ctr is not None else -1
+    version = max(expected, 0)
+    has_container = ctr is not None
+    records = []
+    for event in events:
+        if isinstance(event, e.ContainerCreated):
+            has_container = True
+        if has_container:
+            version += 1
+        meta = e.EventMeta(container_id=cid, version=version if has_container else 0,
+                           command_id=env.command_id, at=env.issued_at, actor=env.actor,
+                           reason=env.reason,
+                           correlation_id=env.correlation_id or env.command_id)
+        records.append(e.EventRecord(meta=meta, event=event))
+    rejected = events[0] if len(events) == 1 and isinstance(
+        events[0], e.CommandRejected) else None
+    result = CommandResult(
+        command_id=env.command_id,
+        ok=rejected is None,
+        status=rejected.status if rejected else 200,
+        message=rejected.message if rejected else "",
+        container_id=cid,
+        version=version if has_container else 0,
+        events=tuple(type(ev).__name__ for ev in events),
+    )
+    return Outcome(cid, expected, records, result)
+
+
+def apply_command(world: World, env: Envelope, cmd: Command) -> Outcome:
+    """Decide a command and fold its records into the world (the reducer's step)."""
+    outcome = decide_records(world, env, cmd)
+    for record in outcome.records:
+        evolve(world, record)
+    return outcome

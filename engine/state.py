@@ -1,0 +1,109 @@
+"""The engine's state: containers (immutable records) inside a World of indexes.
+
+A `Container` is a frozen Struct replaced on every change. The `World` is the fold's
+accumulator: `evolve` updates it in place (copying the indexes on every event would make
+replay O(containers) per event), and nothing else ever mutates it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from events.specs import ContainerConfig, Endpoint, HostConfig, ImageConfig, NetworkSpec
+
+__all__ = ["Container", "Image", "World", "saga_steps", "status_of"]
+
+_SAGAS = {
+    "bridge": ("mount", "sandbox", "endpoint", "spawn"),
+    "none": ("mount", "sandbox", "spawn"),
+    "host": ("mount", "spawn"),
+}
+
+
+def saga_steps(network_mode: str) -> tuple[str, ...]:
+    """Return the start saga's steps for a network mode (user networks join like bridge)."""
+    return _SAGAS.get(network_mode, _SAGAS["bridge"])
+
+
+class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A container's record, shaped after Docker's container + State."""
+
+    id: str
+    name: str
+    image: str
+    image_id: str
+    config: ContainerConfig
+    host_config: HostConfig
+    created: int
+    version: int = 0
+    # Docker's State flags
+    running: bool = False
+    paused: bool = False
+    restarting: bool = False
+    oom_killed: bool = False
+    removal_in_progress: bool = False
+    dead: bool = False
+    pid: int = 0
+    exit_code: int = 0
+    error: str = ""
+    started_at: int = 0
+    finished_at: int = 0
+    restart_count: int = 0
+    manually_stopped: bool = False
+    # the current start attempt (saga) and what is owed to it
+    generation: int = 0
+    saga: tuple[str, ...] = ()  # steps still awaited, in order; () = no start in flight
+    restart_pending: bool = False  # a manual restart: start again after the exit
+    stop_pending: bool = False  # a stop was asked: record ContainerStopped at the exit
+    endpoint: Endpoint | None = None  # reserved at StartInitiated, released at the exit
+    connected: bool = False  # the endpoint joined (Docker's `network connect` happened)
+    sandbox_key: str = ""
+    rootfs: str = ""
+
+    @property
+    def starting(self) -> bool:
+        return bool(self.saga)
+
+
+class Image(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An image known to the engine (its content lives on the host)."""
+
+    id: str
+    repo_tags: tuple[str, ...] = ()
+    config: ImageConfig = msgspec.field(default_factory=ImageConfig)
+    layers: tuple[str, ...] = ()
+    size: int = 0
+    created: int = 0
+
+
+class World(msgspec.Struct, kw_only=True):
+    """Everything the decider reads; rebuilt exactly by folding the events stream."""
+
+    containers: dict[str, Container] = {}
+    names: dict[str, str] = {}  # name (no slash) -> container id
+    images: dict[str, Image] = {}
+    tags: dict[str, str] = {}  # "repo:tag" -> image id
+    networks: dict[str, NetworkSpec] = {}
+    addresses: dict[str, str] = {}  # "network/ip" -> container id
+    destroyed: set[str] = set()  # removed ids stay terminal
+
+    def snapshot(self) -> dict[str, object]:
+        """Return a comparable plain copy (tests and replay --verify)."""
+        return msgspec.to_builtins(self)
+
+
+def status_of(c: Container) -> str:
+    """Return Docker's State.Status string with Docker's precedence."""
+    if c.running:
+        if c.paused:
+            return "paused"
+        if c.restarting:
+            return "restarting"
+        return "running"
+    if c.removal_in_progress:
+        return "removing"
+    if c.dead:
+        return "dead"
+    if c.started_at == 0:
+        return "created"
+    return "exited"

@@ -1,0 +1,233 @@
+"""The facts the reducer decides, appended to the events stream (tagged, frozen Structs).
+
+Naming: past-tense Subject+Verb. Tags are explicit and never reused. Stored events never
+forbid unknown fields, so an old reader survives a newer writer.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from events.specs import ContainerConfig, Endpoint, HostConfig, ImageConfig, NetworkSpec
+
+__all__ = [
+    "CommandRejected",
+    "ContainerCreated",
+    "ContainerDestroyed",
+    "ContainerDied",
+    "ContainerMarkedDead",
+    "ContainerOOMKilled",
+    "ContainerRenamed",
+    "ContainerRestarted",
+    "ContainerStarted",
+    "ContainerStopped",
+    "Event",
+    "EventMeta",
+    "EventRecord",
+    "ImageRegistered",
+    "ImageRemoved",
+    "NetworkConnected",
+    "NetworkDefined",
+    "NetworkDisconnected",
+    "RemovalFailed",
+    "RemovalStarted",
+    "ReportIgnored",
+    "RootfsMounted",
+    "SandboxCreated",
+    "SignalRequested",
+    "StartFailed",
+    "StartInitiated",
+]
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event; the tag names the fact."""
+
+
+class NetworkDefined(_Event, tag="NetworkDefined"):
+    network: NetworkSpec
+
+
+class ImageRegistered(_Event, tag="ImageRegistered"):
+    image_id: str
+    repo_tags: tuple[str, ...] = ()
+    config: ImageConfig = msgspec.field(default_factory=ImageConfig)
+    layers: tuple[str, ...] = ()
+    size: int = 0
+    created: int = 0
+
+
+class ImageRemoved(_Event, tag="ImageRemoved"):
+    image_id: str
+    untagged: tuple[str, ...] = ()
+    deleted: bool = True
+
+
+class ContainerCreated(_Event, tag="ContainerCreated"):
+    name: str
+    image: str
+    image_id: str
+    config: ContainerConfig
+    host_config: HostConfig
+    created: int
+
+
+class ContainerRenamed(_Event, tag="ContainerRenamed"):
+    old_name: str
+    new_name: str
+
+
+class StartInitiated(_Event, tag="StartInitiated"):
+    """A start attempt (generation) begins; the endpoint carries the allocated address."""
+
+    generation: int
+    endpoint: Endpoint | None = None
+    manual: bool = True
+    restart: bool = False
+
+
+class RootfsMounted(_Event, tag="RootfsMounted"):
+    generation: int
+    rootfs: str = ""
+
+
+class SandboxCreated(_Event, tag="SandboxCreated"):
+    generation: int
+    sandbox_key: str = ""
+
+
+class NetworkConnected(_Event, tag="NetworkConnected"):
+    generation: int
+    endpoint: Endpoint
+
+
+class ContainerStarted(_Event, tag="ContainerStarted"):
+    generation: int
+    pid: int
+    started_at: int
+
+
+class ContainerRestarted(_Event, tag="ContainerRestarted"):
+    generation: int
+
+
+class StartFailed(_Event, tag="StartFailed"):
+    generation: int
+    step: str
+    error: str
+    exit_code: int
+
+
+class SignalRequested(_Event, tag="SignalRequested"):
+    """The engine asked the host to deliver a signal (Docker's `kill` event)."""
+
+    generation: int
+    signal: int
+    purpose: str  # "stop" | "kill" | "remove" | "restart"
+    timeout: int | None = None
+
+
+class NetworkDisconnected(_Event, tag="NetworkDisconnected"):
+    generation: int
+    network: str = "bridge"
+
+
+class ContainerOOMKilled(_Event, tag="ContainerOOMKilled"):
+    generation: int
+
+
+class ContainerDied(_Event, tag="ContainerDied"):
+    generation: int
+    exit_code: int
+    finished_at: int
+    oom_killed: bool = False
+    error: str = ""
+
+
+class ContainerStopped(_Event, tag="ContainerStopped"):
+    generation: int
+
+
+class RemovalStarted(_Event, tag="RemovalStarted"):
+    force: bool = False
+
+
+class ContainerMarkedDead(_Event, tag="ContainerMarkedDead"):
+    pass
+
+
+class RemovalFailed(_Event, tag="RemovalFailed"):
+    error: str
+
+
+class ContainerDestroyed(_Event, tag="ContainerDestroyed"):
+    name: str
+
+
+class CommandRejected(_Event, tag="CommandRejected"):
+    """A command the engine refused, with Docker's HTTP status and message."""
+
+    command: str
+    status: int
+    message: str
+
+
+class ReportIgnored(_Event, tag="ReportIgnored"):
+    """A worker report recorded but not applied (late, duplicate or out of order)."""
+
+    report: str
+    generation: int
+    reason: str
+
+
+Event = Union[
+    NetworkDefined,
+    ImageRegistered,
+    ImageRemoved,
+    ContainerCreated,
+    ContainerRenamed,
+    StartInitiated,
+    RootfsMounted,
+    SandboxCreated,
+    NetworkConnected,
+    ContainerStarted,
+    ContainerRestarted,
+    StartFailed,
+    SignalRequested,
+    NetworkDisconnected,
+    ContainerOOMKilled,
+    ContainerDied,
+    ContainerStopped,
+    RemovalStarted,
+    ContainerMarkedDead,
+    RemovalFailed,
+    ContainerDestroyed,
+    CommandRejected,
+    ReportIgnored,
+]
+
+
+class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who and what caused an event: kept apart from the payload.
+
+    `version` is the container's version after this event (0 for engine-wide facts).
+    `at` is the causing command's issued-at time (unix ns), so replay needs no clock.
+    """
+
+    container_id: str = ""
+    version: int = 0
+    command_id: str
+    at: int
+    actor: str = ""
+    reason: str = ""
+    correlation_id: str = ""
+    schema: int = 1
+
+
+class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of the events stream: envelope plus payload."""
+
+    meta: EventMeta
+    event: Event

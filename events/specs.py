@@ -1,0 +1,95 @@
+"""Value types shared by commands and events: container, host and image configuration.
+
+Field names follow Docker's Config/HostConfig in snake_case. Schema-evolution rules
+(msgspec): new fields get defaults, a field's type never changes, a tag is never reused.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "ContainerConfig",
+    "Endpoint",
+    "HostConfig",
+    "ImageConfig",
+    "NetworkSpec",
+    "PortBinding",
+    "RestartPolicy",
+]
+
+
+class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Docker's HostConfig.RestartPolicy."""
+
+    name: str = "no"
+    maximum_retry_count: int = 0
+
+
+class PortBinding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One host side of a published port (Docker's PortBinding)."""
+
+    host_ip: str = ""
+    host_port: str = ""
+
+
+class ContainerConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Docker's container Config: what to run and how (image defaults merged at create)."""
+
+    image: str
+    cmd: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()
+    labels: dict[str, str] = {}
+    working_dir: str = ""
+    user: str = ""
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+    hostname: str = ""
+    exposed_ports: tuple[str, ...] = ()
+    tty: bool = False
+
+
+class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Docker's HostConfig subset moorage supports."""
+
+    network_mode: str = "bridge"
+    port_bindings: dict[str, tuple[PortBinding, ...]] = {}
+    restart_policy: RestartPolicy = msgspec.field(default_factory=RestartPolicy)
+    auto_remove: bool = False
+    memory: int = 0
+    pids_limit: int = 0
+    nano_cpus: int = 0
+
+
+class ImageConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The parts of an image's config that shape a container (Docker's image Config)."""
+
+    cmd: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()
+    working_dir: str = ""
+    exposed_ports: tuple[str, ...] = ()
+    stop_signal: str = ""
+    user: str = ""
+    labels: dict[str, str] = {}
+
+
+class NetworkSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A bridge network the engine allocates addresses in."""
+
+    name: str
+    subnet: str
+    gateway: str
+    bridge: str
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A container's attachment to a network; the address is chosen by the reducer."""
+
+    network: str
+    ip_address: str
+    prefix_len: int
+    gateway: str
+    mac_address: str = ""
+    endpoint_id: str = ""
