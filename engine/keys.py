@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["PREFIX", "Keys", "keys_for"]
+__all__ = ["CONSUMER", "GROUP", "PREFIX", "Keys", "keys_for"]
 
 PREFIX = "moor:v1"
 GROUP = "reducer"  # the commands stream's consumer group
@@ -29,6 +29,7 @@ class Keys(NamedTuple):
     done: str  # hash: command id -> "<last event id> <result>" (dedupe + stored result)
     lease: str  # string: the writer lease (SET NX PX)
     epoch: str  # string: the fencing epoch (INCR on takeover)
+    outbox: str  # list: jobs decided but not yet handed to rq (transactional outbox)
     queue: str  # rq queue name of the default host
 
     def reply(self, command_id: str) -> str:
@@ -51,5 +52,6 @@ def keys_for(shard: str = "0", prefix: str = PREFIX) -> Keys:
         done=f"{base}:done",
         lease=f"{base}:lease",
         epoch=f"{base}:epoch",
+        outbox=f"{base}:outbox",
         queue=f"moor-{prefix.replace(':', '-')}-{shard}-host",
     )

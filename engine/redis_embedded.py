@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -56,6 +57,14 @@ LOCK_TIMEOUT = 60.0  # seconds to wait for another moor process that holds the l
 STOP_TIMEOUT = 10.0
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the trailing NUL
 _RUN_FILES = ("server.json", "redis.pid", "redis.sock")
+
+# Skip CLIENT SETINFO and redis-py's ~3 ms package-metadata lookup per client. A redis-py
+# that has driver_info (8.x here) deprecates lib_name; older ones (5.x) know only lib_name.
+_NO_CLIENT_INFO: dict[str, None] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
 
 _INSTALL_HINT = (
     "install redis-server (apt-get install redis-server), or the bundled one "
@@ -381,8 +390,7 @@ def _client(rdir: Path, timeout: float) -> redis.Redis:
         # redis-py 6+ retries a failed connect 10 times with backoff (~4.6 s) by default;
         # a probe must fail fast so a stale socket is recognised at once.
         retry=Retry(NoBackoff(), 0),
-        lib_name=None,  # skips CLIENT SETINFO and a ~3 ms package-metadata lookup per client
-        lib_version=None,
+        **_NO_CLIENT_INFO,
     )
 
 

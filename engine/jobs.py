@@ -1,0 +1,68 @@
+"""Hand decided side effects to rq: the outbox drain (jobs carry JSON, never pickle)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
+
+from engine.keys import Keys
+from engine.react import Job
+
+__all__ = ["JobOutbox", "decode_job", "encode_job", "queue_for"]
+
+_ENC = msgspec.msgpack.Encoder()
+_DEC = msgspec.msgpack.Decoder(tuple[str, str, dict[str, Any]])
+# A start may take a while on a loaded host; a killed worker's job is retried.
+_JOB_TIMEOUT = 120
+_RETRY = Retry(max=3, interval=[1, 2, 5])
+
+
+def encode_job(job: Job) -> bytes:
+    return _ENC.encode((job.func, job.job_id, job.kwargs))
+
+
+def decode_job(data: bytes) -> Job:
+    func, job_id, kwargs = _DEC.decode(data)
+    return Job(func, job_id, kwargs)
+
+
+def queue_for(redis: Any, keys: Keys) -> Queue:
+    """Return the host's rq queue, with the JSON serializer so jobs stay primitives."""
+    return Queue(keys.queue, connection=redis, serializer=JSONSerializer)
+
+
+class JobOutbox:
+    """Move jobs from the outbox list (written atomically with the events) into rq."""
+
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._queue = queue_for(redis, keys)
+
+    def drain(self) -> int:
+        """Enqueue every job waiting in the outbox, then drop them from it; return the count.
+
+        A crash between enqueue and trim re-enqueues the same deterministic job ids on the
+        next drain: workers are idempotent, so at-least-once is enough.
+        """
+        raw = self._redis.lrange(self._keys.outbox, 0, -1)
+        if not raw:
+            return 0
+        self.enqueue([decode_job(item) for item in raw])
+        self._redis.ltrim(self._keys.outbox, len(raw), -1)
+        return len(raw)
+
+    def enqueue(self, jobs: list[Job]) -> None:
+        """Enqueue jobs straight to rq (resume's owed work; ids make repeats harmless)."""
+        if not jobs:
+            return
+        datas = [
+            Queue.prepare_data(job.func, kwargs=job.kwargs, job_id=job.job_id,
+                               timeout=_JOB_TIMEOUT, retry=_RETRY, result_ttl=60,
+                               failure_ttl=86400)
+            for job in jobs
+        ]
+        self._queue.enqueue_many(datas)

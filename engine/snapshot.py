@@ -1,0 +1,76 @@
+"""The state snapshot in Redis: a cache of the fold, rebuilt from the events stream at will.
+
+Layout (keys in engine.keys):
+- `containers` hash: container id -> msgpack Container (deleted when destroyed)
+- `versions` hash: container id -> version; a destroyed id keeps its final version, which
+  is how tombstones survive a reload
+- `world` hash: "parts" -> msgpack WorldParts (images, networks); "checkpoint" -> the last
+  events-stream id the snapshot includes
+Names, tags and addresses are derived on load, so they cannot disagree with containers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from engine.ipam import address_key
+from engine.keys import Keys
+from engine.state import Container, Image, World
+from events.specs import NetworkSpec
+
+__all__ = ["WorldParts", "encode_world_parts", "load_world", "world_from_parts"]
+
+_CONTAINER = msgspec.msgpack.Decoder(Container)
+_ENC = msgspec.msgpack.Encoder()
+
+
+class WorldParts(msgspec.Struct, kw_only=True):
+    """The engine-wide part of the snapshot: rarely changes, written whole when it does."""
+
+    images: dict[str, Image] = {}
+    networks: dict[str, NetworkSpec] = {}
+
+
+_PARTS = msgspec.msgpack.Decoder(WorldParts)
+
+
+def encode_world_parts(world: World) -> bytes:
+    """Return the engine-wide parts of the snapshot (written when they change)."""
+    return _ENC.encode(WorldParts(images=world.images, networks=world.networks))
+
+
+def world_from_parts(containers: dict[bytes, bytes], versions: dict[bytes, bytes],
+                     parts: dict[bytes, bytes]) -> World:
+    """Rebuild a World (with its derived indexes) from the snapshot's hashes."""
+    world = World()
+    if b"parts" in parts:
+        decoded = _PARTS.decode(parts[b"parts"])
+        world.images = decoded.images
+        world.networks = decoded.networks
+    for image in world.images.values():
+        for tag in image.repo_tags:
+            world.tags[tag] = image.id
+    for raw in containers.values():
+        ctr = _CONTAINER.decode(raw)
+        world.containers[ctr.id] = ctr
+        world.names[ctr.name] = ctr.id
+        if ctr.endpoint is not None:
+            world.addresses[address_key(ctr.endpoint.network, ctr.endpoint.ip_address)] = ctr.id
+    for cid in versions:
+        text = cid.decode()
+        if text not in world.containers:
+            world.destroyed.add(text)
+    return world
+
+
+def load_world(redis: Any, keys: Keys) -> tuple[World, str]:
+    """Read the snapshot; return the World and the events-stream id it is current to."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.hgetall(keys.containers)
+    pipe.hgetall(keys.versions)
+    pipe.hgetall(keys.world)
+    containers, versions, parts = pipe.execute()
+    checkpoint = parts.get(b"checkpoint", b"0-0").decode()
+    return world_from_parts(containers, versions, parts), checkpoint
