@@ -16,74 +16,105 @@ __all__ = ["ACQUIRE", "RELEASE", "RENEW", "WRITE"]
 #       world: msgpack of the engine-wide parts (images+networks) or ""
 #   "Q" entry_id reason raw      -- quarantine an undecodable entry
 #   "D" entry_id cmd_id reply    -- a duplicate: answer with the stored result again
-# Returns {"OK", last_event_id} or {"FENCED"} or {"VERSION", cid, stored} or {"DONE", cmd_id}.
+# Returns {"OK", last_event_id} or {"FENCED"} or {"VERSION", cid, stored}.
+# Dedupe is decided by the writer before the batch (HMGET done); the epoch makes it the
+# only writer, so the script checks versions, not command ids. Hash writes are gathered
+# and issued once per batch: a third of the calls of one write per command.
 WRITE = r"""
 if redis.call('GET', KEYS[7]) ~= ARGV[1] then return {'FENCED'} end
 local ttl = tonumber(ARGV[3])
--- pass 1: check every precondition before writing anything
+local function flush(cmd, key, extra, list)
+  local n = #list
+  for s = 1, n, 7000 do
+    local e = math.min(s + 6999, n)
+    if extra then redis.call(cmd, key, extra, unpack(list, s, e))
+    else redis.call(cmd, key, unpack(list, s, e)) end
+  end
+end
+-- pass 1: check every container's expected version before writing anything
 local seen = {}
+local order = {}
 local i = 4
 while i <= #ARGV do
   local kind = ARGV[i]
   if kind == 'C' then
-    local cmd, cid, expected, new = ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-    if redis.call('HEXISTS', KEYS[5], cmd) == 1 then return {'DONE', cmd} end
+    local cid, expected, new = ARGV[i+3], ARGV[i+4], ARGV[i+5]
     if cid ~= '' and expected ~= '' then
-      local stored = seen[cid]
-      if stored == nil then stored = redis.call('HGET', KEYS[3], cid) or '-1' end
-      if stored ~= expected then return {'VERSION', cid, stored} end
-      seen[cid] = new
+      if seen[cid] == nil then order[#order+1] = cid end
+      seen[cid] = {expected, new}
     end
     local n = tonumber(ARGV[i+9])
-    local nj = tonumber(ARGV[i+11+n])
-    i = i + 12 + n + nj
-  elseif kind == 'Q' then i = i + 4
+    i = i + 12 + n + tonumber(ARGV[i+11+n])
   else i = i + 4 end
+end
+if #order > 0 then
+  local stored = redis.call('HMGET', KEYS[3], unpack(order))
+  local chain = {}
+  for k, cid in ipairs(order) do chain[cid] = stored[k] or '-1' end
+  i = 4
+  while i <= #ARGV do
+    if ARGV[i] == 'C' then
+      local cid, expected, new = ARGV[i+3], ARGV[i+4], ARGV[i+5]
+      if cid ~= '' and expected ~= '' then
+        if chain[cid] ~= expected then return {'VERSION', cid, chain[cid]} end
+        chain[cid] = new
+      end
+      local n = tonumber(ARGV[i+9])
+      i = i + 12 + n + tonumber(ARGV[i+11+n])
+    else i = i + 4 end
+  end
 end
 -- pass 2: write
 local last = ''
 local world_parts = nil
+local snaps, dels, vers, done, acks, answered = {}, {}, {}, {}, {}, {}
 i = 4
 while i <= #ARGV do
   local kind, entry = ARGV[i], ARGV[i+1]
+  acks[#acks+1] = entry
   if kind == 'C' then
-    local cmd, cid, new, snap, result, reply = ARGV[i+2], ARGV[i+3], ARGV[i+5], ARGV[i+6], ARGV[i+7], ARGV[i+8]
+    local cmd, cid, expected, new, snap = ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
+    local result, reply = ARGV[i+7], ARGV[i+8]
     local n = tonumber(ARGV[i+9])
     local mine = last
     for k = 1, n do
       mine = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i+9+k])
     end
     if n > 0 then last = mine end
-    if cid ~= '' and n > 0 then
-      if snap == '-' then redis.call('HDEL', KEYS[2], cid)
-      elseif snap ~= '' then redis.call('HSET', KEYS[2], cid, snap) end
-      if new ~= '' and ARGV[i+4] ~= '' then redis.call('HSET', KEYS[3], cid, new) end
+    if cid ~= '' and n > 0 and expected ~= '' then
+      if snap == '-' then dels[#dels+1] = cid
+      elseif snap ~= '' then snaps[#snaps+1] = cid; snaps[#snaps+1] = snap end
+      vers[#vers+1] = cid; vers[#vers+1] = new
     end
     if ARGV[i+10+n] ~= '' then world_parts = ARGV[i+10+n] end
     local nj = tonumber(ARGV[i+11+n])
     for k = 1, nj do redis.call('RPUSH', KEYS[9], ARGV[i+11+n+k]) end
     local value = mine .. ' ' .. result
-    redis.call('HSET', KEYS[5], cmd, value)
+    done[#done+1] = cmd; done[#done+1] = value
+    answered[cmd] = value
     redis.call('RPUSH', reply, value)
     redis.call('EXPIRE', reply, ttl)
-    redis.call('XACK', KEYS[6], ARGV[2], entry)
     i = i + 12 + n + nj
   elseif kind == 'Q' then
     redis.call('XADD', KEYS[8], '*', 'entry', entry, 'reason', ARGV[i+2], 'raw', ARGV[i+3])
-    redis.call('XACK', KEYS[6], ARGV[2], entry)
     i = i + 4
   else
-    local value = redis.call('HGET', KEYS[5], ARGV[i+2])
+    local value = answered[ARGV[i+2]] or redis.call('HGET', KEYS[5], ARGV[i+2])
     if value then
       redis.call('RPUSH', ARGV[i+3], value)
       redis.call('EXPIRE', ARGV[i+3], ttl)
     end
-    redis.call('XACK', KEYS[6], ARGV[2], entry)
     i = i + 4
   end
 end
+-- a container written twice in a batch: HSET keeps the last value, as folding would
+if #snaps > 0 then flush('HSET', KEYS[2], nil, snaps) end
+if #dels > 0 then flush('HDEL', KEYS[2], nil, dels) end
+if #vers > 0 then flush('HSET', KEYS[3], nil, vers) end
+if #done > 0 then flush('HSET', KEYS[5], nil, done) end
 if world_parts then redis.call('HSET', KEYS[4], 'parts', world_parts) end
 if last ~= '' then redis.call('HSET', KEYS[4], 'checkpoint', last) end
+flush('XACK', KEYS[6], ARGV[2], acks)
 return {'OK', last}
 """
 

@@ -1,0 +1,235 @@
+"""The `moor` command line: lifecycle commands on the client, reads on the projections."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from commands.client import Client
+from commands.options import parse_bytes, parse_cpus, parse_labels, parse_publish
+from engine.errors import MoorError
+from engine.keys import Keys, keys_for
+from events.specs import ContainerConfig, HostConfig, PortBinding, RestartPolicy
+
+__all__ = ["main"]
+
+
+def connect(args: argparse.Namespace) -> tuple[Any, Keys]:
+    """Open Redis (MOOR_REDIS_URL, else the embedded server) and the shard's keys."""
+    import redis
+
+    from engine import config
+
+    url = args.redis_url or os.environ.get("MOOR_REDIS_URL")
+    if not url:
+        from engine.redis_embedded import redis_url
+
+        url = redis_url()
+    return redis.Redis.from_url(url), keys_for(prefix=config.key_prefix())
+
+
+def _client(args: argparse.Namespace) -> Client:
+    r, keys = connect(args)
+    return Client(r, keys, actor=args.actor, reason=args.reason, timeout=args.timeout)
+
+
+# --- lifecycle -------------------------------------------------------------------------
+
+def _restart_policy(text: str) -> RestartPolicy:
+    name, _, count = text.partition(":")
+    return RestartPolicy(name=name, maximum_retry_count=int(count) if count.isdigit() else 0)
+
+
+def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfig]:
+    """Build Config and HostConfig from docker-run-style flags."""
+    bindings: dict[str, list[PortBinding]] = {}
+    for spec in args.publish:
+        port, binding = parse_publish(spec)
+        bindings.setdefault(port, []).append(binding)
+    config = ContainerConfig(
+        image=args.image,
+        cmd=tuple(args.command) or None,
+        entrypoint=(args.entrypoint,) if args.entrypoint is not None else None,
+        env=tuple(args.env),
+        labels=parse_labels(args.label),
+        working_dir=args.workdir or "",
+        user=args.user or "",
+        stop_signal=args.stop_signal or "",
+        stop_timeout=args.stop_timeout,
+        hostname=args.hostname or "",
+        exposed_ports=tuple(bindings),
+    )
+    host = HostConfig(
+        network_mode=args.network,
+        port_bindings={k: tuple(v) for k, v in bindings.items()},
+        restart_policy=_restart_policy(args.restart),
+        auto_remove=args.rm,
+        memory=parse_bytes(args.memory) if args.memory else 0,
+        pids_limit=args.pids_limit or 0,
+        nano_cpus=parse_cpus(args.cpus) if args.cpus else 0,
+    )
+    return config, host
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    config, host = container_spec(args)
+    print(_client(args).create(config, host, name=args.name or ""))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    client = _client(args)
+    config, host = container_spec(args)
+    cid = client.create(config, host, name=args.name or "")
+    client.start(cid)
+    print(cid)
+    return 0
+
+
+def _each(args: argparse.Namespace, action: Callable[[Client, str], object]) -> int:
+    """Apply an action to every named container; print each, report errors like docker."""
+    client = _client(args)
+    status = 0
+    for ref in args.containers:
+        try:
+            action(client, ref)
+            print(ref)
+        except MoorError as err:
+            print(f"Error response from daemon: {err.message}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def add_container_flags(p: argparse.ArgumentParser) -> None:
+    """Add docker-run-style flags (shared by create and run)."""
+    p.add_argument("--name")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("-l", "--label", action="append", default=[])
+    p.add_argument("-p", "--publish", action="append", default=[])
+    p.add_argument("--network", default="bridge")
+    p.add_argument("-m", "--memory")
+    p.add_argument("--pids-limit", type=int)
+    p.add_argument("--cpus")
+    p.add_argument("--restart", default="no")
+    p.add_argument("--rm", action="store_true")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user")
+    p.add_argument("--entrypoint")
+    p.add_argument("--stop-signal")
+    p.add_argument("--stop-timeout", type=int)
+    p.add_argument("--hostname")
+    p.add_argument("image")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+
+
+def cmd_reducer(args: argparse.Namespace) -> int:
+    """Run the single writer (standby until it holds the lease) until SIGTERM/SIGINT."""
+    from engine.config import default_network
+    from engine.reducer import Reducer
+
+    r, keys = connect(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    reducer = Reducer(r, keys, lease_ms=args.lease_ms, batch=args.batch)
+    thread = threading.Thread(target=reducer.run, args=(stop,), name="reducer")
+    thread.start()
+    if not args.no_default_network:
+        try:
+            Client(r, keys, actor="moor-reducer", timeout=30).define_network(default_network())
+        except MoorError as err:
+            logging.getLogger("moorage").warning("default network: %s", err.message)
+    while thread.is_alive():
+        thread.join(0.5)
+    return 0
+
+
+# --- the parser -------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moor", description="event-sourced container engine")
+    parser.add_argument("--redis-url", help="default: MOOR_REDIS_URL, else the embedded Redis")
+    parser.add_argument("--actor", default=os.environ.get("MOOR_ACTOR", os.environ.get(
+        "USER", "moor")), help="who asks (recorded with every command)")
+    parser.add_argument("--reason", default="", help="why (recorded with every command)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("create", help="create a container")
+    add_container_flags(p)
+    p.set_defaults(func=cmd_create)
+    p = sub.add_parser("run", help="create and start a container (detached)")
+    p.add_argument("-d", "--detach", action="store_true", help="accepted; runs detach")
+    add_container_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    def lifecycle(name: str, help_: str, action: Callable[[argparse.Namespace], Callable[
+            [Client, str], object]], extra: Callable[[argparse.ArgumentParser], None]) -> None:
+        p = sub.add_parser(name, help=help_)
+        extra(p)
+        p.add_argument("containers", nargs="+", metavar="CONTAINER")
+        p.set_defaults(func=lambda a: _each(a, action(a)))
+
+    lifecycle("start", "start containers", lambda a: lambda c, r: c.start(r), lambda p: None)
+    lifecycle("stop", "stop containers", lambda a: lambda c, r: c.stop(
+        r, a.time, a.signal or ""), _stop_flags)
+    lifecycle("restart", "restart containers", lambda a: lambda c, r: c.restart(
+        r, a.time, a.signal or ""), _stop_flags)
+    lifecycle("kill", "send a signal (default SIGKILL)", lambda a: lambda c, r: c.kill(
+        r, a.signal), lambda p: p.add_argument("-s", "--signal", default="SIGKILL"))
+    lifecycle("rm", "remove containers", lambda a: lambda c, r: c.remove(r, a.force),
+              lambda p: p.add_argument("-f", "--force", action="store_true"))
+
+    p = sub.add_parser("rename", help="rename a container")
+    p.add_argument("container")
+    p.add_argument("new_name")
+    p.set_defaults(func=lambda a: (_client(a).rename(a.container, a.new_name), 0)[1])
+
+    p = sub.add_parser("reducer", help="run the single writer (standby until it leads)")
+    p.add_argument("--lease-ms", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--no-default-network", action="store_true")
+    p.set_defaults(func=cmd_reducer)
+
+    from projections import cli as read_cli
+
+    read_cli.register(sub, connect)
+    return parser
+
+
+def _stop_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--time", type=int, default=None)
+    p.add_argument("-s", "--signal")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; Docker's error texts on stderr, non-zero exit on failure."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command == "reducer"
+                        else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except MoorError as err:
+        print(f"Error response from daemon: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
