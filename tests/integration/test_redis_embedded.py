@@ -57,17 +57,35 @@ def _is_redis(pid: int) -> bool:
     return comm == "redis-server" and state != "Z"
 
 
+def _servers_in(rdir: Path) -> set[int]:
+    """Return the pids of live redis-servers running in ``rdir`` (even ones a test never saw)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _is_redis(int(entry.name)):
+            try:
+                if os.readlink(entry / "cwd") == str(rdir):
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 @pytest.fixture
 def root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Root]:
-    """A short temporary data root (unix socket paths are limited to 107 bytes)."""
+    """A short temporary data root (unix socket paths are limited to 107 bytes).
+
+    Its name has a space and a double quote, so every test also checks redis.conf quoting.
+    """
     monkeypatch.delenv("MOOR_REDIS_URL", raising=False)
     monkeypatch.delenv("MOOR_DATA_ROOT", raising=False)
-    handle = Root(tempfile.mkdtemp(prefix="moor-emb-"))
+    handle = Root(tempfile.mkdtemp(prefix='moor emb"'))
     yield handle
     try:
         stop_embedded(handle.path)
     finally:
-        for pid in handle.pids:  # whatever stop missed: by pid, and only if still redis
+        # Whatever stop missed, by pid: servers the test saw, and any left in its directory
+        # by a start that failed half-way.
+        for pid in handle.pids | _servers_in(handle.rdir):
             if _is_redis(pid):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(handle.path, ignore_errors=True)
@@ -171,7 +189,10 @@ def test_running_server_is_found_by_its_socket_when_run_files_are_gone(root: Roo
 
 
 def test_concurrent_starts_share_one_server(root: Root) -> None:
-    code = "from engine.redis_embedded import ensure_embedded as e; import sys; print(e(sys.argv[1]).pid)"
+    code = (
+        "import sys; from engine.redis_embedded import ensure_embedded as e; "
+        "print(e(sys.argv[1]).pid)"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen([sys.executable, "-c", code, root.path], env=env,
