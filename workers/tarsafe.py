@@ -48,7 +48,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 __all__ = [
     "ArchiveError",
@@ -113,10 +113,14 @@ class Staged:
     info: Extracted
 
 
+class _Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _HashReader(io.RawIOBase):
     """Hash and count every byte read through it, refusing to read past a bound."""
 
-    def __init__(self, raw: BinaryIO, bound: int | None = None) -> None:
+    def __init__(self, raw: _Readable, bound: int | None = None) -> None:
         super().__init__()
         self._raw = raw
         self._bound = bound
@@ -145,18 +149,18 @@ class _HashReader(io.RawIOBase):
         return "sha256:" + self.hash.hexdigest()
 
 
-def _decompressor(raw: io.BufferedReader) -> BinaryIO:
+def _decompressor(raw: io.BufferedReader) -> _Readable:
     """Wrap raw in the decompressor its magic bytes call for (gzip, bzip2, xz or none)."""
     head = raw.peek(6)[:6]
     if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw, mode="rb")
     if head.startswith(b"BZh"):
-        return bz2.BZ2File(raw)  # type: ignore[return-value]
+        return bz2.BZ2File(raw)
     if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+        return lzma.LZMAFile(raw)
     if head.startswith(b"\x28\xb5\x2f\xfd"):
         raise ArchiveError("zstd-compressed layers are not supported (no zstd in the stdlib)")
-    return raw  # type: ignore[return-value]
+    return raw
 
 
 def _components(name: str, what: str = "entry") -> tuple[str, ...]:
@@ -217,9 +221,11 @@ class _Tree:
             depth -= 1
         fd = self._cache[parts[:depth]] if depth else self.root_fd
         for i in range(depth, len(parts)):
-            child = self._open_child(fd, parts[: i + 1], name, create)
-            if i > depth:
-                os.close(fd)
+            try:
+                child = self._open_child(fd, parts[: i + 1], name, create)
+            finally:
+                if i > depth:
+                    os.close(fd)  # an intermediate we opened ourselves
             fd = child
         if len(self._cache) >= 256:
             self.forget()  # evicting everything keeps this simple; siblings come together
@@ -274,7 +280,7 @@ class _Extractor:
         self.chown = os.geteuid() == 0
         self.size = 0
         self.entries = 0
-        self.dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
+        self.dirs: list[tuple[tuple[str, ...], int, int, int, float]] = []
 
     def entry(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         self.entries += 1
@@ -294,25 +300,34 @@ class _Extractor:
         if base.startswith(_WH):
             self._whiteout(parts, m)
             return
+        if m.ischr() or m.isblk():
+            kind = "character" if m.ischr() else "block"
+            raise UnsafeArchive(f"refusing {m.name!r}: {kind} device nodes are not allowed")
+        if not (m.isreg() or m.issym() or m.islnk() or m.isfifo()):
+            raise UnsafeArchive(f"refusing {m.name!r}: unsupported tar entry type {m.type!r}")
+        if m.issym():
+            _check_symlink_target(parts, m.linkname)
         parent = self.tree.dir_fd(parts[:-1], m.name)
-        self.tree.clear_slot(parent, base, keep_dir=False)
+        # Create first and clear the slot only on EEXIST: saves a stat per entry in the
+        # usual case (a fresh layer), and every create below refuses an existing name.
+        try:
+            self._create(tar, parent, base, m)
+        except FileExistsError:
+            self.tree.clear_slot(parent, base, keep_dir=False)
+            self._create(tar, parent, base, m)
+
+    def _create(self, tar: tarfile.TarFile, parent: int, base: str, m: tarfile.TarInfo) -> None:
         if m.isreg():
             self._file(tar, parent, base, m)
         elif m.issym():
-            _check_symlink_target(parts, m.linkname)
             os.symlink(m.linkname, base, dir_fd=parent)
             self._owner_times(parent, base, m)
         elif m.islnk():
             self._hardlink(parent, base, m)
-        elif m.isfifo():
+        else:
             os.mkfifo(base, self._mode(m), dir_fd=parent)
             self._owner_times(parent, base, m)
             os.chmod(base, self._mode(m), dir_fd=parent)
-        elif m.ischr() or m.isblk():
-            kind = "character" if m.ischr() else "block"
-            raise UnsafeArchive(f"refusing {m.name!r}: {kind} device nodes are not allowed")
-        else:
-            raise UnsafeArchive(f"refusing {m.name!r}: unsupported tar entry type {m.type!r}")
 
     def _mode(self, m: tarfile.TarInfo) -> int:
         mode = m.mode & 0o7777
@@ -325,11 +340,14 @@ class _Extractor:
             parent = self.tree.dir_fd(parts[:-1], m.name)
             if parts[-1].startswith(_WH):
                 raise UnsafeArchive(f"refusing {m.name!r}: a whiteout cannot be a directory")
-            if not self.tree.clear_slot(parent, parts[-1], keep_dir=True):
+            try:
                 os.mkdir(parts[-1], 0o700, dir_fd=parent)
+            except FileExistsError:
+                if not self.tree.clear_slot(parent, parts[-1], keep_dir=True):
+                    os.mkdir(parts[-1], 0o700, dir_fd=parent)
         # Mode, owner and times are applied last: children would bump the mtime, and a
         # read-only mode must not stop us (when not root) from filling the directory.
-        self.dirs.append((parts, m))
+        self.dirs.append((parts, self._mode(m), m.uid, m.gid, m.mtime))
 
     def _file(self, tar: tarfile.TarFile, parent: int, base: str, m: tarfile.TarInfo) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -357,9 +375,9 @@ class _Extractor:
             raise UnsafeArchive(
                 f"refusing hard link {m.name!r} -> {m.linkname!r}: target is not in the layer"
             ) from None
-        except PermissionError:
+        except PermissionError as e:  # EPERM: the target is a directory
             raise UnsafeArchive(
-                f"refusing hard link {m.name!r} -> {m.linkname!r}: target is a directory"
+                f"refusing hard link {m.name!r} -> {m.linkname!r}: {e.strerror}"
             ) from None
 
     def _whiteout(self, parts: tuple[str, ...], m: tarfile.TarInfo) -> None:
@@ -372,6 +390,9 @@ class _Extractor:
         if base.startswith(_WH + _WH):
             return  # other AUFS metadata (e.g. .wh..wh.plnk) has no overlay meaning
         hidden = base[len(_WH):]
+        if hidden in ("", ".", ".."):
+            # ".wh.." would otherwise name the parent directory itself (and delete it).
+            raise UnsafeArchive(f"refusing whiteout {m.name!r}: it names no entry")
         self.tree.clear_slot(parent, hidden, keep_dir=False)
         os.mknod(hidden, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
         if self.chown:
@@ -394,29 +415,34 @@ class _Extractor:
     def finish_dirs(self) -> None:
         """Apply directory modes, owners and times, deepest first."""
         self.tree.forget()
-        for parts, m in sorted(self.dirs, key=lambda d: len(d[0]), reverse=True):
-            fd = self.tree.dir_fd(parts, m.name, create=False) if parts else self.tree.root_fd
+        for parts, mode, uid, gid, mtime in sorted(
+            self.dirs, key=lambda d: len(d[0]), reverse=True
+        ):
+            try:
+                fd = self.tree.dir_fd(parts, "/".join(parts), create=False)
+            except UnsafeArchive:
+                continue  # a later entry replaced this directory
             if self.chown:
-                os.fchown(fd, m.uid, m.gid)
-            os.fchmod(fd, self._mode(m))
-            os.utime(fd, (m.mtime, m.mtime))
-            self.tree.forget()  # fds of deep dirs are not reused; keep the fd count low
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+            os.utime(fd, (mtime, mtime))
 
 
 def _extract(src: BinaryIO, dest: str, limits: Limits, keep_setid: bool) -> Extracted:
     """Extract the tar stream src into the existing empty directory dest."""
-    raw = _HashReader(src, bound=1 << 62)
+    raw = _HashReader(src)
     # The uncompressed stream may hold headers and padding besides content; allow for them.
     plain = _HashReader(
-        _decompressor(io.BufferedReader(raw, _CHUNK)),  # type: ignore[arg-type]
-        bound=limits.max_bytes + 1024 * (limits.max_entries + 16) + (16 << 20),
+        _decompressor(io.BufferedReader(raw, _CHUNK)),
+        bound=limits.max_bytes + 4096 * limits.max_entries + (1 << 20),
     )
     ex = _Extractor(dest, limits, keep_setid)
     try:
-        with tarfile.open(fileobj=plain, mode="r|") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=plain, mode="r|") as tar:
             while (member := tar.next()) is not None:
                 ex.entry(tar, member)
-                tar.members.clear()  # stream mode keeps every header otherwise
+                # Stream mode keeps every header it has read; 1M entries would cost GBs.
+                tar.members.clear()  # type: ignore[attr-defined]
         ex.finish_dirs()
         plain.drain()  # the diff id covers the whole stream, trailing padding included
         raw.drain()
@@ -448,6 +474,7 @@ def stage_layer(
     os.makedirs(parent_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent_dir)
     try:
+        os.chmod(tmp, 0o755)  # the root's mode when the archive has no "./" entry
         with _opened(src) as f:
             info = _extract(f, tmp, limits or Limits.from_env(), keep_setid)
         if expect_diff_id is not None and info.diff_id != expect_diff_id:
