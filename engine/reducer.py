@@ -4,9 +4,10 @@ Life of a reducer: standby until it takes the lease (which bumps the fencing epo
 boot (consumer group, snapshot check, outbox drain, owed work), then lead: read a batch
 (pending entries first), decide each command against the in-memory World, and write the
 whole batch with one Lua script that checks the epoch and each container's expected
-version. A refused write means another writer took over (fenced: step down) or the
-memory is stale (reload the snapshot and redo the batch). Nothing is acknowledged
-outside that atomic write, so a crash anywhere resumes with the same outcome.
+version. A refused write means another writer took over (fenced: step down) or memory
+and snapshot disagree (rebuild the snapshot from the events and redo the batch). Nothing
+is acknowledged outside that atomic write, so a crash anywhere resumes with the same
+outcome.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ import redis as redislib
 from commands.schema import Envelope
 from engine import scripts
 from engine.decider import Outcome, apply_command
-from engine.evolve import evolve
 from engine.jobs import JobOutbox, encode_job
 from engine.keys import CONSUMER, GROUP, Keys
 from engine.react import react, resume
-from engine.snapshot import encode_world_parts, load_world
+from engine.snapshot import (
+    encode_world_parts,
+    fold_for_snapshot,
+    load_world,
+    queue_snapshot_writes,
+)
 from engine.state import World
 from events import model as e
 from events.codec import CODEC, DecodeError
@@ -131,23 +136,13 @@ class Reducer:
         """Fold the whole events stream and rewrite the snapshot (it is only a cache)."""
         from projections.stream import read_records  # the read side owns stream paging
 
-        world = World()
-        versions: dict[str, int] = {}  # tombstones keep their final version
-        checkpoint = "0-0"
-        for stream_id, record in read_records(self.redis, self.keys):
-            evolve(world, record)
-            if record.meta.container_id and record.meta.version:
-                versions[record.meta.container_id] = record.meta.version
-            checkpoint = stream_id
+        def skipped(bad: object) -> None:
+            log.error("rebuild skipped an undecodable events entry: %s", bad)
+
+        world, versions, checkpoint = fold_for_snapshot(
+            read_records(self.redis, self.keys, on_bad=skipped))
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.keys.containers, self.keys.versions)
-        if world.containers:
-            pipe.hset(self.keys.containers, mapping={
-                cid: _ENC.encode(ctr) for cid, ctr in world.containers.items()})
-        if versions:
-            pipe.hset(self.keys.versions, mapping=versions)
-        pipe.hset(self.keys.world, mapping={"parts": encode_world_parts(world),
-                                            "checkpoint": checkpoint})
+        queue_snapshot_writes(pipe, self.keys, world, versions, checkpoint)
         pipe.execute()
         return world
 
@@ -181,7 +176,10 @@ class Reducer:
         try:
             self._fold_batch(entries)
         except _Redo:
-            self.world = self._load_or_rebuild()
+            # The lead is ours, so memory and snapshot disagree: the snapshot (a cache)
+            # was damaged, e.g. its versions hash lost. Reloading it would be refused
+            # again forever; the events stream is the truth, so rebuild from it.
+            self.world = self.rebuild()
             self._read_pending = True
             return 0
         self.outbox.drain()
@@ -204,12 +202,11 @@ class Reducer:
         ids: list[str] = []
         for entry_id, fields in entries:
             try:
-                env = CODEC.envelope(fields[b"env"])
-                cmd = CODEC.command(fields[b"cmd"])
+                env = _decode_field(fields, b"env", CODEC.envelope)
+                cmd = _decode_field(fields, b"cmd", CODEC.command)
                 _check_envelope(env)
-            except (KeyError, ValueError, *DecodeError) as exc:
-                reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-                decoded.append((entry_id, "Q", _quarantine_reason(reason), fields))
+            except ValueError as exc:
+                decoded.append((entry_id, "Q", _quarantine_reason(str(exc)), fields))
                 continue
             decoded.append((entry_id, env, cmd))
             ids.append(env.command_id)
@@ -240,7 +237,7 @@ class Reducer:
         if status == "FENCED":
             raise _Deposed()
         if status != "OK":
-            log.warning("write refused (%s): reloading the snapshot", result)
+            log.warning("write refused (%s): rebuilding the snapshot from the events", result)
             raise _Redo()
 
     def _command_op(self, entry_id: bytes, env: Envelope, outcome: Outcome,
@@ -264,6 +261,17 @@ class Reducer:
         return ["C", entry_id, env.command_id, cid, expected, new, snap,
                 CODEC.encode(outcome.result), reply, len(events), *events, parts,
                 len(jobs), *jobs]
+
+
+def _decode_field(fields: dict[bytes, bytes], name: bytes, decode: Any) -> Any:
+    """Decode one field of a commands-stream entry; a failure names the field."""
+    raw = fields.get(name)
+    if raw is None:
+        raise ValueError(f"missing field {name.decode()!r}")
+    try:
+        return decode(raw)
+    except (ValueError, *DecodeError) as exc:  # UnicodeDecodeError is a ValueError too
+        raise ValueError(f"{name.decode()}: {exc}") from None
 
 
 def _check_envelope(env: Envelope) -> None:

@@ -11,16 +11,26 @@ Names, tags and addresses are derived on load, so they cannot disagree with cont
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
+from engine.evolve import evolve
 from engine.ipam import address_key
 from engine.keys import Keys
 from engine.state import Container, Image, World
+from events.model import EventRecord
 from events.specs import NetworkSpec
 
-__all__ = ["WorldParts", "encode_world_parts", "load_world", "world_from_parts"]
+__all__ = [
+    "WorldParts",
+    "encode_world_parts",
+    "fold_for_snapshot",
+    "load_world",
+    "queue_snapshot_writes",
+    "world_from_parts",
+]
 
 _CONTAINER = msgspec.msgpack.Decoder(Container)
 _ENC = msgspec.msgpack.Encoder()
@@ -74,3 +84,30 @@ def load_world(redis: Any, keys: Keys) -> tuple[World, str]:
     containers, versions, parts = pipe.execute()
     checkpoint = parts.get(b"checkpoint", b"0-0").decode()
     return world_from_parts(containers, versions, parts), checkpoint
+
+
+def fold_for_snapshot(records: Iterable[tuple[str, EventRecord]]
+                      ) -> tuple[World, dict[str, int], str]:
+    """Fold (id, record) pairs; return the World, every container's version (tombstones
+    keep their final one) and the last id, i.e. everything a snapshot holds."""
+    world = World()
+    versions: dict[str, int] = {}
+    checkpoint = "0-0"
+    for stream_id, record in records:
+        evolve(world, record)
+        if record.meta.container_id and record.meta.version:
+            versions[record.meta.container_id] = record.meta.version
+        checkpoint = stream_id
+    return world, versions, checkpoint
+
+
+def queue_snapshot_writes(pipe: Any, keys: Keys, world: World, versions: dict[str, int],
+                          checkpoint: str) -> None:
+    """Queue on a pipeline the writes that replace the snapshot with `world`."""
+    pipe.delete(keys.containers, keys.versions, keys.world)
+    if world.containers:
+        pipe.hset(keys.containers, mapping={cid: _ENC.encode(ctr)
+                                            for cid, ctr in world.containers.items()})
+    if versions:
+        pipe.hset(keys.versions, mapping=versions)
+    pipe.hset(keys.world, mapping={"parts": encode_world_parts(world), "checkpoint": checkpoint})

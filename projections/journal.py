@@ -15,18 +15,16 @@ import msgspec
 import redis as redislib
 
 from engine.errors import Conflict, Internal, InvalidParameter, Unavailable
-from engine.evolve import evolve
 from engine.keys import Keys
-from engine.snapshot import encode_world_parts
+from engine.snapshot import fold_for_snapshot, queue_snapshot_writes
 from engine.state import World
 from events.codec import CODEC, DecodeError
 from events.model import EventRecord
 from projections.points import id_key, is_stream_id
 from projections.stream import BadEntry, OnBad
 
-__all__ = ["LoadResult", "export_jsonl", "import_jsonl", "load_into", "snapshot_commands"]
+__all__ = ["LoadResult", "export_jsonl", "import_jsonl", "load_into"]
 
-_ENC = msgspec.msgpack.Encoder()
 
 
 class _Line(msgspec.Struct):
@@ -93,18 +91,6 @@ class LoadResult(NamedTuple):
     world: World
 
 
-def snapshot_commands(pipe: Any, keys: Keys, world: World, versions: dict[str, int],
-                      checkpoint: str) -> None:
-    """Queue the writes that replace the snapshot with `world` (layout of engine.snapshot)."""
-    pipe.delete(keys.containers, keys.versions, keys.world)
-    if world.containers:
-        pipe.hset(keys.containers, mapping={cid: _ENC.encode(ctr)
-                                            for cid, ctr in world.containers.items()})
-    if versions:
-        pipe.hset(keys.versions, mapping=versions)
-    pipe.hset(keys.world, mapping={"parts": encode_world_parts(world), "checkpoint": checkpoint})
-
-
 def load_into(redis: Any, keys: Keys, records: Iterable[tuple[str, EventRecord]]
               ) -> LoadResult:
     """Append records with their own ids to an EMPTY events stream and rebuild the snapshot.
@@ -120,13 +106,7 @@ def load_into(redis: Any, keys: Keys, records: Iterable[tuple[str, EventRecord]]
             raise InvalidParameter(f"cannot import: stream id {stream_id!r} is not valid "
                                    "or not after the one before it")
         last = id_key(stream_id)
-    world = World()
-    versions: dict[str, int] = {}  # destroyed ids keep their final version (tombstones)
-    for _, record in items:
-        evolve(world, record)
-        if record.meta.container_id and record.meta.version:
-            versions[record.meta.container_id] = record.meta.version
-    checkpoint = items[-1][0] if items else "0-0"
+    world, versions, checkpoint = fold_for_snapshot(items)
     try:
         with redis.pipeline(transaction=True) as pipe:
             pipe.watch(keys.events)
@@ -139,7 +119,7 @@ def load_into(redis: Any, keys: Keys, records: Iterable[tuple[str, EventRecord]]
             pipe.multi()
             for stream_id, record in items:
                 pipe.xadd(keys.events, {"d": CODEC.encode(record)}, id=stream_id)
-            snapshot_commands(pipe, keys, world, versions, checkpoint)
+            queue_snapshot_writes(pipe, keys, world, versions, checkpoint)
             pipe.execute()
     except redislib.WatchError:
         raise Conflict("cannot import: the events stream changed during the import") from None
