@@ -10,14 +10,18 @@ Layout under a data root (``MOOR_DATA_ROOT``, default ``/var/lib/moorage``)::
 
 Writers (import, load, remove) hold one flock for their whole run, so a layer that a load
 has found present cannot be collected under it; loads are rare, so the serialisation is
-cheap. Layers are extracted by :mod:`workers.tarsafe`.
+cheap. Layers are extracted by :mod:`workers.tarsafe`; archives are read by
+:mod:`workers.archives`, which writes through :func:`writing`. Tags are in the engine's
+normal form (:func:`engine.names.normalize_image_ref`), so the engine finds what we store.
 
-Exceptions::
+Exceptions (rooted in :mod:`engine.errors`)::
 
-    ImageError
-    ├── ImageNotFound      no image with that reference or id
+    InvalidParameter (400)
     ├── InvalidReference   a reference Docker would refuse
-    ├── BadImage           an archive or config that is not a loadable image
+    └── BadImage           an archive or config that is not a loadable image
+    NotFound (404)
+    └── ImageNotFound      no image with that reference or id
+    Conflict (409)
     └── ImageInUse         a layer only this image holds is mounted
 """
 
@@ -30,59 +34,59 @@ import os
 import platform
 import re
 import shutil
-import tarfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import IO, Any
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 
+from engine.errors import Conflict, InvalidParameter, MoorError, NotFound
+from engine.names import normalize_image_ref
 from workers import rootfs, tarsafe
 
 __all__ = [
     "BadImage",
     "ImageConfig",
-    "ImageError",
     "ImageInUse",
     "ImageInfo",
     "ImageNotFound",
     "InvalidReference",
+    "StoreWriter",
+    "config_diff_ids",
+    "created_ns",
     "data_root",
     "dirs_of_layers",
     "docker_config",
     "get_image",
     "has_layer",
+    "host_arch",
     "import_rootfs",
     "layer_dirs",
     "list_images",
-    "load_archive",
-    "normalize_ref",
     "prune_layers",
     "remove_image",
+    "valid_tag",
+    "writing",
 ]
 
 _HEX = re.compile(r"[0-9a-f]{64}")
-_MAX_JSON = 32 << 20
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class ImageError(Exception):
-    """Signal a failed image store operation."""
-
-
-class ImageNotFound(ImageError):
+class ImageNotFound(NotFound):
     """Signal a reference or id that names no stored image."""
 
 
-class InvalidReference(ImageError):
+class InvalidReference(InvalidParameter):
     """Signal an image reference Docker would refuse."""
 
 
-class BadImage(ImageError):
+class BadImage(InvalidParameter):
     """Signal an archive or config that is not a loadable image."""
 
 
-class ImageInUse(ImageError):
+class ImageInUse(Conflict):
     """Signal that removing an image would pull a layer out from under a mount."""
 
 
@@ -143,45 +147,59 @@ def data_root() -> str:
     return os.environ.get("MOOR_DATA_ROOT", "/var/lib/moorage")
 
 
-# --- references ---------------------------------------------------------------------------
+# --- references and times ----------------------------------------------------------------
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 _PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)")
 
 
-def normalize_ref(ref: str) -> str:
-    """Return Docker's familiar "name:tag" form of ref ("busybox" -> "busybox:latest")."""
+def valid_tag(ref: str) -> str:
+    """Return ref as a tag in the engine's normal form, or raise if Docker would refuse it.
+
+    Tags come from untrusted archives too, so the grammar is checked here; the normal form
+    itself ("busybox" -> "busybox:latest") is the engine's, so both agree on every tag.
+    """
     if "@" in ref:
-        raise InvalidReference(f"invalid reference format: digest references are not "
-                               f"supported here: {ref!r}")
+        raise InvalidReference(f"invalid reference format: a tag cannot be a digest: {ref!r}")
     name, tag = ref, "latest"
     slash, colon = ref.rfind("/"), ref.rfind(":")
     if colon > slash:
         name, tag = ref[:colon], ref[colon + 1:]
-    if not _TAG.fullmatch(tag):
-        raise InvalidReference(f"invalid reference format: bad tag in {ref!r}")
-    domain, _, rest = name.partition("/")
+    domain, _, path = name.partition("/")
     # Docker treats the first component as a registry only if it looks like a host.
-    if rest and ("." in domain or ":" in domain or domain == "localhost"):
-        if not _DOMAIN.fullmatch(domain):
-            raise InvalidReference(f"invalid reference format: bad registry in {ref!r}")
-        path = rest
-    else:
+    if not (path and ("." in domain or ":" in domain or domain == "localhost")):
         domain, path = "", name
-    if not _PATH.fullmatch(path) or len(name) > 255:
+    if path.lower() != path:
         raise InvalidReference(
-            f"invalid reference format: repository name must be lowercase: {ref!r}"
-            if path.lower() != path else f"invalid reference format: {ref!r}"
-        )
-    if domain in ("docker.io", "index.docker.io"):
-        domain = ""
-    if not domain and path.startswith("library/") and path.count("/") == 1:
-        path = path[len("library/"):]
-    return f"{domain}/{path}:{tag}" if domain else f"{path}:{tag}"
+            f"invalid reference format: repository name must be lowercase: {ref!r}")
+    if (not _TAG.fullmatch(tag) or not _PATH.fullmatch(path) or len(name) > 255
+            or (domain and not _DOMAIN.fullmatch(domain))):
+        raise InvalidReference(f"invalid reference format: {ref!r}")
+    return normalize_image_ref(ref)
 
+
+def created_ns(info: ImageInfo) -> int:
+    """Return the image's RFC 3339 ``created`` as unix nanoseconds (ImageRegistered.created).
+
+    0 when absent, unparseable or before the epoch: Go's zero time (0001-01-01), which some
+    builders write, means "unknown", as does the event's default.
+    """
+    m = _RFC3339.fullmatch(info.created.strip())
+    if m is None:
+        return 0
+    day, clock, fraction, zone = m.groups()
+    try:
+        when = datetime.fromisoformat(f"{day}T{clock}{'+00:00' if zone in 'Zz' else zone}")
+    except ValueError:  # e.g. month 13 or a leap second
+        return 0
+    # Whole seconds and the fraction apart: a float would lose the nanoseconds.
+    ns = (when - _EPOCH) // timedelta(seconds=1) * 1_000_000_000
+    ns += int((fraction or "0")[:9].ljust(9, "0"))
+    return max(ns, 0)
 
 # --- files and locking --------------------------------------------------------------------
 
@@ -219,20 +237,6 @@ def _locked(root: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-@contextmanager
-def _writing(root: str) -> Iterator[None]:
-    """Hold the lock; if the write fails, collect the layers it left unreferenced."""
-    with _locked(root):
-        try:
-            yield
-        except BaseException:
-            try:
-                _collect(root)
-            except (OSError, ImageError):
-                pass  # the original error matters more; the next prune retries
-            raise
 
 
 def _read_tags(root: str) -> dict[str, str]:
@@ -312,269 +316,102 @@ def _info(root: str, image_id: str, raw: bytes, tags: dict[str, str]) -> ImageIn
     )
 
 
-# --- layers -------------------------------------------------------------------------------
+# --- writing ------------------------------------------------------------------------------
 
 def has_layer(root: str, diff_id: str) -> bool:
     """Return True if the layer with diff_id is extracted in the store."""
     return os.path.isdir(os.path.join(_layers_dir(root), diff_id.removeprefix("sha256:")))
 
 
-def _add_layer(root: str, stream: Any, *, expect_diff_id: str | None = None,
-              expect_blob_digest: str | None = None) -> str:
-    """Extract a layer stream into the store (caller holds the lock); return its diff id."""
-    parent = _layers_dir(root)
-    staged = tarsafe.stage_layer(stream, parent, expect_diff_id=expect_diff_id)
-    if expect_blob_digest is not None and staged.info.blob_digest != expect_blob_digest:
-        tarsafe.discard(staged)
-        raise BadImage(f"layer blob digest is {staged.info.blob_digest}, "
-                       f"expected {expect_blob_digest}")
-    hexpart = staged.info.diff_id.removeprefix("sha256:")
-    # Metadata first: a layer dir under its final name is always complete and described.
-    meta = msgspec.json.encode(_LayerMeta(size=staged.info.size, entries=staged.info.entries))
-    _write_atomic(os.path.join(parent, hexpart + ".json"), meta)
-    tarsafe.commit(staged, os.path.join(parent, hexpart))
-    return staged.info.diff_id
+def config_diff_ids(config_raw: bytes) -> list[str]:
+    """Return the diff ids an image config names, bottom-most first; BadImage if invalid."""
+    return list(_parse_config(config_raw).rootfs.diff_ids)
 
 
-def _store_image(root: str, config_raw: bytes, tags: list[str]) -> ImageInfo:
-    """Record a config whose layers are all present and point tags at it (lock held)."""
-    image = _parse_config(config_raw)
-    for d in image.rootfs.diff_ids:
-        if not has_layer(root, d):
-            raise BadImage(f"image config names layer {d}, which is not in the store")
-    hexpart = hashlib.sha256(config_raw).hexdigest()
-    image_id = "sha256:" + hexpart
-    path = os.path.join(_images_dir(root), hexpart + ".json")
-    if not os.path.exists(path):
-        _write_atomic(path, config_raw)
-    current = _read_tags(root)
-    wanted = {normalize_ref(t) for t in tags}
-    if any(current.get(t) != image_id for t in wanted):
-        # A tag moves to the new image, as in Docker; the old image stays, untagged.
-        current.update({t: image_id for t in wanted})
-        _write_atomic(_tags_path(root), msgspec.json.encode(dict(sorted(current.items()))))
-    return _info(root, image_id, config_raw, current)
+def host_arch() -> str:
+    """Return this host's architecture in OCI's words ("amd64", "arm64", ...)."""
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+
+
+class StoreWriter:
+    """Add layers and images to a store whose writer lock is held; made by :func:`writing`."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def has_layer(self, diff_id: str) -> bool:
+        """Return True if the layer with diff_id is extracted in the store."""
+        return has_layer(self.root, diff_id)
+
+    def add_layer(self, stream: Any, *, expect_diff_id: str | None = None,
+                  expect_blob_digest: str | None = None) -> str:
+        """Extract a layer (a binary stream or a path) into the store; return its diff id."""
+        parent = _layers_dir(self.root)
+        staged = tarsafe.stage_layer(stream, parent, expect_diff_id=expect_diff_id)
+        if expect_blob_digest is not None and staged.info.blob_digest != expect_blob_digest:
+            tarsafe.discard(staged)
+            raise BadImage(f"layer blob digest is {staged.info.blob_digest}, "
+                           f"expected {expect_blob_digest}")
+        hexpart = staged.info.diff_id.removeprefix("sha256:")
+        # Metadata first: a layer dir under its final name is always complete and described.
+        meta = msgspec.json.encode(_LayerMeta(size=staged.info.size,
+                                              entries=staged.info.entries))
+        _write_atomic(os.path.join(parent, hexpart + ".json"), meta)
+        tarsafe.commit(staged, os.path.join(parent, hexpart))
+        return staged.info.diff_id
+
+    def add_image(self, config_raw: bytes, tags: Sequence[str]) -> ImageInfo:
+        """Record a config whose layers are all present and point tags at it."""
+        wanted = {valid_tag(t) for t in tags}
+        for d in config_diff_ids(config_raw):
+            if not has_layer(self.root, d):
+                raise BadImage(f"image config names layer {d}, which is not in the store")
+        hexpart = hashlib.sha256(config_raw).hexdigest()
+        image_id = "sha256:" + hexpart
+        path = os.path.join(_images_dir(self.root), hexpart + ".json")
+        if not os.path.exists(path):
+            _write_atomic(path, config_raw)
+        current = _read_tags(self.root)
+        if any(current.get(t) != image_id for t in wanted):
+            # A tag moves to the new image, as in Docker; the old image stays, untagged.
+            current.update({t: image_id for t in wanted})
+            _write_atomic(_tags_path(self.root),
+                          msgspec.json.encode(dict(sorted(current.items()))))
+        return _info(self.root, image_id, config_raw, current)
+
+
+@contextmanager
+def writing(root: str) -> Iterator[StoreWriter]:
+    """Hold the writer lock; if the write fails, collect the layers it left unreferenced."""
+    with _locked(root):
+        try:
+            yield StoreWriter(root)
+        except BaseException:
+            try:
+                _collect(root)
+            except (OSError, MoorError):
+                pass  # the original error matters more; the next prune retries
+            raise
 
 
 def import_rootfs(root: str, tar_path: str, ref: str | None = None, *,
                   config: ImageConfig | None = None, created: str | None = None,
                   comment: str = "") -> ImageInfo:
     """Make a one-layer image from a rootfs tarball, like ``docker import``."""
-    tags = [normalize_ref(ref)] if ref else []
+    tags = [valid_tag(ref)] if ref else []
     when = created or datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    with _writing(root):
-        diff_id = _add_layer(root, tar_path)
+    with writing(root) as store:
+        diff_id = store.add_layer(tar_path)
         doc = {
-            "architecture": _host_arch(),
+            "architecture": host_arch(),
             "config": docker_config(config or ImageConfig()),
             "created": when,
             "history": [{"created": when, "comment": comment or "Imported from tarball"}],
             "os": "linux",
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         }
-        return _store_image(root, msgspec.json.encode(doc), tags)
-
-
-def _host_arch() -> str:
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
-
-
-def load_archive(root: str, path: str) -> list[ImageInfo]:
-    """Load every image of a ``docker save`` tarball or an OCI layout (dir or tar)."""
-    with _writing(root), _Source(path) as src:
-        if src.exists("manifest.json"):  # docker save (Docker 25+ also writes index.json)
-            loaded = _load_docker(root, src)
-        elif src.exists("index.json") and src.exists("oci-layout"):
-            loaded = _load_oci(root, src)
-        else:
-            raise BadImage(f"{path}: neither a docker save archive (manifest.json) "
-                           "nor an OCI layout (oci-layout, index.json)")
-    if not loaded:
-        raise BadImage(f"{path}: no image for linux/{_host_arch()} in the archive")
-    return list({i.id: i for i in loaded}.values())
-
-
-# --- archives -----------------------------------------------------------------------------
-
-class _Source:
-    """Read the named files of an image archive, whether a directory or a tar."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.tar: tarfile.TarFile | None = None
-        self.members: dict[str, tarfile.TarInfo] = {}
-        if not os.path.isdir(path):
-            try:
-                self.tar = tarfile.open(path, "r:*")
-                # Tools differ on a leading "./"; index by the normalised name.
-                self.members = {m.name.lstrip("/").removeprefix("./"): m
-                                for m in self.tar.getmembers()}
-            except (OSError, tarfile.TarError, EOFError) as e:
-                raise BadImage(f"cannot read image archive {path}: {e}") from e
-
-    def __enter__(self) -> _Source:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.tar is not None:
-            self.tar.close()
-
-    def _dir_path(self, name: str) -> str:
-        if name.startswith("/") or ".." in name.split("/"):
-            raise BadImage(f"archive names an unsafe path {name!r}")
-        return os.path.join(self.path, name)
-
-    def exists(self, name: str) -> bool:
-        if self.tar is not None:
-            return name in self.members
-        return os.path.isfile(self._dir_path(name))
-
-    def open(self, name: str) -> IO[bytes]:
-        """Open a file of the archive for streaming."""
-        if self.tar is not None:
-            member = self.members.get(name.removeprefix("./"))
-            f = self.tar.extractfile(member) if member is not None else None
-            if f is None:
-                raise BadImage(f"{self.path}: no file {name!r} in the archive")
-            return f
-        try:
-            return open(self._dir_path(name), "rb")
-        except FileNotFoundError:
-            raise BadImage(f"{self.path}: no file {name!r} in the archive") from None
-
-    def read(self, name: str) -> bytes:
-        """Read a small (JSON) file of the archive."""
-        with self.open(name) as f:
-            data = f.read(_MAX_JSON + 1)
-        if len(data) > _MAX_JSON:
-            raise BadImage(f"{self.path}: {name!r} is larger than {_MAX_JSON} bytes")
-        return data
-
-
-class _DockerEntry(msgspec.Struct, rename="pascal"):
-    config: str
-    layers: list[str]
-    repo_tags: list[str] | None = None
-
-
-def _decode(data: bytes, typ: Any, what: str) -> Any:
-    try:
-        return msgspec.json.decode(data, type=typ)
-    except msgspec.DecodeError as e:  # also covers ValidationError
-        raise BadImage(f"invalid {what}: {e}") from e
-
-
-def _load_docker(root: str, src: _Source) -> list[ImageInfo]:
-    loaded = []
-    for entry in _decode(src.read("manifest.json"), list[_DockerEntry], "manifest.json"):
-        tags = [normalize_ref(t) for t in entry.repo_tags or []]  # refuse before extracting
-        raw = src.read(entry.config)
-        diff_ids = _parse_config(raw).rootfs.diff_ids
-        if len(diff_ids) != len(entry.layers):
-            raise BadImage(f"{entry.config}: {len(diff_ids)} diff ids for "
-                           f"{len(entry.layers)} layers")
-        for name, diff_id in zip(entry.layers, diff_ids, strict=True):
-            if not has_layer(root, diff_id):
-                with src.open(name) as f:
-                    _add_layer(root, f, expect_diff_id=diff_id)
-        loaded.append(_store_image(root, raw, tags))
-    return loaded
-
-
-class _Platform(msgspec.Struct):
-    architecture: str = ""
-    os: str = ""
-
-
-class _Descriptor(msgspec.Struct, rename="camel"):
-    digest: str
-    media_type: str = ""
-    size: int = -1
-    annotations: dict[str, str] | None = None
-    platform: _Platform | None = None
-
-
-class _Index(msgspec.Struct):
-    manifests: list[_Descriptor] = []
-
-
-class _Manifest(msgspec.Struct):
-    config: _Descriptor
-    layers: list[_Descriptor] = []
-
-
-_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
-                "application/vnd.docker.distribution.manifest.list.v2+json")
-
-
-def _blob_name(desc: _Descriptor) -> str:
-    algo, _, hexpart = desc.digest.partition(":")
-    if algo != "sha256" or not _HEX.fullmatch(hexpart):
-        raise BadImage(f"unsupported or invalid blob digest {desc.digest!r}")
-    return f"blobs/sha256/{hexpart}"
-
-
-def _read_blob(src: _Source, desc: _Descriptor) -> bytes:
-    data = src.read(_blob_name(desc))
-    if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
-        raise BadImage(f"blob {desc.digest} does not match its digest")
-    if desc.size >= 0 and len(data) != desc.size:
-        raise BadImage(f"blob {desc.digest} is {len(data)} bytes, descriptor says {desc.size}")
-    return data
-
-
-def _oci_name(desc: _Descriptor, inherited: str | None) -> str | None:
-    """Pick an image name from a descriptor's annotations.
-
-    ``org.opencontainers.image.ref.name`` may be a bare tag ("latest") with no repository,
-    so it counts only when it looks like a full reference (has ":" or "/").
-    """
-    notes = desc.annotations or {}
-    name = notes.get("io.containerd.image.name")
-    if name is None:
-        ref = notes.get("org.opencontainers.image.ref.name", "")
-        name = ref if (":" in ref or "/" in ref) else None
-    return name or inherited
-
-
-def _oci_manifests(src: _Source, index: _Index, inherited: str | None,
-                   depth: int = 0) -> Iterator[tuple[_Descriptor, str | None]]:
-    """Yield (manifest descriptor, name) for this host's platform, following nested indexes."""
-    if depth > 4:
-        raise BadImage("OCI indexes nested too deeply")
-    for desc in index.manifests:
-        plat = desc.platform
-        if plat is not None and (plat.os != "linux" or plat.architecture != _host_arch()):
-            continue  # other platforms, and buildx attestations (unknown/unknown)
-        name = _oci_name(desc, inherited)
-        if desc.media_type in _INDEX_TYPES:
-            sub = _decode(_read_blob(src, desc), _Index, f"index {desc.digest}")
-            yield from _oci_manifests(src, sub, name, depth + 1)
-        else:
-            yield desc, name
-
-
-def _load_oci(root: str, src: _Source) -> list[ImageInfo]:
-    index = _decode(src.read("index.json"), _Index, "index.json")
-    loaded = []
-    for desc, name in _oci_manifests(src, index, None):
-        tags = [normalize_ref(name)] if name else []  # refuse before extracting
-        manifest = _decode(_read_blob(src, desc), _Manifest, f"manifest {desc.digest}")
-        raw = _read_blob(src, manifest.config)
-        diff_ids = _parse_config(raw).rootfs.diff_ids
-        if len(diff_ids) != len(manifest.layers):
-            raise BadImage(f"manifest {desc.digest}: {len(diff_ids)} diff ids for "
-                           f"{len(manifest.layers)} layers")
-        for layer, diff_id in zip(manifest.layers, diff_ids, strict=True):
-            if "zstd" in layer.media_type:
-                raise BadImage(f"layer {layer.digest}: zstd compression is not supported")
-            if not has_layer(root, diff_id):
-                with src.open(_blob_name(layer)) as f:
-                    _add_layer(root, f, expect_diff_id=diff_id,
-                               expect_blob_digest=layer.digest)
-        loaded.append(_store_image(root, raw, tags))
-    return loaded
+        return store.add_image(msgspec.json.encode(doc), tags)
 
 
 # --- queries and removal ------------------------------------------------------------------
@@ -591,7 +428,7 @@ def list_images(root: str) -> list[ImageInfo]:
         if name.endswith(".json") and _HEX.fullmatch(name[:-5]):
             image_id = "sha256:" + name[:-5]
             out.append(_info(root, image_id, _read_config(root, image_id), tags))
-    return sorted(out, key=lambda i: i.created, reverse=True)
+    return sorted(out, key=created_ns, reverse=True)
 
 
 def get_image(root: str, ref_or_id: str) -> ImageInfo:
@@ -599,10 +436,7 @@ def get_image(root: str, ref_or_id: str) -> ImageInfo:
     tags = _read_tags(root)
     image_id = None
     if not ref_or_id.startswith("sha256:"):
-        try:
-            image_id = tags.get(normalize_ref(ref_or_id))
-        except InvalidReference:
-            pass
+        image_id = tags.get(normalize_image_ref(ref_or_id))
     if image_id is None:
         prefix = ref_or_id.removeprefix("sha256:")
         if not re.fullmatch(r"[0-9a-f]{1,64}", prefix):

@@ -12,11 +12,13 @@ Layout, derived from the container id alone::
 ``mount(2)`` passes, the new mount API (``fsopen``/``fsconfig`` with ``lowerdir+``, Linux
 6.8+) adds the layers one by one.
 
-Exceptions::
+Exceptions (rooted in :mod:`engine.errors`)::
 
-    RootfsError       a mount or layer operation failed (carries the OS reason)
-    ├── MountConflict the mount point holds a mount that is not ours
-    └── StillMounted  the RW layer cannot go while something is mounted in it
+    Internal (500)
+    └── RootfsError       a mount or layer operation failed (carries the OS reason)
+    Conflict (409)
+    ├── MountConflict     the mount point holds a mount that is not ours
+    └── StillMounted      the RW layer cannot go while something is mounted in it
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from engine.errors import Conflict, Internal
 
 __all__ = [
     "MountConflict",
@@ -61,15 +65,15 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.syscall.restype = ctypes.c_long
 
 
-class RootfsError(Exception):
+class RootfsError(Internal):
     """Signal a failed rootfs operation."""
 
 
-class MountConflict(RootfsError):
+class MountConflict(Conflict):
     """Signal a mount point occupied by a mount that is not the one we would make."""
 
 
-class StillMounted(RootfsError):
+class StillMounted(Conflict):
     """Signal that a container dir cannot be removed because something is mounted in it."""
 
 

@@ -25,10 +25,11 @@ Policy (what a layer may contain and what we do with it):
 Extraction goes into a temp dir next to the destination and is renamed into place, so a
 failed or refused archive leaves nothing behind.
 
-Exceptions::
+Exceptions (rooted in :mod:`engine.errors`; the archive is the client's input, so 400)::
 
-    ArchiveError          corrupt or unreadable archive
-    └── UnsafeArchive     an entry breaks the policy above
+    InvalidParameter
+    └── ArchiveError          corrupt or unreadable archive
+        └── UnsafeArchive     an entry breaks the policy above
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from engine.errors import InvalidParameter
+
 __all__ = [
     "ArchiveError",
     "Extracted",
@@ -70,7 +73,7 @@ _KEPT_XATTR_PREFIXES = ("user.",)
 _KEPT_XATTRS = ("security.capability",)
 
 
-class ArchiveError(Exception):
+class ArchiveError(InvalidParameter):
     """Signal a layer archive that cannot be read (corrupt, truncated, unsupported)."""
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.errors import Conflict, Internal, InvalidParameter, NotFound
+from engine.names import normalize_image_ref
 from tests.conftest import missing_capability
 from tests.imagebuild import (
     Entry,
@@ -24,7 +26,7 @@ from tests.imagebuild import (
     layer_tar,
     oci_layout,
 )
-from workers import images, rootfs
+from workers import archives, images, rootfs
 from workers.tarsafe import ArchiveError, UnsafeArchive
 
 CID = "c0ffee" * 10 + "abcd"  # 64 hex, like a real container id
@@ -81,17 +83,43 @@ def proc_mounts() -> str:
         return f.read()
 
 
-def test_normalize_ref_follows_docker() -> None:
-    n = images.normalize_ref
-    assert n("busybox") == "busybox:latest"
-    assert n("busybox:1.36") == "busybox:1.36"
-    assert n("docker.io/library/busybox") == "busybox:latest"
-    assert n("docker.io/foo/bar:x") == "foo/bar:x"
-    assert n("localhost:5000/app") == "localhost:5000/app:latest"
-    assert n("ghcr.io/org/app:v1.2") == "ghcr.io/org/app:v1.2"
-    for bad in ("Busybox", "busybox:", "a@sha256:" + "0" * 64, "bad tag:x y", ""):
-        with pytest.raises(images.InvalidReference):
-            n(bad)
+def test_valid_tag_checks_docker_grammar_and_agrees_with_the_engine() -> None:
+    for ref in ("busybox", "busybox:1.36", "docker.io/library/busybox", "docker.io/foo/bar:x",
+                "localhost:5000/app", "ghcr.io/org/app:v1.2", "a__b/c-d.e:T_1"):
+        assert images.valid_tag(ref) == normalize_image_ref(ref)
+    assert images.valid_tag("busybox") == "busybox:latest"
+    assert images.valid_tag("localhost:5000/app") == "localhost:5000/app:latest"
+    for bad in ("Busybox", "busybox:", "a@sha256:" + "0" * 64, "bad tag:x y", "", "a/../b",
+                "-a", "a:-x"):
+        with pytest.raises(images.InvalidReference, match="invalid reference format"):
+            images.valid_tag(bad)
+
+
+def _created(when: str) -> int:
+    config = images.ImageConfig()
+    info = images.ImageInfo(id="", repo_tags=(), layers=(), created=when, size=0, config=config)
+    return images.created_ns(info)
+
+
+def test_created_ns_reads_rfc3339_to_the_nanosecond() -> None:
+    assert _created("2024-01-01T00:00:00Z") == 1_704_067_200 * 10**9
+    assert _created("2024-01-01T00:00:00.123456789Z") == 1_704_067_200_123_456_789
+    assert _created("2024-01-01t01:00:00.5+01:00") == 1_704_067_200_500_000_000
+    assert _created("2024-01-01 00:00:00.1234567891z") == 1_704_067_200_123_456_789
+    assert _created("1970-01-01T00:00:00Z") == 0
+    for unknown in ("", "yesterday", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00",
+                    "0001-01-01T00:00:00Z"):
+        assert _created(unknown) == 0, unknown
+
+
+def test_errors_carry_dockers_classes() -> None:
+    for cls, root, status in [
+        (images.InvalidReference, InvalidParameter, 400), (images.BadImage, InvalidParameter, 400),
+        (images.ImageNotFound, NotFound, 404), (images.ImageInUse, Conflict, 409),
+        (rootfs.MountConflict, Conflict, 409), (rootfs.StillMounted, Conflict, 409),
+        (rootfs.RootfsError, Internal, 500),
+    ]:
+        assert issubclass(cls, root) and cls("x").status == status, cls
 
 
 def test_import_busybox_rootfs(store: str, busybox: str, tmp_path: Path) -> None:
@@ -137,9 +165,10 @@ def _archives(tmp_path: Path, lower: bytes, upper: bytes) -> dict[str, str]:
 def test_load_docker_save_and_oci_layouts(store: str, tmp_path: Path, lower_layer: bytes,
                                           upper_layer: bytes) -> None:
     paths = _archives(tmp_path, lower_layer, upper_layer)
-    loaded = {kind: images.load_archive(store, p) for kind, p in paths.items()}
+    loaded = {kind: archives.load_archive(store, p) for kind, p in paths.items()}
     assert [i.repo_tags for i in loaded["docker"]] == [("multi:docker",), ("base:docker",)]
-    assert loaded["oci-dir"][0].repo_tags == ("multi:oci",)
+    # Tags are stored in the engine's normal form, whatever that does with docker.io/library.
+    assert loaded["oci-dir"][0].repo_tags == (normalize_image_ref("docker.io/library/multi:oci"),)
     assert loaded["oci-tar"][0].repo_tags == ("multi:ocitar",)
     multi = loaded["docker"][0]
     assert multi.layers == (diff_id(lower_layer), diff_id(upper_layer))
@@ -159,7 +188,7 @@ def test_load_refuses_a_malicious_layer(store: str, tmp_path: Path) -> None:
     evil = layer_tar([Entry("../../escape", data=b"x")])
     path = docker_save_tar(str(tmp_path / "evil.tar"), [SavedImage([good, evil], ["evil"])])
     with pytest.raises(UnsafeArchive, match="'..' path component"):
-        images.load_archive(store, path)
+        archives.load_archive(store, path)
     assert list(tmp_path.rglob("escape")) == []
     assert images.list_images(store) == []
     # The good layer extracted before the refusal is collected again.
@@ -190,12 +219,12 @@ def test_load_refuses_a_layer_that_does_not_match_its_diff_id(store: str,
     with open(blobs / manifest["layers"][0]["digest"][7:], "wb") as f:
         f.write(gzip.compress(layer_tar([Entry("tampered")])))
     with pytest.raises(ArchiveError, match="expected sha256:"):
-        images.load_archive(store, path)
+        archives.load_archive(store, path)
 
 
 def test_overlay_rootfs_lifecycle(store: str, tmp_path: Path, lower_layer: bytes,
                                   upper_layer: bytes) -> None:
-    [image, _] = images.load_archive(store, _docker_save(tmp_path, lower_layer, upper_layer))
+    [image, _] = archives.load_archive(store, _docker_save(tmp_path, lower_layer, upper_layer))
     lowers = images.layer_dirs(store, image.id)
     cdir = rootfs.ensure_rw_layer(store, CID)
     assert rootfs.ensure_rw_layer(store, CID) == cdir
@@ -259,7 +288,7 @@ def test_image_without_layers_mounts_an_empty_lower(store: str) -> None:
 def test_many_layers_exceed_one_page_and_still_mount(store: str, tmp_path: Path) -> None:
     layers = [layer_tar([Entry("which", data=b"%d" % i), Entry(f"layer-{i}", data=b"")])
               for i in range(60)]
-    [image] = images.load_archive(
+    [image] = archives.load_archive(
         store, docker_save_tar(str(tmp_path / "many.tar"), [SavedImage(layers, ["many"])]))
     lowers = images.layer_dirs(store, image.id)
     assert len(":".join(lowers)) > os.sysconf("SC_PAGESIZE")
@@ -277,7 +306,7 @@ def test_many_layers_exceed_one_page_and_still_mount(store: str, tmp_path: Path)
 
 def test_remove_image_collects_unshared_layers(store: str, tmp_path: Path, lower_layer: bytes,
                                                upper_layer: bytes) -> None:
-    multi, base = images.load_archive(store, _docker_save(tmp_path, lower_layer, upper_layer))
+    multi, base = archives.load_archive(store, _docker_save(tmp_path, lower_layer, upper_layer))
     layer_root = os.path.join(store, "layers", "sha256")
     assert images.remove_image(store, multi.id) is True
     assert sorted(os.listdir(layer_root)) == sorted(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.errors import InvalidParameter
 from tests.imagebuild import Entry, diff_id, layer_tar
 from workers import tarsafe
 from workers.tarsafe import ArchiveError, Limits, UnsafeArchive, extract_layer
@@ -209,6 +210,13 @@ def test_corrupt_archive_is_an_archive_error(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="cannot read layer archive"):
         extract_layer(io.BytesIO(truncated), str(tmp_path / "layer"))
     assert os.listdir(tmp_path) == []
+
+
+def test_archive_errors_are_the_clients_400() -> None:
+    assert issubclass(UnsafeArchive, ArchiveError)
+    assert issubclass(ArchiveError, InvalidParameter)
+    err = UnsafeArchive("refusing 'x': absolute path")
+    assert (err.status, err.exit_code, err.message) == (400, 1, "refusing 'x': absolute path")
 
 
 def test_expected_diff_id_is_checked(tmp_path: Path) -> None:
