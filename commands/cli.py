@@ -139,7 +139,16 @@ def cmd_reducer(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     reducer = Reducer(r, keys, lease_ms=args.lease_ms, batch=args.batch)
-    thread = threading.Thread(target=reducer.run, args=(stop,), name="reducer")
+    failed: list[BaseException] = []
+
+    def lead() -> None:
+        try:
+            reducer.run(stop)
+        except BaseException as exc:  # a supervisor must see the failure: exit non-zero
+            logging.getLogger("moorage.reducer").exception("reducer failed")
+            failed.append(exc)
+
+    thread = threading.Thread(target=lead, name="reducer")
     thread.start()
     if not args.no_default_network:
         try:
@@ -148,7 +157,7 @@ def cmd_reducer(args: argparse.Namespace) -> int:
             logging.getLogger("moorage").warning("default network: %s", err.message)
     while thread.is_alive():
         thread.join(0.5)
-    return 0
+    return 1 if failed else 0
 
 
 # --- the parser -------------------------------------------------------------------------

@@ -6,8 +6,6 @@ The envelope (ids, time, actor, cause) is kept apart from the payload.
 
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 
 from events.specs import ContainerConfig, HostConfig, ImageConfig, NetworkSpec
@@ -160,37 +158,37 @@ class ReportRemoved(_Command, tag="ReportRemoved"):
     generation: int = 0
 
 
-Report = Union[
-    ReportMounted,
-    ReportSandbox,
-    ReportEndpoint,
-    ReportProcessStarted,
-    ReportProcessExited,
-    ReportStepFailed,
-    ReportRemoved,
-]
+Report = (
+    ReportMounted
+    | ReportSandbox
+    | ReportEndpoint
+    | ReportProcessStarted
+    | ReportProcessExited
+    | ReportStepFailed
+    | ReportRemoved
+)
 
 REPORT_TYPES: tuple[type, ...] = (
     ReportMounted, ReportSandbox, ReportEndpoint, ReportProcessStarted,
     ReportProcessExited, ReportStepFailed, ReportRemoved,
 )
 
-Command = Union[
-    DefineNetwork,
-    RegisterImage,
-    RemoveImage,
-    CreateContainer,
-    StartContainer,
-    StopContainer,
-    KillContainer,
-    RestartContainer,
-    RemoveContainer,
-    RenameContainer,
-    ReportMounted,
-    ReportSandbox,
-    ReportEndpoint,
-    ReportProcessStarted,
-    ReportProcessExited,
-    ReportStepFailed,
-    ReportRemoved,
-]
+Command = (
+    DefineNetwork
+    | RegisterImage
+    | RemoveImage
+    | CreateContainer
+    | StartContainer
+    | StopContainer
+    | KillContainer
+    | RestartContainer
+    | RemoveContainer
+    | RenameContainer
+    | ReportMounted
+    | ReportSandbox
+    | ReportEndpoint
+    | ReportProcessStarted
+    | ReportProcessExited
+    | ReportStepFailed
+    | ReportRemoved
+)

@@ -86,7 +86,7 @@ def _register_image(world: World, env: c.Envelope, cmd: c.RegisterImage) -> tupl
     hexpart = cmd.image_id[7:]
     if not cmd.image_id.startswith("sha256:") or len(hexpart) != 64 or set(hexpart) - _HEX:
         raise InvalidParameter(f"invalid image id: {cmd.image_id}")
-    tags = tuple(names.normalize_image_ref(t) for t in cmd.repo_tags)
+    tags = tuple(dict.fromkeys(names.normalize_image_ref(t) for t in cmd.repo_tags))
     known = world.images.get(cmd.image_id)
     if known is not None:
         tags = tuple(dict.fromkeys((*known.repo_tags, *tags)))
@@ -100,7 +100,9 @@ def _remove_image(world: World, env: c.Envelope, cmd: c.RemoveImage) -> tuple[st
     tag = names.normalize_image_ref(cmd.ref)
     if tag in image.repo_tags and len(image.repo_tags) > 1:
         return "", [e.ImageRemoved(image_id=image_id, untagged=(tag,), deleted=False)]
-    users = [x for x in world.containers.values() if x.image_id == image_id]
+    # Sorted, so the container named in the message never depends on dict order.
+    users = sorted((x for x in world.containers.values() if x.image_id == image_id),
+                   key=lambda x: (x.created, x.id))
     short = image_id[7:19]
     running = [x for x in users if x.running or x.starting]
     if running:
@@ -131,17 +133,15 @@ def _create(world: World, env: c.Envelope, cmd: c.CreateContainer) -> tuple[str,
     config = merge_image_config(cmd.config, world.images[image_id])
     if not config.hostname:
         config = msgspec.structs.replace(config, hostname=cid[:12])
-    if cmd.name:
-        name = names.valid_name(cmd.name)
-        holder = world.names.get(name)
-        if holder is not None:
-            raise Conflict(
-                f'Conflict. The container name "/{name}" is already in use by container '
-                f'"{holder}". You have to remove (or rename) that container to be able to '
-                "reuse that name."
-            )
-    else:
-        name = names.generate_name(cid, world.names)
+    # A generated name can fall back to the short id, which a user may already hold.
+    name = names.valid_name(cmd.name) if cmd.name else names.generate_name(cid, world.names)
+    holder = world.names.get(name)
+    if holder is not None:
+        raise Conflict(
+            f'Conflict. The container name "/{name}" is already in use by container '
+            f'"{holder}". You have to remove (or rename) that container to be able to '
+            "reuse that name."
+        )
     return cid, [e.ContainerCreated(name=name, image=cmd.config.image, image_id=image_id,
                                     config=config, host_config=host, created=env.issued_at)]
 
@@ -302,11 +302,15 @@ def _exited(world: World, env: c.Envelope, cmd: c.ReportProcessExited) -> tuple[
     if cmd.generation != ctr.generation:
         return ctr.id, [_ignored(cmd, f"stale generation (current {ctr.generation})")]
     events: Events = []
+    restart_pending = ctr.restart_pending
     if not ctr.running:
         if ctr.saga != ("spawn",):
             return ctr.id, [_ignored(cmd, "process not running")]
-        # The exit overtook the worker's start report: the process did run.
+        # The exit overtook the worker's start report: the process did run. The synthesized
+        # start completes a pending restart (ContainerRestarted clears the flag), so this
+        # exit must not begin yet another one.
         events.extend(_started(ctr, 0, cmd.finished_at))
+        restart_pending = False
     g = cmd.generation
     if cmd.oom_killed:
         events.append(e.ContainerOOMKilled(generation=g))
@@ -314,11 +318,11 @@ def _exited(world: World, env: c.Envelope, cmd: c.ReportProcessExited) -> tuple[
         events.append(e.NetworkDisconnected(generation=g, network=ctr.endpoint.network))
     events.append(e.ContainerDied(generation=g, exit_code=cmd.exit_code,
                                   finished_at=cmd.finished_at, oom_killed=cmd.oom_killed))
-    if ctr.stop_pending or ctr.restart_pending:
+    if ctr.stop_pending or restart_pending:
         events.append(e.ContainerStopped(generation=g))
     if ctr.removal_in_progress:
         events.append(e.ContainerMarkedDead())
-    elif ctr.restart_pending:
+    elif restart_pending:
         events.append(_begin_start(world, ctr, restart=True))
     elif ctr.host_config.auto_remove:
         events.extend((e.RemovalStarted(force=True), e.ContainerMarkedDead()))
@@ -345,6 +349,9 @@ def _failed(world: World, env: c.Envelope, cmd: c.ReportStepFailed) -> tuple[str
                                 exit_code=cmd.exit_code or 128))
     if ctr.removal_in_progress:
         events.append(e.ContainerMarkedDead())
+    elif ctr.host_config.auto_remove:
+        # Docker's start-failure cleanup force-removes an AutoRemove container too.
+        events.extend((e.RemovalStarted(force=True), e.ContainerMarkedDead()))
     return ctr.id, events
 
 

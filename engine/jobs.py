@@ -59,10 +59,14 @@ class JobOutbox:
         """Enqueue jobs straight to rq (resume's owed work; ids make repeats harmless)."""
         if not jobs:
             return
+        # One id may be owed twice in a drain (e.g. a removal retried after RemovalFailed
+        # re-decides `remove-<id>`); rq 3 refuses repeated ids in one enqueue_many, and
+        # they would share one job hash anyway: keep the latest decision of each id.
+        latest = {job.job_id: job for job in jobs}
         datas = [
             Queue.prepare_data(job.func, kwargs=job.kwargs, job_id=job.job_id,
                                timeout=_JOB_TIMEOUT, retry=_RETRY, result_ttl=60,
                                failure_ttl=86400)
-            for job in jobs
+            for job in latest.values()
         ]
         self._queue.enqueue_many(datas)

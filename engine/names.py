@@ -71,9 +71,15 @@ def resolve(world: World, ref: str) -> Container:
 
 
 def normalize_image_ref(ref: str) -> str:
-    """Add Docker's default tag: "busybox" -> "busybox:latest"."""
+    """Write a reference as Docker shows it: "docker.io/library/busybox" -> "busybox:latest"."""
     if ref.startswith("sha256:") or "@" in ref:
         return ref
+    for registry in ("docker.io/", "index.docker.io/"):
+        if ref.startswith(registry):
+            ref = ref[len(registry):]
+            if ref.startswith("library/") and ref.count("/") == 1:
+                ref = ref[len("library/"):]
+            break
     last = ref.rsplit("/", 1)[-1]
     return ref if ":" in last else f"{ref}:latest"
 

@@ -17,7 +17,8 @@ import os
 import secrets
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 import redis as redislib
@@ -44,10 +45,11 @@ log = logging.getLogger("moorage.reducer")
 
 _WORLD_EVENTS = (e.NetworkDefined, e.ImageRegistered, e.ImageRemoved)
 _ENC = msgspec.msgpack.Encoder()
+T = TypeVar("T")
 
 
 class _Redo(Exception):
-    """The batch was refused for stale memory: reload and process it again."""
+    """The batch was refused for stale memory: rebuild and process it again."""
 
 
 class _Deposed(Exception):
@@ -126,7 +128,9 @@ class Reducer:
         world, checkpoint = load_world(self.redis, self.keys)
         tail = self.redis.xrevrange(self.keys.events, count=1)
         last = tail[0][0].decode() if tail else "0-0"
-        if last == checkpoint:
+        count = self.redis.hget(self.keys.world, "count")
+        intact = count is None or int(count) == len(world.containers)
+        if last == checkpoint and intact:
             return world
         log.warning("snapshot at %s but events end at %s: rebuilding from the events",
                     checkpoint, last)
@@ -141,9 +145,17 @@ class Reducer:
 
         world, versions, checkpoint = fold_for_snapshot(
             read_records(self.redis, self.keys, on_bad=skipped))
-        pipe = self.redis.pipeline(transaction=True)
-        queue_snapshot_writes(pipe, self.keys, world, versions, checkpoint)
-        pipe.execute()
+        with self.redis.pipeline(transaction=True) as pipe:
+            # Fenced like every write: a deposed reducer must not overwrite the snapshot.
+            pipe.watch(self.keys.epoch)
+            if self.epoch is not None and pipe.get(self.keys.epoch) != str(self.epoch).encode():
+                raise _Deposed()
+            pipe.multi()
+            queue_snapshot_writes(pipe, self.keys, world, versions, checkpoint)
+            try:
+                pipe.execute()
+            except redislib.WatchError:
+                raise _Deposed() from None
         return world
 
     # --- the fold -------------------------------------------------------------------
@@ -263,7 +275,7 @@ class Reducer:
                 len(jobs), *jobs]
 
 
-def _decode_field(fields: dict[bytes, bytes], name: bytes, decode: Any) -> Any:
+def _decode_field(fields: dict[bytes, bytes], name: bytes, decode: Callable[[bytes], T]) -> T:
     """Decode one field of a commands-stream entry; a failure names the field."""
     raw = fields.get(name)
     if raw is None:

@@ -113,7 +113,10 @@ if #dels > 0 then flush('HDEL', KEYS[2], nil, dels) end
 if #vers > 0 then flush('HSET', KEYS[3], nil, vers) end
 if #done > 0 then flush('HSET', KEYS[5], nil, done) end
 if world_parts then redis.call('HSET', KEYS[4], 'parts', world_parts) end
-if last ~= '' then redis.call('HSET', KEYS[4], 'checkpoint', last) end
+if last ~= '' then
+  -- the container count lets a reader notice a lost containers hash
+  redis.call('HSET', KEYS[4], 'checkpoint', last, 'count', redis.call('HLEN', KEYS[2]))
+end
 flush('XACK', KEYS[6], ARGV[2], acks)
 return {'OK', last}
 """

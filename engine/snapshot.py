@@ -110,4 +110,5 @@ def queue_snapshot_writes(pipe: Any, keys: Keys, world: World, versions: dict[st
                                             for cid, ctr in world.containers.items()})
     if versions:
         pipe.hset(keys.versions, mapping=versions)
-    pipe.hset(keys.world, mapping={"parts": encode_world_parts(world), "checkpoint": checkpoint})
+    pipe.hset(keys.world, mapping={"parts": encode_world_parts(world), "checkpoint": checkpoint,
+                                   "count": len(world.containers)})

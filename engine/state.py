@@ -89,7 +89,7 @@ class World(msgspec.Struct, kw_only=True):
 
     def snapshot(self) -> dict[str, object]:
         """Return a comparable plain copy (tests and replay --verify)."""
-        return msgspec.to_builtins(self)
+        return msgspec.to_builtins(self, order="sorted")
 
 
 def status_of(c: Container) -> str:

@@ -6,8 +6,6 @@ forbid unknown fields, so an old reader survives a newer writer.
 
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 
 from events.specs import ContainerConfig, Endpoint, HostConfig, ImageConfig, NetworkSpec
@@ -182,31 +180,31 @@ class ReportIgnored(_Event, tag="ReportIgnored"):
     reason: str
 
 
-Event = Union[
-    NetworkDefined,
-    ImageRegistered,
-    ImageRemoved,
-    ContainerCreated,
-    ContainerRenamed,
-    StartInitiated,
-    RootfsMounted,
-    SandboxCreated,
-    NetworkConnected,
-    ContainerStarted,
-    ContainerRestarted,
-    StartFailed,
-    SignalRequested,
-    NetworkDisconnected,
-    ContainerOOMKilled,
-    ContainerDied,
-    ContainerStopped,
-    RemovalStarted,
-    ContainerMarkedDead,
-    RemovalFailed,
-    ContainerDestroyed,
-    CommandRejected,
-    ReportIgnored,
-]
+Event = (
+    NetworkDefined
+    | ImageRegistered
+    | ImageRemoved
+    | ContainerCreated
+    | ContainerRenamed
+    | StartInitiated
+    | RootfsMounted
+    | SandboxCreated
+    | NetworkConnected
+    | ContainerStarted
+    | ContainerRestarted
+    | StartFailed
+    | SignalRequested
+    | NetworkDisconnected
+    | ContainerOOMKilled
+    | ContainerDied
+    | ContainerStopped
+    | RemovalStarted
+    | ContainerMarkedDead
+    | RemovalFailed
+    | ContainerDestroyed
+    | CommandRejected
+    | ReportIgnored
+)
 
 
 class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

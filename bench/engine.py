@@ -1,0 +1,218 @@
+"""Engine benchmarks (on demand, not in CI): fold, end-to-end, replay, watch latency.
+
+    python -m bench.engine                 # defaults: 50k e2e commands, 1M replay events
+    python -m bench.engine --events 200000 --commands 20000
+
+Starts its own redis-server (AOF everysec) on a free port in a temp dir and stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from commands import schema as c
+from commands.client import Client, new_container_id
+from engine.decider import apply_command
+from engine.evolve import fold
+from engine.keys import Keys, keys_for
+from engine.reducer import Reducer
+from engine.state import World
+from events.codec import CODEC
+from events.model import EventRecord
+from events.specs import ContainerConfig, ImageConfig, NetworkSpec
+from projections.journal import export_jsonl, import_jsonl
+from projections.stream import read_records, watch
+
+IMAGE = "sha256:" + "ab" * 32
+NET = NetworkSpec(name="bridge", subnet="10.220.0.0/16", gateway="10.220.0.1", bridge="moor0")
+CONFIG = ContainerConfig(image="busybox", cmd=("sleep", "60"))
+
+
+def _env(n: int, cid: str = "", actor: str = "bench") -> c.Envelope:
+    return c.Envelope(command_id=uuid.uuid4().hex, container_id=cid,
+                      issued_at=1_800_000_000_000_000_000 + n, actor=actor)
+
+
+def workload(n_commands: int) -> Iterator[tuple[c.Envelope, c.Command]]:
+    """Yield a realistic lifecycle mix: create, start saga reports, stop, exit, remove."""
+    yield _env(0), c.DefineNetwork(network=NET)
+    yield _env(1), c.RegisterImage(image_id=IMAGE, repo_tags=("busybox:latest",),
+                                   config=ImageConfig(cmd=("sh",)))
+    i = 2
+    while i < n_commands:
+        cid = new_container_id()
+        name = f"b{i}"
+        steps: list[tuple[str, c.Command]] = [
+            ("", c.CreateContainer(name=name, config=CONFIG)),
+            ("", c.StartContainer(ref=name)),
+            ("r", c.ReportMounted(generation=1)),
+            ("r", c.ReportSandbox(generation=1)),
+            ("r", c.ReportEndpoint(generation=1)),
+            ("r", c.ReportProcessStarted(generation=1, pid=100, started_at=1)),
+            ("", c.StopContainer(ref=name)),
+            ("r", c.ReportProcessExited(generation=1, exit_code=143, finished_at=2)),
+            ("", c.RemoveContainer(ref=name)),
+            ("r", c.ReportRemoved(generation=1)),
+        ]
+        for kind, cmd in steps:
+            target = cid if kind == "r" or isinstance(cmd, c.CreateContainer) else ""
+            yield _env(i, target), cmd
+            i += 1
+
+
+def bench_fold(n: int) -> tuple[list[EventRecord], dict[str, float]]:
+    world = World()
+    records: list[EventRecord] = []
+    t0 = time.perf_counter()
+    commands = 0
+    for env, cmd in workload(n):
+        records.extend(apply_command(world, env, cmd).records)
+        commands += 1
+    decide_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fold(records)
+    fold_s = time.perf_counter() - t0
+    return records, {"decide+evolve commands/s": commands / decide_s,
+                     "pure fold events/s": len(records) / fold_s}
+
+
+
+
+def bench_e2e(r: Any, keys: Keys, n: int) -> dict[str, float]:
+    """Preload n commands, then time the reducer folding them through Redis."""
+    pipe = r.pipeline(transaction=False)
+    count = 0
+    for env, cmd in workload(n):
+        pipe.xadd(keys.commands, {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)})
+        count += 1
+        if count % 1000 == 0:
+            pipe.execute()
+    pipe.execute()
+    reducer = Reducer(r, keys, batch=1000)
+    reducer.try_acquire()
+    timers = {"read": 0.0, "write": 0.0}
+    for name, attr in (("read", "_read"), ("write", "_write")):
+        original = getattr(reducer, attr)
+
+        def timed(*a: Any, _o: Any = original, _n: str = name, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return _o(*a, **k)
+            finally:
+                timers[_n] += time.perf_counter() - t
+        setattr(reducer, attr, timed)
+    t0 = time.perf_counter()
+    done = 0
+    while done < count:
+        done += reducer.step()
+    total = time.perf_counter() - t0
+    return {"e2e commands/s": count / total, "e2e seconds": total,
+            "share redis read": timers["read"] / total,
+            "share lua write (incl. redis)": timers["write"] / total,
+            "share decide/encode (python)": 1 - (timers["read"] + timers["write"]) / total}
+
+
+def bench_replay(r: Any, keys: Keys, records: list[EventRecord]) -> dict[str, float]:
+    """Load records into an events stream, then replay from Redis and from an export."""
+    pipe = r.pipeline(transaction=False)
+    for i, record in enumerate(records, 1):
+        pipe.xadd(keys.events, {"d": CODEC.encode(record)}, id=f"{i}-0")
+        if i % 2000 == 0:
+            pipe.execute()
+    pipe.execute()
+    t0 = time.perf_counter()
+    fold(rec for _, rec in read_records(r, keys))
+    from_redis = time.perf_counter() - t0
+    buf = io.StringIO()
+    export_jsonl(read_records(r, keys), buf)
+    buf.seek(0)
+    t0 = time.perf_counter()
+    fold(rec for _, rec in import_jsonl(buf))
+    from_file = time.perf_counter() - t0
+    return {"replay from redis events/s": len(records) / from_redis,
+            "replay from export events/s": len(records) / from_file}
+
+
+def bench_watch(r: Any, keys: Keys, samples: int) -> dict[str, float]:
+    """Time submit -> a watcher holding the event (through the running reducer)."""
+    stop = threading.Event()
+    seen: dict[str, int] = {}
+    ready = threading.Event()
+
+    def watcher() -> None:
+        ready.set()
+        for _, record in watch(redis.Redis(connection_pool=r.connection_pool), keys, "$",
+                               block_ms=200, stop=stop.is_set):
+            seen[record.meta.command_id] = time.perf_counter_ns()
+
+    thread = threading.Thread(target=watcher, daemon=True)
+    reducer = Reducer(r, keys, batch=500, block_ms=200)
+    rstop = threading.Event()
+    rthread = threading.Thread(target=reducer.run, args=(rstop,), daemon=True)
+    rthread.start()
+    client = Client(r, keys)
+    client.define_network(NET)
+    client.register_image(image_id=IMAGE, repo_tags=("busybox:latest",),
+                          config=ImageConfig(cmd=("sh",)))
+    thread.start()
+    ready.wait()
+    time.sleep(0.3)
+    sent: dict[str, int] = {}
+    for i in range(samples):
+        cmd_id = uuid.uuid4().hex
+        sent[cmd_id] = time.perf_counter_ns()
+        client.send(c.CreateContainer(name=f"w{i}", config=CONFIG),
+                    container_id=new_container_id(), command_id=cmd_id)
+        time.sleep(0.005)
+    time.sleep(0.5)
+    stop.set()
+    rstop.set()
+    rthread.join(5)
+    lat = sorted((seen[k] - v) / 1e6 for k, v in sent.items() if k in seen)
+    return {"watch p50 ms": statistics.median(lat),
+            "watch p99 ms": lat[int(len(lat) * 0.99) - 1], "watch samples": len(lat)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--commands", type=int, default=50_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--watch-samples", type=int, default=1000)
+    args = parser.parse_args()
+    from tests.conftest import start_redis
+
+    workdir = tempfile.mkdtemp(prefix="moor-bench-")
+    server = start_redis(workdir)
+    try:
+        r = redis.Redis.from_url(server.url)
+        print(f"redis-server {r.info()['redis_version']} AOF everysec, "
+              f"cpus={os.cpu_count()}")
+        # the fold benchmark also produces the replay corpus (about 0.9 events/command)
+        records, numbers = bench_fold(int(args.events / 0.9) + 10)
+        records = records[: args.events]
+        print(f"fold corpus: {len(records)} events")
+        numbers |= bench_e2e(r, keys_for(prefix="bench-e2e"), args.commands)
+        numbers |= bench_replay(r, keys_for(prefix="bench-replay"), records)
+        numbers |= bench_watch(r, keys_for(prefix="bench-watch"), args.watch_samples)
+        for name, value in numbers.items():
+            print(f"{name:38s} {value:14,.3f}")
+    finally:
+        server.proc.terminate()
+        server.proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
