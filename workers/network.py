@@ -1,0 +1,487 @@
+"""Host network side effects: the bridge, each container's netns sandbox and veth endpoint.
+
+Every resource has an idempotent pair: `ensure_*` accepts what already exists only if it is
+ours and matches (else Conflict), `release_*` treats "already gone" as success.
+
+Speed (measured on these VMs): pyroute2's `netns.create` and `NetNS(...)` each fork a
+child to reach the namespace (~28 ms together before any link work). Here a
+short-lived thread does `unshare(CLONE_NEWNET)` / `setns` and opens the netlink socket
+inside, then exits (~2-3 ms); network namespaces are per thread, so the caller's own thread
+never changes namespace. Opening an existing sandbox opens its path read-only: a wrong name
+fails with NotFound and never creates a namespace (what `flags=0` guarantees in pyroute2).
+The veth peer is created directly inside the namespace as eth0, already enslaved and up.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import msgspec
+from pyroute2 import IPRoute
+from pyroute2.netlink import NETLINK_ROUTE
+from pyroute2.netlink.exceptions import NetlinkError
+
+from engine.errors import Conflict, Internal, MoorError, NotFound
+from workers import nsutil
+from workers.netconf import (
+    BRIDGE_TAG,
+    NETNS_DIR,
+    BridgeConfig,
+    cid_from_netns_name,
+    cid_from_tag,
+    netns_path,
+    tag,
+    veth_name,
+)
+
+__all__ = [
+    "EndpointInfo",
+    "ensure_bridge",
+    "ensure_endpoint",
+    "ensure_sandbox",
+    "list_endpoints",
+    "list_sandboxes",
+    "release_bridge",
+    "release_endpoint",
+    "release_sandbox",
+]
+
+T = TypeVar("T")
+
+_MS_SHARED = 0x100000  # not exported by nsutil
+_NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace it is
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+_AF_INET = 2
+
+
+class EndpointInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What ensure_endpoint set up: facts for the endpoint report and inspect."""
+
+    veth: str
+    sandbox_key: str
+    ip_address: str
+    prefix_len: int
+    gateway: str
+    mac_address: str
+
+
+# --- namespace primitives -------------------------------------------------------------
+
+def _on_thread(fn: Callable[[], T]) -> T:
+    """Run fn on a fresh thread, so unshare/setns never moves the caller's thread."""
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # re-raised on the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=body, name="moor-netns", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
+def _share_netns_dir() -> None:
+    """Make /run/netns a shared mount, as iproute2 does, so the ns bind mounts propagate."""
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    try:
+        nsutil.mount("", NETNS_DIR, "none", _MS_SHARED | nsutil.MS_REC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        # Not a mount point yet: bind it onto itself first (iproute2's fallback).
+        nsutil.mount(NETNS_DIR, NETNS_DIR, "none", nsutil.MS_BIND | nsutil.MS_REC)
+        nsutil.mount("", NETNS_DIR, "none", _MS_SHARED | nsutil.MS_REC)
+
+
+def _netlink_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+
+
+def _set_lo_up() -> None:
+    """Bring lo up in the calling thread's netns with one ioctl (no netlink round trip)."""
+    with socket.socket(_AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, _SIOCGIFFLAGS, req))[1]
+        if not flags & _IFF_UP:
+            fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+def _netns_state(path: str) -> str:
+    """Classify path: "netns", "missing", "placeholder" (a plain file) or "other" (nsfs)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return "missing"
+    try:
+        nstype = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+    except OSError:
+        return "placeholder"  # ENOTTY: not nsfs, what a create that crashed leaves
+    finally:
+        os.close(fd)
+    return "netns" if nstype == nsutil.CLONE_NEWNET else "other"
+
+
+def _create_netns(path: str) -> None:
+    """Create a netns bind-mounted at path with lo up; the placeholder is removed on failure."""
+    _share_netns_dir()
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+
+    def body() -> None:
+        nsutil.unshare(nsutil.CLONE_NEWNET)
+        nsutil.mount("/proc/thread-self/ns/net", path, "none", nsutil.MS_BIND)
+        _set_lo_up()
+
+    try:
+        _on_thread(body)
+    except BaseException:
+        _umount(path)
+        _unlink(path)
+        raise
+
+
+def _open_netns(path: str, cid: str) -> int:
+    """Open an existing sandbox read-only (never creates one); NotFound if it is missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"network sandbox of container {cid} not found ({path})") from None
+    try:
+        if fcntl.ioctl(fd, _NS_GET_NSTYPE) != nsutil.CLONE_NEWNET:
+            raise OSError(errno.EINVAL, "not a network namespace")
+    except OSError:
+        os.close(fd)
+        raise Conflict(f"{path} is not a network namespace (container {cid})") from None
+    return fd
+
+
+def _socket_in(nsfd: int) -> socket.socket:
+    """Return a netlink socket bound to the namespace nsfd (sockets keep their netns)."""
+    def body() -> socket.socket:
+        nsutil.setns(nsfd, nsutil.CLONE_NEWNET)
+        return _netlink_socket()
+    return _on_thread(body)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _umount(path: str) -> None:
+    """Lazily unmount path; not mounted or already gone is success."""
+    try:
+        nsutil.umount2(path, nsutil.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+
+
+# --- netlink helpers ------------------------------------------------------------------
+
+@contextmanager
+def _netlink(what: str) -> Iterator[None]:
+    """Translate netlink and OS errors into moorage errors at the boundary."""
+    try:
+        yield
+    except MoorError:
+        raise
+    except (NetlinkError, OSError) as exc:
+        raise Internal(f"{what}: {exc}") from exc
+
+
+def _get_link(ipr: IPRoute, ifname: str) -> Any | None:
+    """Return the link message for ifname, or None if there is no such device."""
+    try:
+        return ipr.link("get", ifname=ifname)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+
+
+def _kind(link: Any) -> str | None:
+    return link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))  # type: ignore[no-any-return]
+
+
+def _ours(link: Any, kind: str, owner_tag: str) -> bool:
+    """Tell whether a device with our name is ours: right kind, our tag or no tag yet.
+
+    An untagged device of the right kind counts: the kernel ignores IFLA_IFALIAS on
+    RTM_NEWLINK, so a crash between create and tag leaves exactly that behind.
+    """
+    return _kind(link) == kind and link.get("IFLA_IFALIAS") in (None, "", owner_tag)
+
+
+def _ipv4_addrs(ipr: IPRoute, index: int) -> set[tuple[str, int]]:
+    return {(a.get("IFA_ADDRESS"), a["prefixlen"])
+            for a in ipr.addr("dump", index=index, family=socket.AF_INET)}
+
+
+def _sysctl(key: str, value: str) -> None:
+    path = "/proc/sys/" + key
+    with open(path) as f:
+        if f.read().strip() == value:
+            return
+    with open(path, "w") as f:
+        f.write(value)
+
+
+# --- bridge ---------------------------------------------------------------------------
+
+def _check_overlap(ipr: IPRoute, cfg: BridgeConfig, own_index: int | None) -> None:
+    """Refuse a subnet that overlaps a route the host already has (other than our bridge)."""
+    net = cfg.network
+    for route in ipr.route("dump", family=socket.AF_INET, table=254):
+        if route["dst_len"] == 0 or route.get("RTA_OIF") == own_index:
+            continue
+        other = ipaddress.IPv4Network(f"{route.get('RTA_DST')}/{route['dst_len']}", strict=False)
+        if net.overlaps(other):
+            raise Conflict(f"bridge {cfg.name}: subnet {cfg.subnet} overlaps the host route "
+                           f"{other} (set MOOR_SUBNET)")
+
+
+def ensure_bridge(cfg: BridgeConfig) -> int:
+    """Ensure the bridge exists, is up with the gateway address, and forwarding is on.
+
+    Returns the bridge's ifindex. An existing device is accepted only if it is a bridge
+    tagged as ours (or an untagged bridge named as ours without other IPv4 addresses).
+    """
+    with _netlink(f"bridge {cfg.name}"), IPRoute() as ipr:
+        link = _get_link(ipr, cfg.name)
+        if link is None:
+            _check_overlap(ipr, cfg, None)
+            ipr.link("add", ifname=cfg.name, kind="bridge", address=cfg.mac)
+            link = ipr.link("get", ifname=cfg.name)[0]
+        elif not _ours(link, "bridge", BRIDGE_TAG):
+            raise Conflict(f"device {cfg.name} exists and is not a moorage bridge")
+        index = link["index"]
+        _check_overlap(ipr, cfg, index)
+        addrs = _ipv4_addrs(ipr, index)
+        wanted = (cfg.gateway, cfg.prefixlen)
+        if addrs - {wanted}:
+            raise Conflict(f"bridge {cfg.name} has addresses {sorted(addrs)}, expected "
+                           f"{cfg.gateway}/{cfg.prefixlen}")
+        if wanted not in addrs:
+            ipr.addr("add", index=index, address=cfg.gateway, prefixlen=cfg.prefixlen)
+        ipr.link("set", index=index, ifalias=BRIDGE_TAG, state="up")
+        _sysctl("net/ipv4/ip_forward", "1")
+        # Published ports answer on 127.0.0.1 only if 127/8-sourced packets may leave
+        # through the bridge (they are masqueraded on the way, see portmap).
+        _sysctl(f"net/ipv4/conf/{cfg.name}/route_localnet", "1")
+        return int(index)
+
+
+def release_bridge(cfg: BridgeConfig) -> None:
+    """Delete our bridge; absent is success. ip_forward stays on (others may rely on it)."""
+    with _netlink(f"bridge {cfg.name}"), IPRoute() as ipr:
+        link = _get_link(ipr, cfg.name)
+        if link is None:
+            return
+        if not _ours(link, "bridge", BRIDGE_TAG):
+            raise Conflict(f"device {cfg.name} is not a moorage bridge; not deleting it")
+        try:
+            ipr.link("del", index=link["index"])
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise
+
+
+# --- sandbox --------------------------------------------------------------------------
+
+def ensure_sandbox(cid: str) -> str:
+    """Ensure the container's named network namespace exists with lo up; return its path."""
+    path = netns_path(cid)
+    with _netlink(f"sandbox of container {cid}"):
+        state = _netns_state(path)
+        if state == "other":
+            raise Conflict(f"{path} is not a network namespace (container {cid})")
+        if state == "placeholder":
+            # Our name but no namespace mounted: a create interrupted mid-way. Redo it.
+            _unlink(path)
+            state = "missing"
+        if state == "missing":
+            try:
+                _create_netns(path)
+                return path
+            except FileExistsError:
+                pass  # a concurrent ensure won the race; accept its namespace below
+        nsfd = _open_netns(path, cid)
+        try:
+            _on_thread(lambda: _enter_and_set_lo_up(nsfd))
+        finally:
+            os.close(nsfd)
+    return path
+
+
+def _enter_and_set_lo_up(nsfd: int) -> None:
+    """Join the namespace (on a throwaway thread) and make sure lo is up."""
+    nsutil.setns(nsfd, nsutil.CLONE_NEWNET)
+    _set_lo_up()
+
+
+def release_sandbox(cid: str) -> None:
+    """Remove the container's namespace name; its veth goes first so the name is reusable."""
+    path = netns_path(cid)
+    # Unmounting alone would leave the host veth to die ~20 ms later, asynchronously, and
+    # a restart reusing the name would race it. A sysfs stat is a cheap presence check.
+    if os.path.exists(f"/sys/class/net/{veth_name(cid)}"):
+        release_endpoint(cid)
+    with _netlink(f"sandbox of container {cid}"):
+        _umount(path)
+        _unlink(path)
+
+
+# --- endpoint -------------------------------------------------------------------------
+
+def ensure_endpoint(cid: str, cfg: BridgeConfig, ip: str, prefixlen: int, gateway: str,
+                    mac: str | None = None) -> EndpointInfo:
+    """Ensure the container's veth: host end on the bridge, eth0 addressed and routed.
+
+    The sandbox must exist (ensure_sandbox). A veth created by this call is deleted again if
+    a later step fails, so a failed ensure leaves nothing behind.
+    """
+    veth, path = veth_name(cid), netns_path(cid)
+    nsfd = _open_netns(path, cid)
+    try:
+        with _netlink(f"endpoint {veth} of container {cid}"), IPRoute() as host:
+            br = _get_link(host, cfg.name)
+            if br is None or _kind(br) != "bridge":
+                raise NotFound(f"bridge {cfg.name} not found (ensure_bridge first)")
+            # Create first and adopt on EEXIST: the hot path skips two lookups (~2 ms).
+            created = _add_veth(host, veth, br["index"], nsfd, mac)
+            try:
+                host_index = None if created else _adopt_veth(host, cid, veth, br["index"])
+                if created:
+                    host.link("set", ifname=veth, ifalias=tag(cid))
+                with IPRoute(use_socket=_socket_in(nsfd)) as ns:
+                    mac_address = _configure_eth0(ns, cid, host_index, ip, prefixlen,
+                                                  gateway, mac)
+            except BaseException:
+                if created:  # undo our own partial work before reporting the failure
+                    _delete_quietly(host, veth)
+                raise
+    finally:
+        os.close(nsfd)
+    return EndpointInfo(veth=veth, sandbox_key=path, ip_address=ip, prefix_len=prefixlen,
+                        gateway=gateway, mac_address=mac_address)
+
+
+def _add_veth(host: IPRoute, veth: str, bridge: int, nsfd: int, mac: str | None) -> bool:
+    """Create the pair, peer born inside the netns as eth0; False if the name exists."""
+    peer: dict[str, Any] = {"ifname": "eth0", "net_ns_fd": nsfd}
+    if mac:
+        peer["address"] = mac
+    try:
+        host.link("add", ifname=veth, kind="veth", master=bridge, state="up", peer=peer)
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            return False
+        raise
+    return True
+
+
+def _adopt_veth(host: IPRoute, cid: str, veth: str, bridge: int) -> int:
+    """Accept an existing veth if it is ours, enslave it and bring it up; return its index."""
+    link = _get_link(host, veth)
+    if link is None:  # EEXIST came from the netns side: eth0 is taken by something else
+        raise Conflict(f"cannot create {veth}: eth0 already exists in the sandbox of {cid}")
+    if not _ours(link, "veth", tag(cid)):
+        raise Conflict(f"device {veth} exists and is not container {cid}'s veth")
+    if link.get("IFLA_MASTER") != bridge or not link["flags"] & _IFF_UP:
+        host.link("set", index=link["index"], master=bridge, state="up")
+    if link.get("IFLA_IFALIAS") != tag(cid):
+        host.link("set", index=link["index"], ifalias=tag(cid))
+    return int(link["index"])
+
+
+def _delete_quietly(host: IPRoute, veth: str) -> None:
+    try:
+        host.link("del", ifname=veth)
+    except NetlinkError:
+        pass  # best effort while another error is on its way up
+
+
+def _configure_eth0(ns: IPRoute, cid: str, host_index: int | None, ip: str, prefixlen: int,
+                    gateway: str, mac: str | None) -> str:
+    """Give eth0 its address, bring it up and route via the gateway; return its MAC.
+
+    host_index is None for a pair this call just created (nothing to verify or dump).
+    """
+    eth0 = _get_link(ns, "eth0")
+    if eth0 is None or (host_index is not None and eth0.get("IFLA_LINK") != host_index):
+        raise Conflict(f"eth0 in the sandbox of container {cid} is not the peer of its veth")
+    mac_address = str(eth0.get("IFLA_ADDRESS"))
+    if mac and mac_address.lower() != mac.lower():
+        raise Conflict(f"container {cid}: eth0 has MAC {mac_address}, expected {mac}")
+    index = eth0["index"]
+    addrs = set() if host_index is None else _ipv4_addrs(ns, index)
+    if addrs - {(ip, prefixlen)}:
+        raise Conflict(f"container {cid}: eth0 has {sorted(addrs)}, expected {ip}/{prefixlen}")
+    if (ip, prefixlen) not in addrs:
+        ns.addr("add", index=index, address=ip, prefixlen=prefixlen)
+    if not eth0["flags"] & _IFF_UP:
+        ns.link("set", index=index, state="up")
+    ns.route("replace", dst="0.0.0.0/0", gateway=gateway)  # replace: idempotent on retry
+    return mac_address
+
+
+def release_endpoint(cid: str) -> None:
+    """Delete the container's veth pair (both ends); absent is success."""
+    veth = veth_name(cid)
+    with _netlink(f"endpoint {veth} of container {cid}"), IPRoute() as host:
+        link = _get_link(host, veth)
+        if link is None:
+            return
+        if not _ours(link, "veth", tag(cid)):
+            raise Conflict(f"device {veth} is not container {cid}'s veth; not deleting it")
+        try:
+            host.link("del", index=link["index"])
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise
+
+
+# --- listings for reconcile -----------------------------------------------------------
+
+def list_sandboxes() -> list[str]:
+    """Return the cids whose moorage-named namespace exists under /run/netns."""
+    try:
+        names = os.listdir(NETNS_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(cid for cid in map(cid_from_netns_name, names) if cid is not None)
+
+
+def list_endpoints() -> list[str]:
+    """Return the cids of moorage veths on the host (by their tag).
+
+    A veth whose tag was never set (a crash between create and tag) is matched to a
+    sandbox by its short id instead.
+    """
+    sandboxes = {cid[:12]: cid for cid in list_sandboxes()}
+    found: set[str] = set()
+    with _netlink("list endpoints"), IPRoute() as ipr:
+        for link in ipr.link("dump"):
+            name = link.get("IFLA_IFNAME") or ""
+            if _kind(link) != "veth" or not name.startswith("mv"):
+                continue
+            cid = cid_from_tag(link.get("IFLA_IFALIAS")) or sandboxes.get(name[2:])
+            if cid is not None and veth_name(cid) == name:
+                found.add(cid)
+    return sorted(found)
