@@ -290,7 +290,7 @@ def _saga_report(world: World, env: c.Envelope, cmd: Any) -> tuple[str, Events]:
 def _started(ctr: Container, pid: int, started_at: int) -> Events:
     events: Events = [e.ContainerStarted(generation=ctr.generation, pid=pid,
                                          started_at=started_at)]
-    if ctr.restart_pending:
+    if ctr.restart_attempt:
         events.append(e.ContainerRestarted(generation=ctr.generation))
     return events
 
@@ -302,15 +302,12 @@ def _exited(world: World, env: c.Envelope, cmd: c.ReportProcessExited) -> tuple[
     if cmd.generation != ctr.generation:
         return ctr.id, [_ignored(cmd, f"stale generation (current {ctr.generation})")]
     events: Events = []
-    restart_pending = ctr.restart_pending
+    restart_pending = ctr.restart_pending  # asked before this exit: start again after it
     if not ctr.running:
         if ctr.saga != ("spawn",):
             return ctr.id, [_ignored(cmd, "process not running")]
-        # The exit overtook the worker's start report: the process did run. The synthesized
-        # start completes a pending restart (ContainerRestarted clears the flag), so this
-        # exit must not begin yet another one.
+        # The exit overtook the worker's start report: the process did run.
         events.extend(_started(ctr, 0, cmd.finished_at))
-        restart_pending = False
     g = cmd.generation
     if cmd.oom_killed:
         events.append(e.ContainerOOMKilled(generation=g))

@@ -124,7 +124,8 @@ def _start_initiated(world: World, ctr: Container, ev: e.StartInitiated) -> dict
     if ev.endpoint is not None:
         world.addresses[address_key(ev.endpoint.network, ev.endpoint.ip_address)] = ctr.id
     return {"generation": ev.generation, "saga": saga_steps(ctr.host_config.network_mode),
-            "endpoint": ev.endpoint, "connected": False, "restart_pending": ev.restart,
+            "endpoint": ev.endpoint, "connected": False, "restart_pending": False,
+            "restart_attempt": ev.restart,
             "stop_pending": False, "manually_stopped": False, "sandbox_key": "", "rootfs": ""}
 
 
@@ -151,13 +152,14 @@ def _started(world: World, ctr: Container, ev: e.ContainerStarted) -> dict[str, 
 
 
 def _restarted(world: World, ctr: Container, ev: e.ContainerRestarted) -> dict[str, Any]:
-    return {"restart_pending": False}
+    return {"restart_attempt": False}
 
 
 def _start_failed(world: World, ctr: Container, ev: e.StartFailed) -> dict[str, Any]:
     _release_address(world, ctr)
     return {"saga": (), "error": ev.error, "exit_code": ev.exit_code, "endpoint": None,
             "connected": False, "stop_pending": False, "restart_pending": False,
+            "restart_attempt": False,
             "sandbox_key": "", "rootfs": ""}
 
 
@@ -196,7 +198,7 @@ def _removal_started(world: World, ctr: Container, ev: e.RemovalStarted) -> dict
 
 
 def _marked_dead(world: World, ctr: Container, ev: e.ContainerMarkedDead) -> dict[str, Any]:
-    return {"dead": True, "restart_pending": False}
+    return {"dead": True, "restart_pending": False, "restart_attempt": False}
 
 
 def _removal_failed(world: World, ctr: Container, ev: e.RemovalFailed) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from rq import Queue, Retry
+from rq import Queue
 from rq.serializers import JSONSerializer
 
 from engine.keys import Keys
@@ -15,9 +15,9 @@ __all__ = ["JobOutbox", "decode_job", "encode_job", "queue_for"]
 
 _ENC = msgspec.msgpack.Encoder()
 _DEC = msgspec.msgpack.Decoder(tuple[str, str, dict[str, Any]])
-# A start may take a while on a loaded host; a killed worker's job is retried.
+# No rq retries: a retried teardown could run after the next start and undo it. A job
+# lost with a killed worker is re-issued by the worker's reconcile at its restart.
 _JOB_TIMEOUT = 120
-_RETRY = Retry(max=3, interval=[1, 2, 5])
 
 
 def encode_job(job: Job) -> bytes:
@@ -65,7 +65,7 @@ class JobOutbox:
         latest = {job.job_id: job for job in jobs}
         datas = [
             Queue.prepare_data(job.func, kwargs=job.kwargs, job_id=job.job_id,
-                               timeout=_JOB_TIMEOUT, retry=_RETRY, result_ttl=60,
+                               timeout=_JOB_TIMEOUT, result_ttl=60,
                                failure_ttl=86400)
             for job in latest.values()
         ]

@@ -53,7 +53,8 @@ class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     # the current start attempt (saga) and what is owed to it
     generation: int = 0
     saga: tuple[str, ...] = ()  # steps still awaited, in order; () = no start in flight
-    restart_pending: bool = False  # a manual restart: start again after the exit
+    restart_pending: bool = False  # a manual restart was asked: start again after the exit
+    restart_attempt: bool = False  # this start is a restart: record ContainerRestarted
     stop_pending: bool = False  # a stop was asked: record ContainerStopped at the exit
     endpoint: Endpoint | None = None  # reserved at StartInitiated, released at the exit
     connected: bool = False  # the endpoint joined (Docker's `network connect` happened)

@@ -1,0 +1,257 @@
+"""Golden files: bytes written once per tag must decode to the same value forever.
+
+Every event tag and every command tag has a checked-in msgpack file (events also a JSON
+file, the export format) under `tests/unit/golden/`. The normal run only decodes them and
+compares with the value built here. A new tag without a golden file fails the run; write
+its file with `MOOR_REGEN_GOLDEN=1 python -m pytest tests/unit/test_codec_golden.py`.
+Regeneration only writes files that are missing: a shipped file is never rewritten, since
+its whole point is to hold the bytes an older writer produced.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from commands import schema as c
+from events import model as e
+from events.codec import CODEC, CommandResult
+from events.specs import (
+    ContainerConfig,
+    Endpoint,
+    HostConfig,
+    ImageConfig,
+    NetworkSpec,
+    PortBinding,
+    RestartPolicy,
+)
+
+GOLDEN = Path(__file__).parent / "golden"
+REGEN = os.environ.get("MOOR_REGEN_GOLDEN") == "1"
+
+CID = "0123456789abcdef" * 4
+IMAGE_ID = "sha256:" + "fe" * 32
+NETWORK = NetworkSpec(name="bridge", subnet="172.17.0.0/16", gateway="172.17.0.1",
+                      bridge="docker0")
+ENDPOINT = Endpoint(network="bridge", ip_address="172.17.0.2", prefix_len=16,
+                    gateway="172.17.0.1", mac_address="02:42:ac:11:00:02", endpoint_id="ep-1")
+IMAGE_CONFIG = ImageConfig(cmd=("nginx", "-g", "daemon off;"), entrypoint=("/docker-entry.sh",),
+                           env=("PATH=/usr/bin", "NGINX_VERSION=1.27"), working_dir="/srv",
+                           exposed_ports=("80/tcp",), stop_signal="SIGQUIT", user="nginx",
+                           labels={"maintainer": "moorage"})
+CONFIG = ContainerConfig(image="nginx:1.27", cmd=("nginx",), entrypoint=("/init",),
+                         env=("A=1",), labels={"app": "web"}, working_dir="/srv", user="1000",
+                         stop_signal="SIGTERM", stop_timeout=5, hostname="web-1",
+                         exposed_ports=("80/tcp", "443/tcp"), tty=True)
+HOST = HostConfig(network_mode="backend",
+                  port_bindings={"80/tcp": (PortBinding(host_ip="0.0.0.0", host_port="8080"),)},
+                  restart_policy=RestartPolicy(name="on-failure", maximum_retry_count=3),
+                  auto_remove=True, memory=64 * 1024 * 1024, pids_limit=100,
+                  nano_cpus=500_000_000)
+
+EVENTS: dict[str, e.Event] = {
+    "NetworkDefined": e.NetworkDefined(network=NETWORK),
+    "ImageRegistered": e.ImageRegistered(image_id=IMAGE_ID, repo_tags=("nginx:1.27",),
+                                         config=IMAGE_CONFIG, layers=("sha256:" + "ab" * 32,),
+                                         size=1234, created=1_700_000_000),
+    "ImageRemoved": e.ImageRemoved(image_id=IMAGE_ID, untagged=("nginx:1.27",), deleted=False),
+    "ContainerCreated": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
+                                           config=CONFIG, host_config=HOST,
+                                           created=1_700_000_000_000_000_000),
+    "ContainerRenamed": e.ContainerRenamed(old_name="web", new_name="api"),
+    "StartInitiated": e.StartInitiated(generation=2, endpoint=ENDPOINT, manual=False,
+                                       restart=True),
+    "RootfsMounted": e.RootfsMounted(generation=2, rootfs="/run/moor/rootfs"),
+    "SandboxCreated": e.SandboxCreated(generation=2, sandbox_key="/run/netns/moor"),
+    "NetworkConnected": e.NetworkConnected(generation=2, endpoint=ENDPOINT),
+    "ContainerStarted": e.ContainerStarted(generation=2, pid=4242, started_at=17),
+    "ContainerRestarted": e.ContainerRestarted(generation=2),
+    "StartFailed": e.StartFailed(generation=2, step="spawn", error="exec: no such file",
+                                 exit_code=127),
+    "SignalRequested": e.SignalRequested(generation=2, signal=15, purpose="stop", timeout=10),
+    "NetworkDisconnected": e.NetworkDisconnected(generation=2, network="backend"),
+    "ContainerOOMKilled": e.ContainerOOMKilled(generation=2),
+    "ContainerDied": e.ContainerDied(generation=2, exit_code=137, finished_at=18,
+                                     oom_killed=True, error="killed"),
+    "ContainerStopped": e.ContainerStopped(generation=2),
+    "RemovalStarted": e.RemovalStarted(force=True),
+    "ContainerMarkedDead": e.ContainerMarkedDead(),
+    "RemovalFailed": e.RemovalFailed(error="device or resource busy"),
+    "ContainerDestroyed": e.ContainerDestroyed(name="web"),
+    "CommandRejected": e.CommandRejected(command="StartContainer", status=409,
+                                         message="container is marked for removal and cannot "
+                                                 "be started"),
+    "ReportIgnored": e.ReportIgnored(report="ReportMounted", generation=1,
+                                     reason="stale generation (current 2)"),
+}
+
+COMMANDS: dict[str, c.Command] = {
+    "DefineNetwork": c.DefineNetwork(network=NETWORK),
+    "RegisterImage": c.RegisterImage(image_id=IMAGE_ID, repo_tags=("nginx:1.27",),
+                                     config=IMAGE_CONFIG, layers=("sha256:" + "ab" * 32,),
+                                     size=1234, created=1_700_000_000),
+    "RemoveImage": c.RemoveImage(ref="nginx:1.27", force=True),
+    "CreateContainer": c.CreateContainer(config=CONFIG, name="web", host_config=HOST),
+    "StartContainer": c.StartContainer(ref="web"),
+    "StopContainer": c.StopContainer(ref="web", timeout=3, signal="SIGINT"),
+    "KillContainer": c.KillContainer(ref="web", signal="HUP"),
+    "RestartContainer": c.RestartContainer(ref="web", timeout=0, signal="SIGQUIT"),
+    "RemoveContainer": c.RemoveContainer(ref="web", force=True),
+    "RenameContainer": c.RenameContainer(ref="web", new_name="api"),
+    "ReportMounted": c.ReportMounted(generation=3, rootfs="/run/moor/rootfs"),
+    "ReportSandbox": c.ReportSandbox(generation=3, sandbox_key="/run/netns/moor"),
+    "ReportEndpoint": c.ReportEndpoint(generation=3, endpoint_id="ep-3"),
+    "ReportProcessStarted": c.ReportProcessStarted(generation=3, pid=77, started_at=19),
+    "ReportProcessExited": c.ReportProcessExited(generation=3, exit_code=1, finished_at=20,
+                                                 oom_killed=True),
+    "ReportStepFailed": c.ReportStepFailed(generation=3, step="endpoint", error="EEXIST",
+                                           exit_code=126),
+    "ReportRemoved": c.ReportRemoved(generation=3),
+}
+
+ENVELOPE = c.Envelope(command_id="cmd-0001", container_id=CID, issued_at=1_700_000_000_123,
+                      actor="cli:root", reason="user", causation_id="cmd-0000",
+                      correlation_id="corr-1", schema=1)
+RESULT = CommandResult(command_id="cmd-0001", ok=False, status=409, message="conflict",
+                       container_id=CID, version=7, events=("CommandRejected",))
+
+
+def record_for(tag: str) -> e.EventRecord:
+    """Wrap an event in the envelope it is stored with."""
+    meta = e.EventMeta(container_id=CID, version=7, command_id="cmd-0001", at=1_700_000_000_123,
+                       actor="reducer", reason="user", correlation_id="corr-1", schema=1)
+    return e.EventRecord(meta=meta, event=EVENTS[tag])
+
+
+def tags_of(union: Any) -> set[str]:
+    """Return the tags of a tagged union of Structs."""
+    return {cls.__struct_config__.tag for cls in typing.get_args(union)}
+
+
+def golden_files() -> dict[Path, bytes]:
+    """Return every golden file with the bytes the current code would write for it."""
+    files: dict[Path, bytes] = {}
+    for tag in EVENTS:
+        files[GOLDEN / "events" / f"{tag}.msgpack"] = CODEC.encode(record_for(tag))
+        files[GOLDEN / "events" / f"{tag}.json"] = CODEC.json(record_for(tag)) + b"\n"
+    for tag, cmd in COMMANDS.items():
+        files[GOLDEN / "commands" / f"{tag}.msgpack"] = CODEC.encode(cmd)
+    files[GOLDEN / "envelope.msgpack"] = CODEC.encode(ENVELOPE)
+    files[GOLDEN / "result.msgpack"] = CODEC.encode(RESULT)
+    return files
+
+
+def write_missing_golden_files() -> list[Path]:
+    """Write the golden files that do not exist yet; never touch a shipped one."""
+    written = []
+    for path, data in golden_files().items():
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            written.append(path)
+    return written
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _regenerate() -> None:
+    if REGEN:
+        write_missing_golden_files()
+
+
+def read(path: Path) -> bytes:
+    if not path.exists():
+        pytest.fail(f"missing golden file {path.relative_to(GOLDEN)}: run with "
+                    "MOOR_REGEN_GOLDEN=1 once and check the file in")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("tag", sorted(EVENTS))
+def test_event_golden_msgpack(tag: str) -> None:
+    assert CODEC.record(read(GOLDEN / "events" / f"{tag}.msgpack")) == record_for(tag)
+
+
+@pytest.mark.parametrize("tag", sorted(EVENTS))
+def test_event_golden_json(tag: str) -> None:
+    assert CODEC.record_json(read(GOLDEN / "events" / f"{tag}.json")) == record_for(tag)
+
+
+@pytest.mark.parametrize("tag", sorted(COMMANDS))
+def test_command_golden_msgpack(tag: str) -> None:
+    assert CODEC.command(read(GOLDEN / "commands" / f"{tag}.msgpack")) == COMMANDS[tag]
+
+
+def test_envelope_golden() -> None:
+    assert CODEC.envelope(read(GOLDEN / "envelope.msgpack")) == ENVELOPE
+
+
+def test_result_golden() -> None:
+    assert CODEC.result(read(GOLDEN / "result.msgpack")) == RESULT
+
+
+def test_every_event_tag_has_a_golden() -> None:
+    assert set(EVENTS) == tags_of(e.Event)
+    on_disk = {p.stem for p in (GOLDEN / "events").glob("*.msgpack")}
+    assert on_disk == tags_of(e.Event)
+    assert {p.stem for p in (GOLDEN / "events").glob("*.json")} == on_disk
+
+
+def test_every_command_tag_has_a_golden() -> None:
+    assert set(COMMANDS) == tags_of(c.Command)
+    assert {p.stem for p in (GOLDEN / "commands").glob("*.msgpack")} == tags_of(c.Command)
+
+
+def test_reports_are_commands() -> None:
+    assert tags_of(c.Report) <= tags_of(c.Command)
+    assert set(c.REPORT_TYPES) == set(typing.get_args(c.Report))
+
+
+def defaulted_fields(value: Any, path: str = "") -> list[str]:
+    """Return the fields (recursively) a Struct leaves at their default, but `schema`."""
+    found = []
+    for field in msgspec.structs.fields(value):
+        got = getattr(value, field.name)
+        where = f"{path}{type(value).__name__}.{field.name}"
+        if field.default is not msgspec.NODEFAULT:
+            default = field.default
+        elif field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        else:
+            default = msgspec.NODEFAULT
+        if got == default and field.name != "schema":
+            found.append(where)
+        if isinstance(got, msgspec.Struct):
+            found.extend(defaulted_fields(got, where + "/"))
+    return found
+
+
+def test_golden_values_use_every_field() -> None:
+    # A golden built from defaults would not notice a field's wire name changing.
+    values = (*EVENTS.values(), *COMMANDS.values(), ENVELOPE, RESULT,
+              record_for("ContainerStopped"))
+    assert [f for v in values for f in defaulted_fields(v)] == []
+
+
+def test_stored_events_accept_unknown_fields() -> None:
+    # An old reader must survive a newer writer's extra field.
+    data = msgspec.msgpack.encode({"meta": {"command_id": "x", "at": 1, "future": 1},
+                                   "event": {"type": "ContainerStopped", "generation": 1,
+                                             "future": "yes"}})
+    assert CODEC.record(data).event == e.ContainerStopped(generation=1)
+
+
+def test_commands_forbid_unknown_fields() -> None:
+    data = msgspec.msgpack.encode({"type": "StartContainer", "ref": "web", "forse": True})
+    with pytest.raises(msgspec.ValidationError):
+        CODEC.command(data)
+
+
+def test_unknown_tag_is_a_decode_error() -> None:
+    data = msgspec.msgpack.encode({"meta": {"command_id": "x", "at": 1},
+                                   "event": {"type": "ContainerTeleported"}})
+    with pytest.raises(msgspec.ValidationError):
+        CODEC.record(data)

@@ -1,0 +1,77 @@
+"""The host worker's context: Redis, the shard's keys, the data root and the report path.
+
+`moor worker` configures it once; rq job functions read it (jobs carry only primitives).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from commands import schema as c
+from commands.client import Client
+from engine.keys import Keys
+from engine.state import Container
+
+__all__ = ["HostContext", "configure", "current"]
+
+_CONTAINER = msgspec.msgpack.Decoder(Container)
+
+
+@dataclass
+class HostContext:
+    """Everything a job needs besides its arguments."""
+
+    redis: Any
+    redis_url: str
+    keys: Keys
+    root: str
+    host: str = socket.gethostname()
+
+    @property
+    def client(self) -> Client:
+        return Client(self.redis, self.keys, actor=f"worker@{self.host}")
+
+    def report(self, container_id: str, report: c.Command, command_id: str) -> None:
+        """Append a report with a deterministic id, so a retried job's repeat is dropped."""
+        self.client.send(report, container_id=container_id, command_id=command_id)
+
+    def container(self, container_id: str) -> Container | None:
+        """Read the container's snapshot as the reducer last wrote it."""
+        raw = self.redis.hget(self.keys.containers, container_id)
+        return _CONTAINER.decode(raw) if raw is not None else None
+
+    def container_dir(self, container_id: str) -> str:
+        return os.path.join(self.root, "containers", container_id)
+
+    def exit_report_templates(self, container_id: str, generation: int) -> dict[str, Any]:
+        """Return the supervisor's templates for the ProcessExited command entry."""
+        env = msgspec.to_builtins(c.Envelope(
+            command_id=f"exit-{container_id}-{generation}", container_id=container_id,
+            issued_at=1, actor=f"supervisor@{self.host}"))
+        env["issued_at"] = "$now_ns"
+        cmd = {"type": "ReportProcessExited", "generation": generation,
+               "exit_code": "$exit_code", "finished_at": "$finished_at_ns",
+               "oom_killed": "$oom_killed"}
+        return {"env": env, "cmd": cmd}
+
+
+_CURRENT: HostContext | None = None
+
+
+def configure(context: HostContext) -> None:
+    """Set the context jobs run with (once per worker process, or per test)."""
+    global _CURRENT
+    _CURRENT = context
+
+
+def current() -> HostContext:
+    if _CURRENT is None:
+        raise RuntimeError("the host worker context is not configured (run `moor worker`)")
+    return _CURRENT
+
+

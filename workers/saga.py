@@ -1,0 +1,171 @@
+"""The host side of the lifecycle: the start saga, signals, teardown and removal.
+
+Every step is an ensure/release pair named from the container id, so a retried job
+redoes nothing twice and undoing is always safe. A start reports each step as it
+completes; on failure it undoes what it did, in reverse, and reports the failed step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from commands import schema as c
+from engine.errors import MoorError
+from events.specs import NetworkSpec
+from workers import images, network, portmap, rootfs, supervisor
+from workers.context import HostContext
+from workers.hostfiles import write_hostfiles
+from workers.netconf import BridgeConfig, from_port_bindings
+
+__all__ = ["remove", "signal", "start", "teardown"]
+
+log = logging.getLogger("moorage.worker")
+
+
+def _paths(ctx: HostContext, cid: str) -> tuple[str, str, str]:
+    cdir = ctx.container_dir(cid)
+    return cdir, os.path.join(cdir, "state"), os.path.join(cdir, f"{cid}-json.log")
+
+
+def _argv(config: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(config.get("entrypoint") or ()) + tuple(config.get("cmd") or ())
+
+
+def _limits(host_config: dict[str, Any]) -> supervisor.Limits:
+    return supervisor.Limits(memory=host_config.get("memory") or None,
+                             pids=host_config.get("pids_limit") or None,
+                             nano_cpus=host_config.get("nano_cpus") or None)
+
+
+class _Undo:
+    """A stack of compensations, run in reverse when a step fails."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], None]]] = []
+
+    def push(self, name: str, fn: Callable[[], None]) -> None:
+        self._steps.append((name, fn))
+
+    def run(self) -> None:
+        for name, fn in reversed(self._steps):
+            try:
+                fn()
+            except Exception:  # keep undoing: one leak must not cause more
+                log.exception("undo of %s failed", name)
+
+
+def start(ctx: HostContext, plan: dict[str, Any]) -> None:
+    """Run the start saga for one generation, reporting each step."""
+    cid, gen = plan["container_id"], plan["generation"]
+    current = ctx.container(cid)
+    if current is None or current.generation != gen or not current.saga:
+        log.info("start %s gen %s is no longer owed; skipped", cid[:12], gen)
+        return
+    steps = plan["steps"]
+    config, host_config = plan["config"], plan["host_config"]
+    cdir, state_dir, log_path = _paths(ctx, cid)
+    undo = _Undo()
+    step = steps[0] if steps else "spawn"
+    try:
+        step = "mount"
+        lowers = images.dirs_of_layers(ctx.root, plan["layers"])
+        rootfs.ensure_rw_layer(ctx.root, cid)
+        merged = rootfs.ensure_mounted(ctx.root, cid, lowers)
+        undo.push("mount", lambda: rootfs.release_mount(ctx.root, cid))
+        ctx.report(cid, c.ReportMounted(generation=gen, rootfs=merged), f"mount-{cid}-{gen}")
+
+        netns: str | None = None
+        ip: str | None = None
+        if "sandbox" in steps:
+            step = "sandbox"
+            netns = network.ensure_sandbox(cid)
+            undo.push("sandbox", lambda: network.release_sandbox(cid))
+            ctx.report(cid, c.ReportSandbox(generation=gen, sandbox_key=netns),
+                       f"sandbox-{cid}-{gen}")
+        if "endpoint" in steps:
+            step = "endpoint"
+            endpoint = plan["endpoint"]
+            cfg = BridgeConfig.from_network_spec(NetworkSpec(**plan["network"]))
+            network.ensure_bridge(cfg)
+            portmap.ensure_chains(cfg)
+            info = network.ensure_endpoint(cid, cfg, endpoint["ip_address"],
+                                           endpoint["prefix_len"], endpoint["gateway"],
+                                           endpoint.get("mac_address") or None)
+            undo.push("endpoint", lambda: network.release_endpoint(cid))
+            ip = info.ip_address
+            bindings = from_port_bindings(host_config.get("port_bindings") or {})
+            if bindings:
+                portmap.ensure_ports(cid, ip, bindings, cfg)
+                undo.push("ports", lambda: portmap.release_ports(cid))
+            ctx.report(cid, c.ReportEndpoint(generation=gen, endpoint_id=info.veth),
+                       f"endpoint-{cid}-{gen}")
+
+        step = "spawn"
+        files = write_hostfiles(cdir, cid, ip, config.get("hostname") or "")
+        mounts = (supervisor.BindMount(source=files.hosts, target="/etc/hosts"),
+                  supervisor.BindMount(source=files.hostname, target="/etc/hostname"),
+                  supervisor.BindMount(source=files.resolv_conf, target="/etc/resolv.conf"))
+        spec = supervisor.ProcessSpec(
+            container_id=cid, rootfs=merged, argv=_argv(config), state_dir=state_dir,
+            log_path=log_path, env=tuple(config.get("env") or ()),
+            working_dir=config.get("working_dir") or "/", user=config.get("user") or "",
+            hostname=config.get("hostname") or cid[:12], netns=netns,
+            limits=_limits(host_config), mounts=mounts,
+            report=supervisor.Report(redis_url=ctx.redis_url, stream=ctx.keys.commands,
+                                     exit_field="", encoding="msgpack",
+                                     templates=ctx.exit_report_templates(cid, gen)))
+        result = supervisor.spawn(spec)
+        ctx.report(cid, c.ReportProcessStarted(generation=gen, pid=result.pid,
+                                               started_at=result.started_at_ns),
+                   f"started-{cid}-{gen}")
+    except Exception as exc:
+        undo.run()
+        code = getattr(exc, "container_exit_code", None) or 128
+        message = exc.message if isinstance(exc, MoorError) else f"{type(exc).__name__}: {exc}"
+        log.warning("start %s gen %s failed at %s: %s", cid[:12], gen, step, message)
+        ctx.report(cid, c.ReportStepFailed(generation=gen, step=step, error=message,
+                                           exit_code=code), f"failed-{cid}-{gen}")
+
+
+def signal(ctx: HostContext, cid: str, generation: int, sig: int, timeout: int | None,
+           purpose: str) -> None:
+    """Deliver a signal; a stop hands its SIGKILL escalation to the supervisor."""
+    from workers import process
+
+    _, state_dir, _ = _paths(ctx, cid)
+    if purpose in ("stop", "restart"):
+        process.request_stop(state_dir, sig, -1 if timeout is None else timeout)
+    else:
+        process.signal_container(state_dir, sig)
+
+
+def teardown(ctx: HostContext, cid: str, generation: int) -> None:
+    """Release the network and the mount after an exit (the RW layer stays)."""
+    # Runs before the next generation's start: one queue per host, first in first out.
+    _release_runtime(ctx, cid)
+
+
+def _release_runtime(ctx: HostContext, cid: str) -> None:
+    portmap.release_ports(cid)
+    network.release_endpoint(cid)
+    network.release_sandbox(cid)
+    rootfs.release_mount(ctx.root, cid)
+
+
+def remove(ctx: HostContext, cid: str, generation: int) -> None:
+    """Delete everything the container had on this host, then report it removed."""
+    try:
+        _release_runtime(ctx, cid)
+        rootfs.release_rw_layer(ctx.root, cid)
+        shutil.rmtree(ctx.container_dir(cid), ignore_errors=True)
+    except Exception as exc:
+        message = exc.message if isinstance(exc, MoorError) else str(exc)
+        ctx.report(cid, c.ReportStepFailed(generation=generation, step="remove",
+                                           error=message), uuid.uuid4().hex)
+        return
+    ctx.report(cid, c.ReportRemoved(generation=generation), f"removed-{cid}-{generation}")
