@@ -51,8 +51,8 @@ def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfi
     """Build Config and HostConfig from docker-run-style flags."""
     bindings: dict[str, list[PortBinding]] = {}
     for spec in args.publish:
-        port, binding = parse_publish(spec)
-        bindings.setdefault(port, []).append(binding)
+        for port, binding in parse_publish(spec):
+            bindings.setdefault(port, []).append(binding)
     config = ContainerConfig(
         image=args.image,
         cmd=tuple(args.command) or None,
@@ -208,10 +208,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-default-network", action="store_true")
     p.set_defaults(func=cmd_reducer)
 
+    # Host-side commands run as their own program (nothing outside workers/ imports it).
+    for name, help_ in (("worker", "run this host's worker (root)"),
+                        ("image", "import, load, list and remove images on this host"),
+                        ("images", "list images (moor image ls)"),
+                        ("rmi", "remove images (moor image rm)"),
+                        ("logs", "print a container's logs")):
+        p = sub.add_parser(name, help=help_, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_host_command)
+
+    p = sub.add_parser("up", help="embedded Redis + reducer + worker in one process tree")
+    p.set_defaults(func=cmd_up)
+
     from projections import cli as read_cli
 
-    read_cli.register(sub, connect)
+    read_cli.register(sub, lambda: connect(_PARSED[-1]))
     return parser
+
+
+_PARSED: list[argparse.Namespace] = []  # the read commands connect with the global flags
+_HOST_ALIASES = {"images": ["image", "ls"], "rmi": ["image", "rm"]}
+
+
+def _host_argv(args: argparse.Namespace) -> list[str]:
+    head = ["--actor", args.actor, "--reason", args.reason]
+    if args.redis_url:
+        head = ["--redis-url", args.redis_url, *head]
+    if args.command == "worker":
+        return [sys.executable, "-m", "workers.main",
+                *(["--redis-url", args.redis_url] if args.redis_url else []), *args.rest]
+    verb = _HOST_ALIASES.get(args.command, [args.command])
+    return [sys.executable, "-m", "workers.hostcli", *head, *verb, *args.rest]
+
+
+def _host_command(args: argparse.Namespace) -> int:
+    argv = _host_argv(args)
+    os.execv(argv[0], argv)
+    return 1  # not reached
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the engine on this machine: embedded Redis, the reducer and a worker."""
+    import subprocess
+
+    env = dict(os.environ)
+    if args.redis_url:
+        env["MOOR_REDIS_URL"] = args.redis_url
+    elif "MOOR_REDIS_URL" not in env:
+        from engine.redis_embedded import redis_url
+
+        env["MOOR_REDIS_URL"] = redis_url()
+    print(f"moor up: redis {env['MOOR_REDIS_URL']}", flush=True)
+    children = [
+        subprocess.Popen([sys.executable, "-m", "commands.cli", "reducer"], env=env),
+        subprocess.Popen([sys.executable, "-m", "workers.main"], env=env),
+    ]
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set() and all(child.poll() is None for child in children):
+        stop.wait(0.5)
+    for child in children:  # our own children, by PID
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    print("moor up: stopped", flush=True)
+    return 0 if stop.is_set() else 1
 
 
 def _stop_flags(p: argparse.ArgumentParser) -> None:
@@ -223,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; Docker's error texts on stderr, non-zero exit on failure."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _PARSED.append(args)
     logging.basicConfig(level=logging.INFO if args.verbose or args.command == "reducer"
                         else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:

@@ -115,8 +115,12 @@ class Client:
             if left <= 0:
                 raise Timeout(f"timed out waiting on container {container_id[:12]} "
                               "(is `moor worker` running?)")
-            reply = self.redis.xread({self.keys.events: cursor}, count=500,
-                                     block=max(1, int(left * 1000)))
+            # Short blocks: a long one may outlast the connection's socket timeout.
+            try:
+                reply = self.redis.xread({self.keys.events: cursor}, count=500,
+                                         block=max(1, min(int(left * 1000), 2000)))
+            except redislib.RedisError as exc:
+                raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     cursor = entry_id

@@ -2,32 +2,125 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from engine.errors import InvalidParameter
 from events.specs import PortBinding
 
-__all__ = ["parse_bytes", "parse_cpus", "parse_env", "parse_labels", "parse_publish"]
+__all__ = [
+    "PROTOS",
+    "parse_bytes",
+    "parse_cpus",
+    "parse_env",
+    "parse_host_ip",
+    "parse_host_port",
+    "parse_labels",
+    "parse_port_key",
+    "parse_publish",
+]
 
-_PUBLISH = re.compile(
-    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}):)?(?:(?P<host>\d{0,5}):)?(?P<ctr>\d{1,5})"
-    r"(?:/(?P<proto>tcp|udp|sctp))?$"
-)
+PROTOS = ("tcp", "udp", "sctp")
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
-def parse_publish(spec: str) -> tuple[str, PortBinding]:
-    """Parse `[ip:][host:]container[/proto]` into ("80/tcp", PortBinding)."""
-    match = _PUBLISH.match(spec)
-    if not match:
-        raise InvalidParameter(f'invalid port specification: "{spec}"')
-    ctr = int(match["ctr"])
-    host = match["host"] or ""
-    if not 0 < ctr < 65536 or (host and not 0 < int(host) < 65536):
-        raise InvalidParameter(f'invalid port specification: "{spec}"')
-    port = f"{ctr}/{match['proto'] or 'tcp'}"
-    return port, PortBinding(host_ip=match["ip"] or "", host_port=host)
+# --- published ports (`-p`, HostConfig.PortBindings) -----------------------------------
+# Error texts follow the docker CLI / dockerd: `invalid proto: x`, `invalid IP address: x`,
+# `invalid port specification: "x"`.
 
+def _bad_port(text: str) -> InvalidParameter:
+    return InvalidParameter(f'invalid port specification: "{text}"')
+
+
+def _port_range(text: str, allow_zero: bool) -> tuple[int, int]:
+    """Parse "80" or "8000-8010" into an inclusive range; raise on anything else."""
+    low, sep, high = text.partition("-")
+    if not low.isdigit() or (sep and not high.isdigit()):
+        raise _bad_port(text)
+    start, end = int(low), int(high) if sep else int(low)
+    if end < start or end > 65535 or (start == 0 and not allow_zero):
+        raise _bad_port(text)
+    return start, end
+
+
+def _proto(text: str) -> str:
+    proto = (text or "tcp").lower()
+    if proto not in PROTOS:
+        raise InvalidParameter(f"invalid proto: {proto}")
+    return proto
+
+
+def parse_host_ip(text: str) -> str:
+    """Return the canonical form of a binding's host IP ("" stays "": every address)."""
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text:
+        return ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidParameter(f"invalid IP address: {text}") from None
+
+
+def parse_host_port(text: str) -> int:
+    """Parse a binding's host port; "" and "0" mean 0, an ephemeral port."""
+    if not text:
+        return 0
+    start, end = _port_range(text, allow_zero=True)
+    if start != end:
+        raise _bad_port(text)
+    return start
+
+
+def parse_port_key(key: str) -> tuple[int, str]:
+    """Parse a port key as HostConfig.PortBindings holds it: "80/tcp" -> (80, "tcp")."""
+    port, _, proto = key.partition("/")
+    proto = _proto(proto)
+    start, end = _port_range(port, allow_zero=False)
+    if start != end:
+        raise _bad_port(port)
+    return start, proto
+
+
+def _split_parts(raw: str) -> tuple[str, str, str]:
+    """Split "[ip:][host:]container[/proto]" the way the docker CLI does (IPv6 ip has colons)."""
+    parts = raw.split(":")
+    if len(parts) == 1:
+        return "", "", parts[0]
+    if len(parts) == 2:
+        return "", parts[0], parts[1]
+    return ":".join(parts[:-2]), parts[-2], parts[-1]
+
+
+def parse_publish(spec: str) -> list[tuple[str, PortBinding]]:
+    """Parse a `-p [ip:][host:]container[/proto]` spec into (port key, binding) pairs.
+
+    Equal-length ranges expand pairwise ("8000-8001:80-81" publishes two ports); a host
+    port of 0 or none is stored as "" (ephemeral).
+    """
+    ip, host, container = _split_parts(spec.strip())
+    cport, _, proto = container.partition("/")
+    if not cport:
+        raise InvalidParameter(f"no port specified: {spec}<empty>")
+    proto = _proto(proto)
+    ip = parse_host_ip(ip)
+    c_start, c_end = _port_range(cport, allow_zero=False)
+    if not host:
+        return [(f"{p}/{proto}", PortBinding(host_ip=ip)) for p in range(c_start, c_end + 1)]
+    h_start, h_end = _port_range(host, allow_zero=True)
+    if h_end - h_start != c_end - c_start:
+        if c_start != c_end:
+            raise InvalidParameter("invalid ranges specified for container and host Ports: "
+                                   f"{cport} and {host}")
+        # Docker then allocates one free port from the host range; not implemented.
+        raise InvalidParameter(
+            f'host port ranges for one container port are not supported: "{spec}"')
+    return [(f"{c_start + i}/{proto}",
+             PortBinding(host_ip=ip, host_port=str(h_start + i) if h_start + i else ""))
+            for i in range(c_end - c_start + 1)]
+
+
+# --- resources and metadata -------------------------------------------------------------
 
 def parse_bytes(text: str) -> int:
     """Parse Docker's memory sizes: 6m, 1g, 512k, 1048576."""

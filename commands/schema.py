@@ -25,6 +25,7 @@ __all__ = [
     "ReportMounted",
     "ReportProcessExited",
     "ReportProcessStarted",
+    "ReportDrift",
     "ReportRemoved",
     "ReportSandbox",
     "ReportStepFailed",
@@ -158,6 +159,14 @@ class ReportRemoved(_Command, tag="ReportRemoved"):
     generation: int = 0
 
 
+class ReportDrift(_Command, tag="ReportDrift"):
+    """The reconciler found the host disagreeing with the facts (and what it did)."""
+
+    resource: str
+    detail: str
+    generation: int = 0
+
+
 Report = (
     ReportMounted
     | ReportSandbox
@@ -166,11 +175,12 @@ Report = (
     | ReportProcessExited
     | ReportStepFailed
     | ReportRemoved
+    | ReportDrift
 )
 
 REPORT_TYPES: tuple[type, ...] = (
     ReportMounted, ReportSandbox, ReportEndpoint, ReportProcessStarted,
-    ReportProcessExited, ReportStepFailed, ReportRemoved,
+    ReportProcessExited, ReportStepFailed, ReportRemoved, ReportDrift,
 )
 
 Command = (
@@ -191,4 +201,5 @@ Command = (
     | ReportProcessExited
     | ReportStepFailed
     | ReportRemoved
+    | ReportDrift
 )

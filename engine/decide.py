@@ -352,6 +352,13 @@ def _failed(world: World, env: c.Envelope, cmd: c.ReportStepFailed) -> tuple[str
     return ctr.id, events
 
 
+def _drift(world: World, env: c.Envelope, cmd: c.ReportDrift) -> tuple[str, Events]:
+    # Recorded for audit even when the container is unknown (an orphan on the host).
+    cid = env.container_id if env.container_id in world.containers else ""
+    return cid, [e.DriftObserved(container_id=env.container_id, resource=cmd.resource,
+                                 detail=cmd.detail)]
+
+
 def _removed(world: World, env: c.Envelope, cmd: c.ReportRemoved) -> tuple[str, Events]:
     ctr = _report_container(world, env)
     if ctr is None:
@@ -379,4 +386,5 @@ _HANDLERS: dict[type, Callable[..., tuple[str, Events]]] = {
     c.ReportProcessExited: _exited,
     c.ReportStepFailed: _failed,
     c.ReportRemoved: _removed,
+    c.ReportDrift: _drift,
 }

@@ -21,6 +21,7 @@ __all__ = [
     "ContainerRestarted",
     "ContainerStarted",
     "ContainerStopped",
+    "DriftObserved",
     "Event",
     "EventMeta",
     "EventRecord",
@@ -164,6 +165,14 @@ class ContainerDestroyed(_Event, tag="ContainerDestroyed"):
     name: str
 
 
+class DriftObserved(_Event, tag="DriftObserved"):
+    """The reconciler found a host resource disagreeing with the facts."""
+
+    container_id: str
+    resource: str
+    detail: str
+
+
 class CommandRejected(_Event, tag="CommandRejected"):
     """A command the engine refused, with Docker's HTTP status and message."""
 
@@ -202,6 +211,7 @@ Event = (
     | ContainerMarkedDead
     | RemovalFailed
     | ContainerDestroyed
+    | DriftObserved
     | CommandRejected
     | ReportIgnored
 )

@@ -14,15 +14,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from commands import schema as c
 from engine.errors import MoorError
-from events.specs import NetworkSpec
+from events.specs import ContainerConfig, HostConfig, NetworkSpec
 from workers import images, network, portmap, rootfs, supervisor
 from workers.context import HostContext
 from workers.hostfiles import write_hostfiles
 from workers.netconf import BridgeConfig, from_port_bindings
 
-__all__ = ["remove", "signal", "start", "teardown"]
+__all__ = ["release_runtime", "remove", "signal", "start", "teardown"]
 
 log = logging.getLogger("moorage.worker")
 
@@ -32,14 +34,9 @@ def _paths(ctx: HostContext, cid: str) -> tuple[str, str, str]:
     return cdir, os.path.join(cdir, "state"), os.path.join(cdir, f"{cid}-json.log")
 
 
-def _argv(config: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(config.get("entrypoint") or ()) + tuple(config.get("cmd") or ())
-
-
-def _limits(host_config: dict[str, Any]) -> supervisor.Limits:
-    return supervisor.Limits(memory=host_config.get("memory") or None,
-                             pids=host_config.get("pids_limit") or None,
-                             nano_cpus=host_config.get("nano_cpus") or None)
+def _limits(host: HostConfig) -> supervisor.Limits:
+    return supervisor.Limits(memory=host.memory or None, pids=host.pids_limit or None,
+                             nano_cpus=host.nano_cpus or None)
 
 
 class _Undo:
@@ -67,7 +64,9 @@ def start(ctx: HostContext, plan: dict[str, Any]) -> None:
         log.info("start %s gen %s is no longer owed; skipped", cid[:12], gen)
         return
     steps = plan["steps"]
-    config, host_config = plan["config"], plan["host_config"]
+    # The plan travels as primitives; typed again here, once.
+    config = msgspec.convert(plan["config"], ContainerConfig)
+    host = msgspec.convert(plan["host_config"], HostConfig)
     cdir, state_dir, log_path = _paths(ctx, cid)
     undo = _Undo()
     step = steps[0] if steps else "spawn"
@@ -98,7 +97,7 @@ def start(ctx: HostContext, plan: dict[str, Any]) -> None:
                                            endpoint.get("mac_address") or None)
             undo.push("endpoint", lambda: network.release_endpoint(cid))
             ip = info.ip_address
-            bindings = from_port_bindings(host_config.get("port_bindings") or {})
+            bindings = from_port_bindings(host.port_bindings)
             if bindings:
                 portmap.ensure_ports(cid, ip, bindings, cfg)
                 undo.push("ports", lambda: portmap.release_ports(cid))
@@ -106,16 +105,16 @@ def start(ctx: HostContext, plan: dict[str, Any]) -> None:
                        f"endpoint-{cid}-{gen}")
 
         step = "spawn"
-        files = write_hostfiles(cdir, cid, ip, config.get("hostname") or "")
+        files = write_hostfiles(cdir, cid, ip, config.hostname)
         mounts = (supervisor.BindMount(source=files.hosts, target="/etc/hosts"),
                   supervisor.BindMount(source=files.hostname, target="/etc/hostname"),
                   supervisor.BindMount(source=files.resolv_conf, target="/etc/resolv.conf"))
         spec = supervisor.ProcessSpec(
-            container_id=cid, rootfs=merged, argv=_argv(config), state_dir=state_dir,
-            log_path=log_path, env=tuple(config.get("env") or ()),
-            working_dir=config.get("working_dir") or "/", user=config.get("user") or "",
-            hostname=config.get("hostname") or cid[:12], netns=netns,
-            limits=_limits(host_config), mounts=mounts,
+            container_id=cid, rootfs=merged,
+            argv=(*(config.entrypoint or ()), *(config.cmd or ())), state_dir=state_dir,
+            log_path=log_path, env=config.env, working_dir=config.working_dir or "/",
+            user=config.user, hostname=config.hostname or cid[:12], netns=netns,
+            limits=_limits(host), mounts=mounts,
             report=supervisor.Report(redis_url=ctx.redis_url, stream=ctx.keys.commands,
                                      exit_field="", encoding="msgpack",
                                      templates=ctx.exit_report_templates(cid, gen)))
@@ -147,10 +146,11 @@ def signal(ctx: HostContext, cid: str, generation: int, sig: int, timeout: int |
 def teardown(ctx: HostContext, cid: str, generation: int) -> None:
     """Release the network and the mount after an exit (the RW layer stays)."""
     # Runs before the next generation's start: one queue per host, first in first out.
-    _release_runtime(ctx, cid)
+    release_runtime(ctx, cid)
 
 
-def _release_runtime(ctx: HostContext, cid: str) -> None:
+def release_runtime(ctx: HostContext, cid: str) -> None:
+    """Release a container's ports, endpoint, sandbox and mount (each: gone = success)."""
     portmap.release_ports(cid)
     network.release_endpoint(cid)
     network.release_sandbox(cid)
@@ -160,7 +160,7 @@ def _release_runtime(ctx: HostContext, cid: str) -> None:
 def remove(ctx: HostContext, cid: str, generation: int) -> None:
     """Delete everything the container had on this host, then report it removed."""
     try:
-        _release_runtime(ctx, cid)
+        release_runtime(ctx, cid)
         rootfs.release_rw_layer(ctx.root, cid)
         shutil.rmtree(ctx.container_dir(cid), ignore_errors=True)
     except Exception as exc:

@@ -83,6 +83,8 @@ EVENTS: dict[str, e.Event] = {
     "ContainerMarkedDead": e.ContainerMarkedDead(),
     "RemovalFailed": e.RemovalFailed(error="device or resource busy"),
     "ContainerDestroyed": e.ContainerDestroyed(name="web"),
+    "DriftObserved": e.DriftObserved(container_id="c" * 64, resource="netns",
+                                     detail="sandbox missing; released"),
     "CommandRejected": e.CommandRejected(command="StartContainer", status=409,
                                          message="container is marked for removal and cannot "
                                                  "be started"),
@@ -112,6 +114,7 @@ COMMANDS: dict[str, c.Command] = {
     "ReportStepFailed": c.ReportStepFailed(generation=3, step="endpoint", error="EEXIST",
                                            exit_code=126),
     "ReportRemoved": c.ReportRemoved(generation=3),
+    "ReportDrift": c.ReportDrift(resource="netns", detail="sandbox missing", generation=3),
 }
 
 ENVELOPE = c.Envelope(command_id="cmd-0001", container_id=CID, issued_at=1_700_000_000_123,

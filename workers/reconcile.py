@@ -1,0 +1,97 @@
+"""Reconcile: compare the facts with this host and correct the drift.
+
+Run at worker start and periodically. It reports exits nobody reported (the supervisor
+died with its container), re-issues starts whose job was lost with a killed worker,
+releases resources no live container owns, and records every finding in the journal
+(ReportDrift), so the audit trail shows what the host disagreed about.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from commands import schema as c
+from engine.jobs import JobOutbox
+from engine.react import resume
+from engine.snapshot import load_world
+from engine.state import Container
+from workers import network, portmap, process, rootfs
+from workers.context import HostContext
+from workers.saga import release_runtime
+
+__all__ = ["reconcile"]
+
+log = logging.getLogger("moorage.reconcile")
+
+_UNKNOWN_EXIT = 255  # Docker's exit code when the status was lost
+
+
+def _state_dir(ctx: HostContext, cid: str) -> str:
+    return os.path.join(ctx.container_dir(cid), "state")
+
+
+def _mounted(ctx: HostContext) -> set[str]:
+    base = os.path.join(os.path.realpath(ctx.root), "containers") + os.sep
+    found = set()
+    for entry in rootfs.mounts():
+        if entry.fstype == "overlay" and entry.mount_point.startswith(base):
+            found.add(entry.mount_point[len(base):].split(os.sep, 1)[0])
+    return found
+
+
+def _drift(ctx: HostContext, cid: str, ctr: Container | None, resource: str,
+           detail: str, findings: list[dict[str, Any]]) -> None:
+    generation = ctr.generation if ctr is not None else 0
+    findings.append({"container": cid, "resource": resource, "detail": detail})
+    log.warning("drift %s %s: %s", cid[:12], resource, detail)
+    ctx.report(cid, c.ReportDrift(resource=resource, detail=detail, generation=generation),
+               f"drift-{cid}-{resource}-{time.time_ns()}")
+
+
+def reconcile(ctx: HostContext) -> list[dict[str, Any]]:
+    """Correct this host against the facts; return the findings (also journaled)."""
+    world, _ = load_world(ctx.redis, ctx.keys)
+    findings: list[dict[str, Any]] = []
+    sandboxes = set(network.list_sandboxes())
+    endpoints = set(network.list_endpoints())
+    ports = portmap.list_port_rules()
+    mounted = _mounted(ctx)
+
+    for ctr in world.containers.values():
+        cid = ctr.id
+        state_dir = _state_dir(ctx, cid)
+        if ctr.running and not process.is_alive(state_dir):
+            status = process.read_exit(state_dir)
+            code = status.exit_code if status is not None else _UNKNOWN_EXIT
+            finished = status.finished_at_ns if status is not None else time.time_ns()
+            # Same command id as the supervisor's own report: a repeat is dropped.
+            ctx.report(cid, c.ReportProcessExited(
+                generation=ctr.generation, exit_code=code, finished_at=finished,
+                oom_killed=bool(status and status.oom_killed)), f"exit-{cid}-{ctr.generation}")
+            _drift(ctx, cid, ctr, "process", f"exit not reported; reported {code}", findings)
+            continue
+        live = ctr.running or bool(ctr.saga)
+        if ctr.running and ctr.host_config.network_mode == "bridge" and cid not in sandboxes:
+            _drift(ctx, cid, ctr, "netns", "sandbox missing while running", findings)
+        if not live:
+            for what, present in (("netns", cid in sandboxes), ("veth", cid in endpoints),
+                                  ("ports", cid in ports), ("mount", cid in mounted)):
+                if present:
+                    _drift(ctx, cid, ctr, what, "held by a stopped container; released",
+                           findings)
+            if cid in sandboxes or cid in endpoints or cid in ports or cid in mounted:
+                release_runtime(ctx, cid)
+
+    known = set(world.containers)
+    for cid in sorted((sandboxes | endpoints | set(ports) | mounted) - known):
+        _drift(ctx, cid, None, "orphan", "resources of no known container; released",
+               findings)
+        release_runtime(ctx, cid)
+
+    # Starts and removals owed by the state (a killed worker lost their jobs).
+    JobOutbox(ctx.redis, ctx.keys).enqueue(resume(world))
+    return findings
+
