@@ -287,10 +287,38 @@ def _stop_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--signal")
 
 
+_HOST_COMMANDS = frozenset(("worker", "image", "images", "rmi", "logs"))
+_VALUED_GLOBALS = frozenset(("--redis-url", "--actor", "--reason", "--timeout"))
+
+
+def _split_host_command(argv: list[str]) -> tuple[list[str], list[str]] | None:
+    """Split `[globals] HOSTCMD rest...` into its head and the host program's arguments.
+
+    argparse's REMAINDER does not take arguments that start with an option
+    (`moor logs --tail 1 web`), so a host command's arguments are passed on untouched.
+    """
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _VALUED_GLOBALS:
+            i += 2
+        elif word.startswith("-"):
+            i += 1
+        else:
+            return (argv[:i + 1], argv[i + 1:]) if word in _HOST_COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; Docker's error texts on stderr, non-zero exit on failure."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    split = _split_host_command(words)
+    if split is not None:
+        args = parser.parse_args(split[0])
+        args.rest = split[1]
+    else:
+        args = parser.parse_args(words)
     _PARSED.append(args)
     logging.basicConfig(level=logging.INFO if args.verbose or args.command == "reducer"
                         else logging.WARNING, format="%(asctime)s %(name)s %(message)s")

@@ -61,12 +61,14 @@ def _signal_job(ctr: Container, ev: e.SignalRequested, version: int) -> Job:
 
 def _teardown_job(ctr: Container, generation: int) -> Job:
     return Job(f"{_JOBS}.teardown_container", f"teardown-{ctr.id}-{generation}",
-               {"container_id": ctr.id, "generation": generation})
+               {"container_id": ctr.id, "generation": generation,
+                "ports": bool(ctr.host_config.port_bindings)})
 
 
 def _remove_job(ctr: Container) -> Job:
     return Job(f"{_JOBS}.remove_container", f"remove-{ctr.id}",
-               {"container_id": ctr.id, "generation": ctr.generation})
+               {"container_id": ctr.id, "generation": ctr.generation,
+                "ports": bool(ctr.host_config.port_bindings)})
 
 
 def react(world: World, record: e.EventRecord) -> list[Job]:

@@ -17,7 +17,7 @@ import redis
 
 from commands.client import Client
 from engine.config import key_prefix
-from engine.errors import MoorError
+from engine.errors import MoorError, Unavailable
 from engine.keys import keys_for
 from events import specs
 from workers import images
@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MoorError as err:
+        print(f"Error response from daemon: {err.message}", file=sys.stderr)
+        return err.exit_code
+    except redis.ConnectionError as exc:
+        err = Unavailable(f"cannot reach the engine's Redis: {exc}")
         print(f"Error response from daemon: {err.message}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

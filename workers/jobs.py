@@ -2,26 +2,49 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from workers import saga
+from workers import process, saga
 from workers.context import current
 
 __all__ = ["remove_container", "signal_container", "start_container", "teardown_container"]
 
+log = logging.getLogger("moorage.worker")
+
+
+@contextmanager
+def _timed(what: str, cid: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        # Supervisors are our children (subreaper): reap the ones that ended.
+        process.reap_children()
+        log.info("%s %s %.1f ms", what, cid[:12], (time.perf_counter() - t0) * 1000)
+
 
 def start_container(plan: dict[str, Any]) -> None:
-    saga.start(current(), plan)
+    with _timed("start", plan["container_id"]):
+        saga.start(current(), plan)
 
 
 def signal_container(container_id: str, generation: int, signal: int, timeout: int | None,
                      purpose: str) -> None:
-    saga.signal(current(), container_id, generation, signal, timeout, purpose)
+    with _timed(f"signal {signal}", container_id):
+        saga.signal(current(), container_id, generation, signal, timeout, purpose)
 
 
-def teardown_container(container_id: str, generation: int) -> None:
-    saga.teardown(current(), container_id, generation)
+def teardown_container(container_id: str, generation: int, ports: bool = True) -> None:
+    with _timed("teardown", container_id):
+        saga.teardown(current(), container_id, generation, ports)
 
 
-def remove_container(container_id: str, generation: int) -> None:
-    saga.remove(current(), container_id, generation)
+def remove_container(container_id: str, generation: int, ports: bool = True) -> None:
+    with _timed("remove", container_id):
+        saga.remove(current(), container_id, generation, ports)
+
+

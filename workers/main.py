@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         from workers.reconcile import reconcile
 
         reconcile(context)
-    worker.work(burst=args.burst, logging_level="WARNING", with_scheduler=False)
+    worker.work(burst=args.burst, logging_level=os.environ.get("MOOR_LOG_LEVEL", "WARNING"),
+                with_scheduler=False)
     return 0
 
 

@@ -1,13 +1,9 @@
-"""Pure network configuration: the bridge config, resource names and `-p` port specs.
+"""Pure network configuration: the bridge config, resource names, published-port mappings.
 
-Nothing here touches the host; `network`, `portmap` and `hostfiles` perform the effects.
-
-Default subnet: 10.77.0.0/16, gateway 10.77.0.1 on bridge `moor0`. It was picked to stay
-clear of Docker's local pools (172.17.0.0/16 to 172.31.0.0/16 and 192.168.0.0/16), of
-Podman's defaults (10.88.0.0/16 and the 10.89.x.0/24 user networks), of the usual
-Kubernetes ranges (10.42-43/16, 10.96.0.0/12, 10.244.0.0/16), and of this host's
-192.0.2.0/24 and its resolver 10.255.255.53. `network.ensure_bridge` still refuses a subnet
-that overlaps a route the host already has. Override with MOOR_BRIDGE and MOOR_SUBNET.
+Nothing here touches the host; `network`, `netns`, `portmap` and `hostfiles` perform the
+effects. The default network (subnet, bridge name, MOOR_SUBNET / MOOR_BRIDGE) is
+engine.config's; `-p` specs are parsed by commands.options. `network.ensure_bridge` refuses a
+subnet that overlaps a route the host already has.
 
 Names derive from the 64-hex container id, never from randomness, so every worker and the
 reconciler find the same resources again:
@@ -19,37 +15,32 @@ reconciler find the same resources again:
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from collections.abc import Iterable, Mapping
 
 import msgspec
 
+from commands import options
 from engine.errors import InvalidParameter
 from events import specs
 
 __all__ = [
     "BRIDGE_TAG",
-    "DEFAULT_BRIDGE",
-    "DEFAULT_SUBNET",
     "NETNS_DIR",
     "BridgeConfig",
-    "PortBinding",
+    "PortMapping",
     "cid_from_netns_name",
     "cid_from_tag",
     "from_port_bindings",
     "netns_name",
     "netns_path",
-    "parse_publish",
-    "parse_publish_all",
     "short_id",
     "tag",
+    "to_port_bindings",
     "validate_cid",
     "veth_name",
 ]
 
-DEFAULT_BRIDGE = "moor0"
-DEFAULT_SUBNET = "10.77.0.0/16"
 NETNS_DIR = "/run/netns"
 NETNS_PREFIX = "moor-"
 VETH_PREFIX = "mv"
@@ -59,7 +50,6 @@ BRIDGE_TAG = "moor:bridge"
 _CID = re.compile(r"[0-9a-f]{64}")
 # Interface names end up in iptables rules and /proc/sys paths: keep them to a safe set.
 _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
-_PROTOS = ("tcp", "udp", "sctp")
 
 
 def validate_cid(cid: str) -> str:
@@ -109,10 +99,14 @@ def cid_from_tag(text: str | None) -> str | None:
 
 
 class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """The host bridge containers attach to: device name and IPv4 subnet."""
+    """The host bridge containers attach to: device name and IPv4 subnet.
 
-    name: str = DEFAULT_BRIDGE
-    subnet: str = DEFAULT_SUBNET
+    No defaults on purpose: the reducer's NetworkSpec (engine.config.default_network for
+    the default network) is the one source of both; build it with from_network_spec.
+    """
+
+    name: str
+    subnet: str
 
     def __post_init__(self) -> None:
         if _IFNAME.fullmatch(self.name) is None:
@@ -126,13 +120,6 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise InvalidParameter(f"subnet {self.subnet} is too small (need /30 or larger)")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> BridgeConfig:
-        """Build the config from MOOR_BRIDGE and MOOR_SUBNET, defaulting each."""
-        env = os.environ if environ is None else environ
-        return cls(name=env.get("MOOR_BRIDGE") or DEFAULT_BRIDGE,
-                   subnet=env.get("MOOR_SUBNET") or DEFAULT_SUBNET)
-
-    @classmethod
     def from_network_spec(cls, spec: specs.NetworkSpec) -> BridgeConfig:
         """Build the config of the bridge behind a reducer-defined network."""
         cfg = cls(name=spec.bridge, subnet=spec.subnet)
@@ -141,11 +128,6 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
                 f"network {spec.name}: gateway {spec.gateway} is not {cfg.gateway}, "
                 "the first host address the bridge uses")
         return cfg
-
-    def network_spec(self, network: str = "bridge") -> specs.NetworkSpec:
-        """Return the reducer's NetworkSpec for this bridge (Docker's default network name)."""
-        return specs.NetworkSpec(name=network, subnet=self.subnet, gateway=self.gateway,
-                                 bridge=self.name)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -173,10 +155,12 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
         return "02:42:" + ":".join(f"{b:02x}" for b in octets)
 
 
-class PortBinding(msgspec.Struct, frozen=True, kw_only=True):
-    """One published port: Docker's port key ("80/tcp") and one host binding, flattened.
+class PortMapping(msgspec.Struct, frozen=True, kw_only=True):
+    """One published port, flattened for iptables: container port, proto and one host side.
 
-    `host_ip` "" means every local IPv4 address; `host_port` 0 means "pick an ephemeral port".
+    Docker's go-connections calls this a PortMapping; HostConfig.PortBindings holds the same
+    facts as {"80/tcp": (PortBinding, ...)}. `host_ip` "" means every local IPv4 address;
+    `host_port` 0 means "pick an ephemeral port".
     """
 
     container_port: int
@@ -184,115 +168,62 @@ class PortBinding(msgspec.Struct, frozen=True, kw_only=True):
     host_ip: str = ""
     host_port: int = 0
 
+    def __post_init__(self) -> None:
+        # Every field becomes an iptables token, so the invariants hold however one is built
+        # (from_port_bindings, a rule read back, structs.replace); parsing is not done here.
+        if (self.proto not in options.PROTOS or not 0 < self.container_port <= 65535
+                or not 0 <= self.host_port <= 65535 or not _canonical_ipv4(self.host_ip)):
+            raise InvalidParameter(f"invalid port mapping: {self.host_ip or '0.0.0.0'}:"
+                                   f"{self.host_port}:{self.container_port}/{self.proto}")
+
     @property
     def key(self) -> str:
         """Return Docker's port key, e.g. "80/tcp"."""
         return f"{self.container_port}/{self.proto}"
 
-    def to_docker(self) -> tuple[str, specs.PortBinding]:
-        """Return (port key, Docker PortBinding) for HostConfig / NetworkSettings.Ports."""
-        host_port = str(self.host_port) if self.host_port else ""
-        return self.key, specs.PortBinding(host_ip=self.host_ip, host_port=host_port)
+
+def _canonical_ipv4(text: str) -> bool:
+    """Tell whether text is "" or an IPv4 address in canonical form, other than 0.0.0.0."""
+    if not text:
+        return True
+    try:
+        return str(ipaddress.IPv4Address(text)) == text != "0.0.0.0"
+    except ValueError:
+        return False
 
 
-def _bad_port(text: str) -> InvalidParameter:
-    # dockerd's text for a port it cannot parse (daemon-side validation of PortBindings).
-    return InvalidParameter(f'invalid port specification: "{text}"')
-
-
-def _port_range(text: str, allow_zero: bool) -> tuple[int, int]:
-    """Parse "80" or "8000-8010" into an inclusive range; raise on anything else."""
-    low, sep, high = text.partition("-")
-    if not low.isdigit() or (sep and not high.isdigit()):
-        raise _bad_port(text)
-    start, end = int(low), int(high) if sep else int(low)
-    if end < start or end > 65535 or (start == 0 and not allow_zero):
-        raise _bad_port(text)
-    return start, end
-
-
-def _split_parts(raw: str) -> tuple[str, str, str]:
-    """Split "[ip:][host:]container[/proto]" the way the docker CLI does (IPv6 ip has colons)."""
-    parts = raw.split(":")
-    if len(parts) == 1:
-        return "", "", parts[0]
-    if len(parts) == 2:
-        return "", parts[0], parts[1]
-    return ":".join(parts[:-2]), parts[-2], parts[-1]
-
-
-def parse_publish_all(spec: str) -> list[PortBinding]:
-    """Parse a `-p` spec into bindings, expanding equal-length port ranges.
-
-    Error texts follow the docker CLI / dockerd (`invalid proto: x`, `invalid IP address: x`,
-    `invalid port specification: "x"`).
-    """
-    ip, host, container = _split_parts(spec.strip())
-    cport, _, proto = container.partition("/")
-    proto = (proto or "tcp").lower()
-    if not cport:
-        raise InvalidParameter(f"no port specified: {spec}<empty>")
-    if proto not in _PROTOS:
-        raise InvalidParameter(f"invalid proto: {proto}")
-    if ip.startswith("[") and ip.endswith("]"):
-        ip = ip[1:-1]
-    if ip:
-        try:
-            ip = str(ipaddress.ip_address(ip))
-        except ValueError:
-            raise InvalidParameter(f"invalid IP address: {ip}") from None
-    c_start, c_end = _port_range(cport, allow_zero=False)
-    if not host:
-        return [PortBinding(container_port=p, proto=proto, host_ip=ip)
-                for p in range(c_start, c_end + 1)]
-    h_start, h_end = _port_range(host, allow_zero=True)
-    if h_end - h_start != c_end - c_start:
-        if c_start != c_end:
-            raise InvalidParameter("invalid ranges specified for container and host Ports: "
-                                   f"{cport} and {host}")
-        # Docker then allocates one free port from the host range; not implemented.
-        raise InvalidParameter(
-            f'host port ranges for one container port are not supported: "{spec}"')
-    return [PortBinding(container_port=c_start + i, proto=proto, host_ip=ip, host_port=h_start + i)
-            for i in range(c_end - c_start + 1)]
-
-
-def parse_publish(spec: str) -> PortBinding:
-    """Parse one `-p [ip:][host:]container[/proto]` spec (no ranges) into a PortBinding."""
-    bindings = parse_publish_all(spec)
-    if len(bindings) != 1:
-        raise InvalidParameter(
-            f'port ranges publish several ports; use parse_publish_all: "{spec}"')
-    return bindings[0]
+def _ipv4_host_ip(text: str) -> str:
+    """Return a binding's host IP as iptables wants it: IPv4 only, "" for every address."""
+    ip = options.parse_host_ip(text)
+    if ip in ("", "0.0.0.0"):
+        return ""
+    if ipaddress.ip_address(ip).version != 4:
+        raise InvalidParameter(f"IPv6 port bindings are not supported: {ip}")
+    return ip
 
 
 def from_port_bindings(
-    port_bindings: Mapping[str, Iterable[specs.PortBinding | Mapping[str, str]]],
-) -> list[PortBinding]:
-    """Flatten HostConfig.port_bindings ({"80/tcp": [PortBinding, ...]}) into PortBindings.
+    port_bindings: Mapping[str, Iterable[specs.PortBinding]],
+) -> list[PortMapping]:
+    """Validate HostConfig.port_bindings ({"80/tcp": (PortBinding, ...)}) and flatten it.
 
-    Accepts Structs or the plain dicts a job receives (msgspec.to_builtins of the Struct).
+    The one way from the engine's shape into the iptables layer. Duplicates are dropped,
+    order is kept; a key with no bindings publishes nothing (an exposed-only port).
     """
-    out: list[PortBinding] = []
+    out: list[PortMapping] = []
     for key, hosts in port_bindings.items():
-        cport, _, proto = key.partition("/")
-        proto = (proto or "tcp").lower()
-        if proto not in _PROTOS:
-            raise InvalidParameter(f"invalid proto: {proto}")
-        c_start, c_end = _port_range(cport, allow_zero=False)
-        if c_start != c_end:
-            raise _bad_port(cport)
-        for host in hosts:
-            if isinstance(host, specs.PortBinding):
-                host_ip, host_port = host.host_ip, host.host_port
-            else:
-                host_ip, host_port = host.get("host_ip", ""), host.get("host_port", "")
-            h_port = 0
-            if host_port:
-                h_start, h_end = _port_range(host_port, allow_zero=True)
-                if h_start != h_end:
-                    raise _bad_port(host_port)
-                h_port = h_start
-            out.append(PortBinding(container_port=c_start, proto=proto, host_ip=host_ip,
-                                   host_port=h_port))
-    return out
+        port, proto = options.parse_port_key(key)
+        out += [PortMapping(container_port=port, proto=proto, host_ip=_ipv4_host_ip(h.host_ip),
+                            host_port=options.parse_host_port(h.host_port)) for h in hosts]
+    return list(dict.fromkeys(out))
+
+
+def to_port_bindings(
+    mappings: Iterable[PortMapping],
+) -> dict[str, tuple[specs.PortBinding, ...]]:
+    """Return mappings in HostConfig / NetworkSettings.Ports shape (host port 0 as "")."""
+    out: dict[str, list[specs.PortBinding]] = {}
+    for m in mappings:
+        out.setdefault(m.key, []).append(specs.PortBinding(
+            host_ip=m.host_ip, host_port=str(m.host_port) if m.host_port else ""))
+    return {key: tuple(bindings) for key, bindings in out.items()}

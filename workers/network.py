@@ -1,37 +1,27 @@
 """Host network side effects: the bridge, each container's netns sandbox and veth endpoint.
 
 Every resource has an idempotent pair: `ensure_*` accepts what already exists only if it is
-ours and matches (else Conflict), `release_*` treats "already gone" as success.
-
-Speed (measured on these VMs): pyroute2's `netns.create` and `NetNS(...)` each fork a
-child to reach the namespace (~28 ms together before any link work). Here a
-short-lived thread does `unshare(CLONE_NEWNET)` / `setns` and opens the netlink socket
-inside, then exits (~2-3 ms); network namespaces are per thread, so the caller's own thread
-never changes namespace. Opening an existing sandbox opens its path read-only: a wrong name
-fails with NotFound and never creates a namespace (what `flags=0` guarantees in pyroute2).
-The veth peer is created directly inside the namespace as eth0, already enslaved and up.
+ours and matches (else Conflict), `release_*` treats "already gone" as success. The
+namespace mechanics (creating, opening and entering one cheaply) are in `netns`. The veth
+peer is created directly inside the namespace as eth0, already enslaved and up.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import os
 import socket
-import struct
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 from pyroute2 import IPRoute
-from pyroute2.netlink import NETLINK_ROUTE
 from pyroute2.netlink.exceptions import NetlinkError
 
 from engine.errors import Conflict, Internal, MoorError, NotFound
-from workers import nsutil
+from workers import netns
 from workers.netconf import (
     BRIDGE_TAG,
     NETNS_DIR,
@@ -55,12 +45,7 @@ __all__ = [
     "release_sandbox",
 ]
 
-T = TypeVar("T")
-
-_MS_SHARED = 0x100000  # not exported by nsutil
-_NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace it is
-_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
-_AF_INET = 2
+_IFF_UP = 0x1  # net_device_flags bit, as netlink reports it
 
 
 class EndpointInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,124 +57,6 @@ class EndpointInfo(msgspec.Struct, frozen=True, kw_only=True):
     prefix_len: int
     gateway: str
     mac_address: str
-
-
-# --- namespace primitives -------------------------------------------------------------
-
-def _on_thread(fn: Callable[[], T]) -> T:
-    """Run fn on a fresh thread, so unshare/setns never moves the caller's thread."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # re-raised on the caller's thread
-            box["error"] = exc
-
-    worker = threading.Thread(target=body, name="moor-netns", daemon=True)
-    worker.start()
-    worker.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]  # type: ignore[no-any-return]
-
-
-def _share_netns_dir() -> None:
-    """Make /run/netns a shared mount, as iproute2 does, so the ns bind mounts propagate."""
-    os.makedirs(NETNS_DIR, exist_ok=True)
-    try:
-        nsutil.mount("", NETNS_DIR, "none", _MS_SHARED | nsutil.MS_REC)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        # Not a mount point yet: bind it onto itself first (iproute2's fallback).
-        nsutil.mount(NETNS_DIR, NETNS_DIR, "none", nsutil.MS_BIND | nsutil.MS_REC)
-        nsutil.mount("", NETNS_DIR, "none", _MS_SHARED | nsutil.MS_REC)
-
-
-def _netlink_socket() -> socket.socket:
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
-
-
-def _set_lo_up() -> None:
-    """Bring lo up in the calling thread's netns with one ioctl (no netlink round trip)."""
-    with socket.socket(_AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s, _SIOCGIFFLAGS, req))[1]
-        if not flags & _IFF_UP:
-            fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
-
-
-def _netns_state(path: str) -> str:
-    """Classify path: "netns", "missing", "placeholder" (a plain file) or "other" (nsfs)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return "missing"
-    try:
-        nstype = fcntl.ioctl(fd, _NS_GET_NSTYPE)
-    except OSError:
-        return "placeholder"  # ENOTTY: not nsfs, what a create that crashed leaves
-    finally:
-        os.close(fd)
-    return "netns" if nstype == nsutil.CLONE_NEWNET else "other"
-
-
-def _create_netns(path: str) -> None:
-    """Create a netns bind-mounted at path with lo up; the placeholder is removed on failure."""
-    _share_netns_dir()
-    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
-
-    def body() -> None:
-        nsutil.unshare(nsutil.CLONE_NEWNET)
-        nsutil.mount("/proc/thread-self/ns/net", path, "none", nsutil.MS_BIND)
-        _set_lo_up()
-
-    try:
-        _on_thread(body)
-    except BaseException:
-        _umount(path)
-        _unlink(path)
-        raise
-
-
-def _open_netns(path: str, cid: str) -> int:
-    """Open an existing sandbox read-only (never creates one); NotFound if it is missing."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotFound(f"network sandbox of container {cid} not found ({path})") from None
-    try:
-        if fcntl.ioctl(fd, _NS_GET_NSTYPE) != nsutil.CLONE_NEWNET:
-            raise OSError(errno.EINVAL, "not a network namespace")
-    except OSError:
-        os.close(fd)
-        raise Conflict(f"{path} is not a network namespace (container {cid})") from None
-    return fd
-
-
-def _socket_in(nsfd: int) -> socket.socket:
-    """Return a netlink socket bound to the namespace nsfd (sockets keep their netns)."""
-    def body() -> socket.socket:
-        nsutil.setns(nsfd, nsutil.CLONE_NEWNET)
-        return _netlink_socket()
-    return _on_thread(body)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _umount(path: str) -> None:
-    """Lazily unmount path; not mounted or already gone is success."""
-    try:
-        nsutil.umount2(path, nsutil.MNT_DETACH)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOENT):
-            raise
 
 
 # --- netlink helpers ------------------------------------------------------------------
@@ -308,31 +175,25 @@ def ensure_sandbox(cid: str) -> str:
     """Ensure the container's named network namespace exists with lo up; return its path."""
     path = netns_path(cid)
     with _netlink(f"sandbox of container {cid}"):
-        state = _netns_state(path)
+        state = netns.state(path)
         if state == "other":
             raise Conflict(f"{path} is not a network namespace (container {cid})")
         if state == "placeholder":
             # Our name but no namespace mounted: a create interrupted mid-way. Redo it.
-            _unlink(path)
+            netns.remove(path)
             state = "missing"
         if state == "missing":
             try:
-                _create_netns(path)
+                netns.create(path)
                 return path
             except FileExistsError:
                 pass  # a concurrent ensure won the race; accept its namespace below
-        nsfd = _open_netns(path, cid)
+        nsfd = netns.open_netns(path, cid)
         try:
-            _on_thread(lambda: _enter_and_set_lo_up(nsfd))
+            netns.ensure_lo_up(nsfd)
         finally:
             os.close(nsfd)
     return path
-
-
-def _enter_and_set_lo_up(nsfd: int) -> None:
-    """Join the namespace (on a throwaway thread) and make sure lo is up."""
-    nsutil.setns(nsfd, nsutil.CLONE_NEWNET)
-    _set_lo_up()
 
 
 def release_sandbox(cid: str) -> None:
@@ -343,8 +204,7 @@ def release_sandbox(cid: str) -> None:
     if os.path.exists(f"/sys/class/net/{veth_name(cid)}"):
         release_endpoint(cid)
     with _netlink(f"sandbox of container {cid}"):
-        _umount(path)
-        _unlink(path)
+        netns.remove(path)
 
 
 # --- endpoint -------------------------------------------------------------------------
@@ -357,7 +217,7 @@ def ensure_endpoint(cid: str, cfg: BridgeConfig, ip: str, prefixlen: int, gatewa
     a later step fails, so a failed ensure leaves nothing behind.
     """
     veth, path = veth_name(cid), netns_path(cid)
-    nsfd = _open_netns(path, cid)
+    nsfd = netns.open_netns(path, cid)
     try:
         with _netlink(f"endpoint {veth} of container {cid}"), IPRoute() as host:
             br = _get_link(host, cfg.name)
@@ -369,7 +229,7 @@ def ensure_endpoint(cid: str, cfg: BridgeConfig, ip: str, prefixlen: int, gatewa
                 host_index = None if created else _adopt_veth(host, cid, veth, br["index"])
                 if created:
                     host.link("set", ifname=veth, ifalias=tag(cid))
-                with IPRoute(use_socket=_socket_in(nsfd)) as ns:
+                with IPRoute(use_socket=netns.socket_in(nsfd)) as ns:
                     mac_address = _configure_eth0(ns, cid, host_index, ip, prefixlen,
                                                   gateway, mac)
             except BaseException:

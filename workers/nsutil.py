@@ -1,4 +1,4 @@
-"""Thin ctypes wrappers over the Linux namespace and mount calls, and the container's mounts.
+"""Thin ctypes wrappers over the Linux namespace, mount and prctl calls; the container's mounts.
 
 Python 3.11 has no ``os.unshare``/``os.setns`` and never had ``mount`` or
 ``pivot_root``, so these call libc directly. Every failure raises an
@@ -19,9 +19,9 @@ __all__ = [
     "CLONE_NEWCGROUP", "CLONE_NEWIPC", "CLONE_NEWNET", "CLONE_NEWNS", "CLONE_NEWPID",
     "CLONE_NEWUTS", "MNT_DETACH", "MS_BIND", "MS_NODEV", "MS_NOEXEC", "MS_NOSUID",
     "MS_PRIVATE", "MS_RDONLY", "MS_REC", "MS_REMOUNT", "MS_SHARED", "MS_SLAVE", "MS_STRICTATIME",
-    "is_child_subreaper", "mount", "pivot_into", "pivot_root", "resolve_in_root",
-    "set_child_subreaper",
-    "set_pdeathsig", "sethostname", "setns", "setup_rootfs", "umount2", "unshare",
+    "close_fds_except", "is_child_subreaper", "mount", "pivot_into", "pivot_root",
+    "resolve_in_root", "set_child_subreaper", "set_pdeathsig", "sethostname", "setns",
+    "setup_rootfs", "umount2", "unshare",
 ]
 
 CLONE_NEWNS = 0x00020000
@@ -128,6 +128,16 @@ def is_child_subreaper() -> bool:
 def set_pdeathsig(sig: int) -> None:
     """Ask the kernel to send sig to this process when its parent dies."""
     _check(_libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl")
+
+
+def close_fds_except(keep: set[int]) -> None:
+    """Close every descriptor not in keep (a forked child dropping what it inherited)."""
+    low = 0
+    for fd in sorted(k for k in keep if k >= 0):
+        if low < fd:  # closerange(n, n) becomes close_range(n, UINT_MAX) on 3.11: all of them
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
 
 
 # --- the container's filesystem view (run inside its new mount namespace) ---

@@ -1,4 +1,4 @@
-"""Published ports (`-p [ip:]host:container[/proto]`) as iptables DNAT in moorage's chains.
+"""Published ports (`netconf.PortMapping`s) as iptables DNAT in moorage's chains.
 
 Layout (IPv4 only; other tools' rules and chains are never touched):
 
@@ -45,10 +45,8 @@ import msgspec
 from engine.errors import Conflict, Internal, InvalidParameter
 from workers.netconf import (
     BridgeConfig,
-    PortBinding,
+    PortMapping,
     cid_from_tag,
-    parse_publish,
-    parse_publish_all,
     tag,
 )
 
@@ -56,13 +54,10 @@ __all__ = [
     "DNAT_CHAIN",
     "FORWARD_CHAIN",
     "POSTROUTING_CHAIN",
-    "PortBinding",
     "PortRule",
     "ensure_chains",
     "ensure_ports",
     "list_port_rules",
-    "parse_publish",
-    "parse_publish_all",
     "release_chains",
     "release_ports",
 ]
@@ -87,7 +82,7 @@ Rule = tuple[str, ...]  # tokens after "-A": chain first
 class PortRule(msgspec.Struct, frozen=True, kw_only=True):
     """One published port found on the host: its binding and where it points."""
 
-    binding: PortBinding
+    binding: PortMapping
     container_ip: str
 
 
@@ -207,7 +202,7 @@ def _bridge_rules(cfg: BridgeConfig) -> dict[str, list[Rule]]:
     }
 
 
-def _dnat_rule(cid: str, ip: str, b: PortBinding) -> Rule:
+def _dnat_rule(cid: str, ip: str, b: PortMapping) -> Rule:
     dst = ("-d", f"{b.host_ip}/32") if b.host_ip else ()
     return (DNAT_CHAIN, *dst, "-p", b.proto, "-m", b.proto, "--dport", str(b.host_port),
             "-m", "comment", "--comment", tag(cid),
@@ -224,8 +219,11 @@ def _parse_dnat(rule: Rule) -> PortRule | None:
 
     host_ip = value("-d").removesuffix("/32") if "-d" in rule else ""
     ip, _, cport = value("--to-destination").rpartition(":")
-    binding = PortBinding(container_port=int(cport), proto=value("-p"), host_ip=host_ip,
-                          host_port=int(value("--dport")))
+    try:
+        binding = PortMapping(container_port=int(cport), proto=value("-p"), host_ip=host_ip,
+                              host_port=int(value("--dport")))
+    except (ValueError, InvalidParameter):
+        return None  # not a shape we write (hand-edited?); release_ports still finds its tag
     return PortRule(binding=binding, container_ip=ip)
 
 
@@ -284,16 +282,18 @@ def release_chains(cfg: BridgeConfig) -> None:
         _restore(batch)
 
 
-def ensure_ports(cid: str, ip: str, bindings: Iterable[PortBinding],
-                 cfg: BridgeConfig) -> list[PortBinding]:
-    """Publish the container's ports (creating chains if needed); return the bindings used.
+def ensure_ports(cid: str, ip: str, mappings: Iterable[PortMapping],
+                 cfg: BridgeConfig) -> list[PortMapping]:
+    """Publish the container's ports (creating chains if needed); return the mappings used.
 
-    Ephemeral host ports (0) are picked from the kernel's local port range; a retry reuses
-    the port already published for the same binding. Rules of this container that are not
-    wanted any more are removed in the same transaction. No bindings is a no-op without
-    touching iptables (release_ports is what removes rules).
+    netconf.from_port_bindings turns HostConfig.port_bindings into mappings (and
+    to_port_bindings turns the result back, e.g. for NetworkSettings.Ports). Ephemeral host
+    ports (0) are picked from the kernel's local port range; a retry reuses the port already
+    published for the same mapping. Rules of this container that are not wanted any more
+    are removed in the same transaction. No mappings is a no-op without touching iptables
+    (release_ports is what removes rules).
     """
-    wanted = list(dict.fromkeys(_normalise(b) for b in bindings))
+    wanted = list(dict.fromkeys(mappings))
     if not wanted:
         return []
     try:
@@ -345,29 +345,12 @@ def list_port_rules() -> dict[str, list[PortRule]]:
 
 # --- binding helpers ------------------------------------------------------------------
 
-def _normalise(b: PortBinding) -> PortBinding:
-    """Validate a binding (it becomes iptables tokens); map "0.0.0.0" to "" (all)."""
-    if b.proto not in ("tcp", "udp", "sctp"):
-        raise InvalidParameter(f"invalid proto: {b.proto}")
-    if not 0 < b.container_port <= 65535 or not 0 <= b.host_port <= 65535:
-        raise InvalidParameter(f'invalid port specification: "{b.host_port}:{b.key}"')
-    if b.host_ip in ("", "0.0.0.0"):
-        return msgspec.structs.replace(b, host_ip="")
-    try:
-        addr = ipaddress.ip_address(b.host_ip)
-    except ValueError:
-        raise InvalidParameter(f"invalid IP address: {b.host_ip}") from None
-    if addr.version != 4:
-        raise InvalidParameter(f"IPv6 port bindings are not supported: {b.host_ip}")
-    return msgspec.structs.replace(b, host_ip=str(addr))
-
-
-def _clash(a: PortBinding, b: PortBinding) -> bool:
+def _clash(a: PortMapping, b: PortMapping) -> bool:
     return (a.proto == b.proto and a.host_port == b.host_port
             and (not a.host_ip or not b.host_ip or a.host_ip == b.host_ip))
 
 
-def _resolve(b: PortBinding, published: list[PortBinding], taken: list[PortBinding]) -> PortBinding:
+def _resolve(b: PortMapping, published: list[PortMapping], taken: list[PortMapping]) -> PortMapping:
     """Give an ephemeral binding a concrete host port (the published one on a retry)."""
     if b.host_port:
         return b
@@ -384,7 +367,7 @@ def _resolve(b: PortBinding, published: list[PortBinding], taken: list[PortBindi
     raise Conflict(f"no free host port for {b.key}")
 
 
-def _probe(b: PortBinding) -> None:
+def _probe(b: PortMapping) -> None:
     """Refuse a host port a host process already uses (DNAT would silently shadow it)."""
     if b.proto == "sctp":
         return  # no portable probe; sctp sockets need the kernel module

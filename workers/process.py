@@ -8,40 +8,48 @@ The supervisor keeps these files in the container's state dir:
 ``exit.json``       the ``ExitStatus`` once the process is gone, written atomically
                     (fsynced) after the cgroup was released.
 ``exit.reported``   ``"<started_at ns>"`` of the run whose exit reached Redis.
+``stop.json``       the ``StopRequest`` of a stop in progress: when to SIGKILL.
 ``supervisor.log``  the supervisor's own diagnostics.
 
 Start ticks are field 22 of ``/proc/<pid>/stat``: a pid is trusted only while
 the process behind it has the recorded start time, so a reused pid is never
 signalled. Signals go through a pidfd opened *before* that check.
+
+A stop never blocks its caller: ``request_stop`` signals the process and
+leaves the SIGKILL after the timeout to the supervisor (``workers.stopper``),
+which it wakes with ``WAKE_SIGNAL``; with no supervisor to wake, a detached
+helper process does it.
 """
 
 from __future__ import annotations
 
+import gc
 import os
-import re
 import select
 import signal
 import time
 
 import msgspec
 
+from events.signals import parse_signal
+from workers import nsutil
+
 __all__ = [
-    "EXIT_FILE", "PID_FILE", "REPORTED_FILE", "SUPERVISOR_PID_FILE", "ExitStatus", "InvalidSignal",
-    "ProcRef", "exit_code_of", "is_alive", "parse_signal", "read_exit", "read_pid_file",
-    "signal_container", "start_ticks", "stop_container", "supervisor_alive", "write_exit",
-    "write_pid_file",
+    "EXIT_FILE", "PID_FILE", "REPORTED_FILE", "STOP_FILE", "SUPERVISOR_PID_FILE", "WAKE_SIGNAL",
+    "ExitStatus", "ProcRef", "StopRequest", "exit_code_of", "is_alive", "read_exit",
+    "read_pid_file", "read_stop_request", "reap_children", "request_stop", "signal_container",
+    "start_ticks", "stop_container", "supervisor_alive", "track_child", "write_exit",
+    "write_pid_file", "write_stop_request",
 ]
 
 PID_FILE = "pid"
 SUPERVISOR_PID_FILE = "supervisor.pid"
 EXIT_FILE = "exit.json"
 REPORTED_FILE = "exit.reported"
+STOP_FILE = "stop.json"
+WAKE_SIGNAL = signal.SIGUSR1  # tells the supervisor to read stop.json
 UNKNOWN_EXIT = 255  # Docker's exit code when the status was lost
 KILL_WAIT = 10.0  # Docker waits this long for an exit after SIGKILL
-
-
-class InvalidSignal(ValueError):
-    """A signal name or number Docker would reject (HTTP 400)."""
 
 
 class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,33 +72,17 @@ class ProcRef(msgspec.Struct, frozen=True):
     started_at_ns: int = 0
 
 
-_RT_SIGNAL = re.compile(r"(RTMIN|RTMAX)(?:([+-])(\d+))?")
+class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A stop in progress: SIGKILL the run once deadline_ns passes if it still runs."""
+
+    signal: int  # what was sent first (for the supervisor's log)
+    deadline_ns: int  # CLOCK_MONOTONIC (time.monotonic_ns), the same in every process
+    started_at_ns: int  # the run it applies to, as in the pid file: a later run ignores it
+
+
 _encoder = msgspec.json.Encoder()
 _exit_decoder = msgspec.json.Decoder(ExitStatus)
-
-
-def parse_signal(raw: str | int) -> int:
-    """Parse "SIGTERM", "TERM", "term" or "15" to a signal number as Docker does."""
-    text = str(raw).strip()
-    if text.isdigit():
-        number = int(text)
-        if 0 < number <= signal.SIGRTMAX:
-            return number
-        raise InvalidSignal(f"invalid signal: {raw}")
-    name = text.upper().removeprefix("SIG")
-    if name.isalnum() and not name.startswith("RT"):
-        sig = getattr(signal.Signals, "SIG" + name, None)
-        if sig is not None:
-            return int(sig)
-    # Docker's table also names real-time signals: RTMIN, RTMIN+1..15, RTMAX-14..1, RTMAX.
-    rt = _RT_SIGNAL.fullmatch(name)
-    if rt:
-        n = int(rt.group(3) or 0)
-        if rt.group(1) == "RTMIN" and rt.group(2) in (None, "+") and n <= 15:
-            return int(signal.SIGRTMIN) + n
-        if rt.group(1) == "RTMAX" and rt.group(2) in (None, "-") and n <= 14:
-            return int(signal.SIGRTMAX) - n
-    raise InvalidSignal(f"invalid signal: {raw}")
+_stop_decoder = msgspec.json.Decoder(StopRequest)
 
 
 def exit_code_of(wait_status: int) -> tuple[int, int | None]:
@@ -173,9 +165,23 @@ def read_exit(state_dir: str) -> ExitStatus | None:
         return None
 
 
-def _open_pidfd(state_dir: str) -> int | None:
-    """Open a pidfd on the recorded process, None unless it is that very incarnation."""
-    ref = read_pid_file(os.path.join(state_dir, PID_FILE))
+def write_stop_request(state_dir: str, request: StopRequest) -> None:
+    """Record a stop in progress atomically (not durably: it dies with the process anyway)."""
+    _atomic_write(os.path.join(state_dir, STOP_FILE), _encoder.encode(request) + b"\n")
+
+
+def read_stop_request(state_dir: str) -> StopRequest | None:
+    """Return the recorded stop request, None when there is none (or it is unreadable)."""
+    try:
+        with open(os.path.join(state_dir, STOP_FILE), "rb") as f:
+            return _stop_decoder.decode(f.read())
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
+
+
+def _open_pidfd(path: str) -> tuple[int, ProcRef] | None:
+    """Open a pidfd on the process a pid file names, None unless it is that very incarnation."""
+    ref = read_pid_file(path)
     if ref is None:
         return None
     try:
@@ -186,39 +192,148 @@ def _open_pidfd(state_dir: str) -> int | None:
     if start_ticks(ref.pid) != ref.start_ticks:
         os.close(fd)
         return None
-    return fd
+    return fd, ref
 
 
-def signal_container(state_dir: str, sig: int | str) -> bool:
-    """Send sig to the container process; False when it is not running."""
-    number = parse_signal(sig)
-    fd = _open_pidfd(state_dir)
-    if fd is None:
-        return False
+def _send(pidfd: int, sig: int) -> bool:
+    """Send sig through a pidfd; False when the process is gone."""
     try:
-        signal.pidfd_send_signal(fd, number)
+        signal.pidfd_send_signal(pidfd, sig)
         return True
     except ProcessLookupError:
         return False
+
+
+def signal_container(state_dir: str, sig: int | str) -> bool:
+    """Send sig to the container process; False when it is not running.
+
+    Raises ValueError (``invalid signal: <sig>``) for a signal Docker would reject.
+    """
+    number = parse_signal(sig)
+    opened = _open_pidfd(os.path.join(state_dir, PID_FILE))
+    if opened is None:
+        return False
+    try:
+        return _send(opened[0], number)
     finally:
-        os.close(fd)
+        os.close(opened[0])
 
 
-def _wait_pidfd(fd: int, timeout: float | None) -> bool:
-    """Wait until the pidfd's process exits; True if it did within timeout."""
+def request_stop(state_dir: str, sig: int | str, timeout: float | None) -> bool:
+    """Send sig to the container and have it SIGKILLed timeout seconds later; never blocks.
+
+    The supervisor owns the escalation: the request goes to ``stop.json`` and
+    the supervisor is woken to arm its timer (an earlier pending deadline of
+    the same run stands). Without a supervisor to wake, a detached helper does
+    it. None or a negative timeout never escalates. Returns False when the
+    process is not running; raises ValueError for an invalid signal.
+    """
+    number = parse_signal(sig)
+    deadline = None
+    if timeout is not None and timeout >= 0 and number != signal.SIGKILL:
+        deadline = time.monotonic_ns() + int(timeout * 1e9)
+    opened = _open_pidfd(os.path.join(state_dir, PID_FILE))
+    if opened is None:
+        return False
+    pidfd, ref = opened
+    try:
+        if not _send(pidfd, number):
+            return False
+        if deadline is not None:
+            _hand_off(state_dir, pidfd, StopRequest(signal=number, deadline_ns=deadline,
+                                                    started_at_ns=ref.started_at_ns))
+        return True
+    finally:
+        os.close(pidfd)
+
+
+def _hand_off(state_dir: str, pidfd: int, request: StopRequest) -> None:
+    """Record the stop for the supervisor and wake it; fall back to a helper if it is gone."""
+    pending = read_stop_request(state_dir)
+    if pending is not None and pending.started_at_ns == request.started_at_ns \
+            and pending.deadline_ns <= request.deadline_ns:
+        request = pending  # the supervisor may not have read it yet: do not postpone it
+    write_stop_request(state_dir, request)
+    opened = _open_pidfd(os.path.join(state_dir, SUPERVISOR_PID_FILE))
+    if opened is not None:
+        try:
+            if _send(opened[0], WAKE_SIGNAL):
+                return
+        finally:
+            os.close(opened[0])
+    _escalate_detached(pidfd, request.deadline_ns)
+
+
+def _wait_pidfd(fd: int, timeout_ns: int | None) -> bool:
+    """Wait until the pidfd's process exits; True if it did within timeout_ns."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(None if timeout is None else int(timeout * 1000)))
+    ms = None if timeout_ns is None else max(0, -(-timeout_ns // 1_000_000))  # rounded up
+    return bool(poller.poll(ms))
 
 
-def _await_exit_code(state_dir: str, timeout: float = 5.0) -> int:
-    """Wait for the supervisor to record the exit; 255 if it never will."""
-    deadline = time.monotonic() + timeout
+def _escalate_detached(pidfd: int, deadline_ns: int) -> None:
+    """SIGKILL pidfd's process at deadline_ns unless it exits first, from a helper process.
+
+    The helper is detached as a supervisor is: a double fork, or one fork for a
+    subreaper caller, which would adopt it anyway and reaps it through
+    reap_children. It lives until the deadline at most.
+    """
+    direct = nsutil.is_child_subreaper()
+    child = os.fork()
+    if child == 0:  # never return into the caller's stack
+        try:
+            gc.disable()  # the caller's objects must not be finalized here (shared sockets)
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                signal.signal(sig, signal.SIG_IGN)  # the caller's handlers are not ours
+            nsutil.close_fds_except({pidfd})
+            os.setsid()
+            if (direct or os.fork() == 0) \
+                    and not _wait_pidfd(pidfd, deadline_ns - time.monotonic_ns()):
+                _send(pidfd, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    if direct:
+        track_child(child)
+    else:
+        os.waitpid(child, 0)  # the intermediate process exits right after forking
+
+
+_children: set[int] = set()  # detached processes forked directly by this (subreaper) process
+
+
+def track_child(pid: int) -> None:
+    """Remember a detached child for reap_children (a subreaper caller's supervisors, helpers)."""
+    _children.add(pid)
+
+
+def reap_children() -> int:
+    """Reap the exited detached children this process forked directly; return how many.
+
+    Only a subreaper caller gets direct children (see supervisor.spawn and
+    request_stop); its reaping loop may call this, and every spawn does.
+    """
+    reaped = 0
+    for pid in list(_children):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # somebody else's waitpid(-1) got it first
+            done = pid
+        if done:
+            _children.discard(pid)
+            reaped += 1
+    return reaped
+
+
+def _await_exit_code(state_dir: str, timeout: float | None) -> int:
+    """Wait for the supervisor to record the exit (None: however long); 255 if it never will."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         status = read_exit(state_dir)
         if status is not None:
             return status.exit_code
-        if not supervisor_alive(state_dir) or time.monotonic() > deadline:
+        if not supervisor_alive(state_dir) or deadline is not None and time.monotonic() > deadline:
             status = read_exit(state_dir)  # it may have written just before exiting
             return status.exit_code if status is not None else UNKNOWN_EXIT
         time.sleep(0.002)
@@ -226,26 +341,13 @@ def _await_exit_code(state_dir: str, timeout: float = 5.0) -> int:
 
 def stop_container(state_dir: str, stop_signal: str | int = "SIGTERM",
                    timeout: float | None = 10) -> int:
-    """Send stop_signal, SIGKILL after timeout seconds (None/negative: never); return the exit code.
+    """Stop the process as request_stop does, then wait for its recorded exit code.
 
-    Stopping a process that already exited just returns its recorded code, so a
-    retried job gets the same answer.
+    Blocks until the exit (255 if it was lost): for the CLI and tests, not for
+    the rq worker, which calls request_stop and hears the exit from the
+    supervisor's report. Stopping a process that already exited just returns
+    its recorded code, so a retry gets the same answer.
     """
-    number = parse_signal(stop_signal)
-    fd = _open_pidfd(state_dir)
-    if fd is not None:
-        try:
-            try:
-                signal.pidfd_send_signal(fd, number)
-            except ProcessLookupError:
-                pass
-            wait = None if timeout is None or timeout < 0 else timeout
-            if not _wait_pidfd(fd, wait):
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                _wait_pidfd(fd, KILL_WAIT)
-        finally:
-            os.close(fd)
-    return _await_exit_code(state_dir)
+    request_stop(state_dir, stop_signal, timeout)
+    wait = None if timeout is None or timeout < 0 else timeout + KILL_WAIT
+    return _await_exit_code(state_dir, wait)

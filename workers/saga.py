@@ -18,6 +18,7 @@ import msgspec
 
 from commands import schema as c
 from engine.errors import MoorError
+from engine.state import saga_steps
 from events.specs import ContainerConfig, HostConfig, NetworkSpec
 from workers import images, network, portmap, rootfs, supervisor
 from workers.context import HostContext
@@ -56,27 +57,49 @@ class _Undo:
                 log.exception("undo of %s failed", name)
 
 
+_BRIDGES_READY: set[BridgeConfig] = set()
+
+
+def _ensure_bridge_once(cfg: BridgeConfig) -> None:
+    """Ensure the bridge and moorage's chains once per worker process (reconcile re-checks)."""
+    if cfg not in _BRIDGES_READY:
+        network.ensure_bridge(cfg)
+        portmap.ensure_chains(cfg)
+        _BRIDGES_READY.add(cfg)
+
+
 def start(ctx: HostContext, plan: dict[str, Any]) -> None:
-    """Run the start saga for one generation, reporting each step."""
+    """Run the start saga for one generation, reporting each step still owed.
+
+    Every resource the network mode needs is ensured, not only those of the steps still
+    owed: a start re-issued after a killed worker owes only the later steps, yet its
+    process must still join the sandbox and find its endpoint. Ensuring is idempotent,
+    and a step already reported is not reported again.
+    """
     cid, gen = plan["container_id"], plan["generation"]
     current = ctx.container(cid)
     if current is None or current.generation != gen or not current.saga:
         log.info("start %s gen %s is no longer owed; skipped", cid[:12], gen)
         return
-    steps = plan["steps"]
+    owed = set(plan["steps"])
     # The plan travels as primitives; typed again here, once.
     config = msgspec.convert(plan["config"], ContainerConfig)
     host = msgspec.convert(plan["host_config"], HostConfig)
+    steps = saga_steps(host.network_mode)
     cdir, state_dir, log_path = _paths(ctx, cid)
     undo = _Undo()
-    step = steps[0] if steps else "spawn"
+
+    def report(name: str, cmd: c.Command, command_id: str) -> None:
+        if name in owed:
+            ctx.report(cid, cmd, command_id)
+
+    step = "mount"
     try:
-        step = "mount"
         lowers = images.dirs_of_layers(ctx.root, plan["layers"])
         rootfs.ensure_rw_layer(ctx.root, cid)
         merged = rootfs.ensure_mounted(ctx.root, cid, lowers)
         undo.push("mount", lambda: rootfs.release_mount(ctx.root, cid))
-        ctx.report(cid, c.ReportMounted(generation=gen, rootfs=merged), f"mount-{cid}-{gen}")
+        report("mount", c.ReportMounted(generation=gen, rootfs=merged), f"mount-{cid}-{gen}")
 
         netns: str | None = None
         ip: str | None = None
@@ -84,8 +107,8 @@ def start(ctx: HostContext, plan: dict[str, Any]) -> None:
             step = "sandbox"
             netns = network.ensure_sandbox(cid)
             undo.push("sandbox", lambda: network.release_sandbox(cid))
-            ctx.report(cid, c.ReportSandbox(generation=gen, sandbox_key=netns),
-                       f"sandbox-{cid}-{gen}")
+            report("sandbox", c.ReportSandbox(generation=gen, sandbox_key=netns),
+                   f"sandbox-{cid}-{gen}")
         if "endpoint" in steps:
             step = "endpoint"
             endpoint = plan["endpoint"]
@@ -101,8 +124,8 @@ def start(ctx: HostContext, plan: dict[str, Any]) -> None:
             if bindings:
                 portmap.ensure_ports(cid, ip, bindings, cfg)
                 undo.push("ports", lambda: portmap.release_ports(cid))
-            ctx.report(cid, c.ReportEndpoint(generation=gen, endpoint_id=info.veth),
-                       f"endpoint-{cid}-{gen}")
+            report("endpoint", c.ReportEndpoint(generation=gen, endpoint_id=info.veth),
+                   f"endpoint-{cid}-{gen}")
 
         step = "spawn"
         files = write_hostfiles(cdir, cid, ip, config.hostname)
@@ -143,24 +166,28 @@ def signal(ctx: HostContext, cid: str, generation: int, sig: int, timeout: int |
         process.signal_container(state_dir, sig)
 
 
-def teardown(ctx: HostContext, cid: str, generation: int) -> None:
+def teardown(ctx: HostContext, cid: str, generation: int, ports: bool = True) -> None:
     """Release the network and the mount after an exit (the RW layer stays)."""
     # Runs before the next generation's start: one queue per host, first in first out.
-    release_runtime(ctx, cid)
+    release_runtime(ctx, cid, ports)
 
 
-def release_runtime(ctx: HostContext, cid: str) -> None:
-    """Release a container's ports, endpoint, sandbox and mount (each: gone = success)."""
-    portmap.release_ports(cid)
+def release_runtime(ctx: HostContext, cid: str, ports: bool = True) -> None:
+    """Release a container's ports, endpoint, sandbox and mount (each: gone = success).
+
+    `ports=False` skips reading the iptables rules of a container that published none.
+    """
+    if ports:
+        portmap.release_ports(cid)
     network.release_endpoint(cid)
     network.release_sandbox(cid)
     rootfs.release_mount(ctx.root, cid)
 
 
-def remove(ctx: HostContext, cid: str, generation: int) -> None:
+def remove(ctx: HostContext, cid: str, generation: int, ports: bool = True) -> None:
     """Delete everything the container had on this host, then report it removed."""
     try:
-        release_runtime(ctx, cid)
+        release_runtime(ctx, cid, ports)
         rootfs.release_rw_layer(ctx.root, cid)
         shutil.rmtree(ctx.container_dir(cid), ignore_errors=True)
     except Exception as exc:

@@ -7,43 +7,48 @@ The process tree, like containerd-shim or conmon::
                                        unshare(CLONE_NEWPID), fork
                                        `--> C: the container's init, PID 1 of a new pid namespace:
                                              cgroup, netns, mount/uts/ipc, pivot_root, user, execve
+                                             (``workers.init``)
 
 A caller that is a child subreaper (as the worker should be) would adopt B
 when A exits, so it forks B directly. Forking from the caller instead of
-re-executing Python is the fast path. B
-tells the caller "started" or "failed" in one JSON message; C's close-on-exec
-pipe tells B whether execve happened (EOF without data) or why not; C's
-stdout/stderr go through B into a json-file log.
+re-executing Python is the fast path. B tells the caller "started" or
+"failed" in one JSON message; C's close-on-exec pipe tells B whether execve
+happened or why not (``init.await_exec``); C's stdout/stderr go through B into
+a json-file log.
 
 After the process exits, B releases the cgroup, writes ``exit.json`` (see
 ``workers.process``), XADDs the exit to Redis when ``spec.report`` asks for it
 (retrying until Redis accepts), then exits. A start that fails before execve
 is reported to the caller only, which raises ``SpawnError``.
+
+While the process runs, B also owns a stop's escalation: ``process.request_stop``
+signals the container, writes ``stop.json`` and wakes B with SIGUSR1; B then
+SIGKILLs the process if it outlives the deadline (``workers.stopper``).
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import gc
+import math
 import os
 import select
 import signal
-import stat
 import time
 from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from workers import cgroups, nsutil, process
+from events.signals import signal_name
+from workers import cgroups, init, nsutil, process, stopper
+from workers.init import SpawnError
 from workers.logs import JsonFileWriter
 
 __all__ = [
-    "BindMount", "Limits", "ProcessSpec", "Report", "SpawnError", "SpawnResult",
-    "reap_supervisors", "report_fields", "spawn",
+    "BindMount", "Limits", "ProcessSpec", "Report", "SpawnError", "SpawnResult", "report_fields",
+    "spawn",
 ]
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STDIO_GRACE = 2.0  # Docker waits this long for stdio to drain after the exit
 SUPERVISOR_LOG = "supervisor.log"
 
@@ -117,190 +122,6 @@ class SpawnResult(msgspec.Struct, frozen=True):
     started_at_ns: int
 
 
-class SpawnError(Exception):
-    """The process could not be started; exit_code is Docker's (126, 127 or 128)."""
-
-    def __init__(self, exit_code: int, message: str) -> None:
-        """Carry Docker's exit code and error text."""
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.message = message
-
-
-class User(NamedTuple):
-    """A resolved user: ids, supplementary groups and home directory."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str
-
-
-def exit_code_for_errno(err: int) -> int:
-    """Map a start failure's errno to Docker's exit code."""
-    if err in (errno.ENOENT, errno.ENOTDIR):
-        return 127
-    if err in (errno.EACCES, errno.EISDIR):
-        return 126
-    return 128
-
-
-def _db(rootfs: str, path: str) -> list[list[str]]:
-    """Read a colon-separated database (passwd, group) from inside the rootfs."""
-    try:
-        with open(nsutil.resolve_in_root(rootfs, path), encoding="utf-8",
-                  errors="replace") as f:
-            return [line.rstrip("\n").split(":") for line in f if ":" in line]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def resolve_user(rootfs: str, spec: str) -> User:
-    """Resolve "user[:group]" (names or ids) against the rootfs as runc does."""
-    name, _, group = (spec or "0").partition(":")
-    uid, gid, home, login = 0, 0, "/", ""
-    entry = next((e for e in _db(rootfs, "/etc/passwd") if len(e) >= 6 and
-                  (e[0] == name or (name.isdigit() and e[2] == name))), None)
-    if entry is not None:
-        login, uid, gid, home = entry[0], int(entry[2]), int(entry[3]), entry[5] or "/"
-    elif name.isdigit():
-        uid = int(name)
-    else:
-        raise SpawnError(128, f"unable to find user {name}: no matching entries in passwd file")
-    groups = _db(rootfs, "/etc/group")
-    extra: tuple[int, ...] = ()
-    if group:
-        match = next((g for g in groups if len(g) >= 3 and
-                      (g[0] == group or (group.isdigit() and g[2] == group))), None)
-        if match is not None:
-            gid = int(match[2])
-        elif group.isdigit():
-            gid = int(group)
-        else:
-            raise SpawnError(
-                128, f"unable to find group {group}: no matching entries in group file")
-    elif login:
-        extra = tuple(int(g[2]) for g in groups
-                      if len(g) >= 4 and login in g[3].split(",") and g[2].isdigit())
-    return User(uid, gid, tuple(dict.fromkeys((gid, *extra))), home)
-
-
-# --- C: the container's init; runs between fork and execve ---
-
-class _InitError(Exception):
-    """A start failure with Docker's exit code and text."""
-
-    def __init__(self, exit_code: int, message: str) -> None:
-        super().__init__(message)
-        self.exit_code, self.message = exit_code, message
-
-
-def _strerror(err: int) -> str:
-    text = os.strerror(err)
-    return text[:1].lower() + text[1:]  # Go's errno texts are lower case
-
-
-def _lookup(name: str, path_env: str) -> str:
-    """Find the executable as Go's exec.LookPath does (runc's behaviour)."""
-    if "/" in name:
-        try:
-            st = os.stat(name)
-        except OSError as e:
-            raise _InitError(exit_code_for_errno(e.errno or 0),
-                             f'exec: "{name}": stat {name}: {_strerror(e.errno or 0)}') from None
-        if stat.S_ISDIR(st.st_mode) or not st.st_mode & 0o111:
-            raise _InitError(126, f'exec: "{name}": permission denied')
-        return name
-    for directory in path_env.split(":"):
-        candidate = (directory or ".") + "/" + name
-        try:
-            st = os.stat(candidate)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(st.st_mode) and st.st_mode & 0o111:
-            return candidate
-    raise _InitError(127, f'exec: "{name}": executable file not found in $PATH')
-
-
-def _init(spec: ProcessSpec, user: User, env: dict[str, str], netns_fd: int) -> None:
-    """Enter the container's namespaces and rootfs, drop to the user and execve."""
-    stage = "join cgroup"
-    try:
-        cgroups.join_cgroup(spec.container_id, 0)  # before pivoting: /sys is the host's
-        if netns_fd >= 0:
-            stage = "join network namespace"
-            nsutil.setns(netns_fd, nsutil.CLONE_NEWNET)
-            os.close(netns_fd)
-        stage = "unshare"
-        nsutil.unshare(nsutil.CLONE_NEWNS | nsutil.CLONE_NEWUTS | nsutil.CLONE_NEWIPC)
-        stage = "prepare rootfs"
-        nsutil.setup_rootfs(spec.rootfs, tuple((m.source, m.target, m.readonly)
-                                               for m in spec.mounts))
-        stage = "pivot_root"
-        nsutil.pivot_into(spec.rootfs)
-        if spec.hostname:
-            stage = "sethostname"
-            nsutil.sethostname(spec.hostname)
-        workdir = spec.working_dir or "/"
-        stage = f'mkdir cwd ("{workdir}")'
-        os.makedirs(workdir, 0o755, exist_ok=True)
-        stage = "set user"
-        os.setgroups(list(user.groups))
-        os.setgid(user.gid)
-        os.setuid(user.uid)
-        stage = f'chdir to cwd ("{workdir}") set in config.json failed'
-        os.chdir(workdir)
-        stage = "exec"
-        path = _lookup(spec.argv[0], env.get("PATH", DEFAULT_PATH))
-        try:
-            os.execve(path, list(spec.argv), env)
-        except OSError as e:
-            raise _InitError(exit_code_for_errno(e.errno or 0),
-                             f"exec {path}: {_strerror(e.errno or 0)}") from None
-    except OSError as e:
-        raise _InitError(exit_code_for_errno(e.errno or 0),
-                         f"{stage}: {_strerror(e.errno or 0)}") from None
-
-
-def _container_main(spec: ProcessSpec, user: User, env: dict[str, str], netns_fd: int,
-                    stdout_w: int, stderr_w: int, exec_w: int) -> None:
-    """Run C: set up stdio and signals, then _init; report a failure on exec_w."""
-    code, message = 128, "container init failed"
-    try:
-        gc.disable()  # the caller's objects must not be finalized here (fd reuse)
-        os.setsid()
-        nsutil.set_pdeathsig(signal.SIGKILL)  # a dead supervisor could not record the exit
-        # SIG_IGN survives execve: give the program default dispositions and no mask.
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
-                    signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1,
-                    signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        null = os.open("/dev/null", os.O_RDONLY)
-        for fd, target in ((null, 0), (stdout_w, 1), (stderr_w, 2)):
-            os.dup2(fd, target)
-        _close_fds_except({0, 1, 2, exec_w, netns_fd})
-        _init(spec, user, env, netns_fd)
-    except _InitError as e:
-        code, message = e.exit_code, e.message
-    except BaseException as e:  # noqa: B036 - nothing may unwind into the caller's stack
-        message = f"container init failed: {e!r}"
-    try:
-        os.write(exec_w, f"{code}\0{message}".encode(errors="replace")[:4000])
-    finally:
-        os._exit(code)
-
-
-def _close_fds_except(keep: set[int]) -> None:
-    """Close every descriptor not in keep."""
-    low = 0
-    for fd in sorted(k for k in keep if k >= 0):
-        if low < fd:  # closerange(n, n) becomes close_range(n, UINT_MAX) on 3.11: all of them
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 1 << 20)
-
-
 # --- B: the supervisor ---
 
 def _read_all(fd: int) -> bytes:
@@ -310,41 +131,56 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _pump(pid: int, stdout_r: int, stderr_r: int, writer: JsonFileWriter) -> None:
-    """Copy the container's output into the log until it ends and the process exits."""
-    streams = {stdout_r: "stdout", stderr_r: "stderr"}
-    pidfd = os.pidfd_open(pid)
+def _pump(run: _Started, escalation: stopper.Escalation) -> None:
+    """Log the container's output and enforce a stop's deadline until it has exited.
+
+    Runs until the process has exited and its output has ended; the process may
+    close its stdio long before it exits, and a stop must still escalate then.
+    """
+    streams = {run.stdout_r: "stdout", run.stderr_r: "stderr"}
+    pidfd = os.pidfd_open(run.pid)
     poller = select.poll()
-    for fd in (*streams, pidfd):
+    for fd in (*streams, pidfd, escalation.fileno()):
         poller.register(fd, select.POLLIN)
     exited_at: float | None = None
-    while streams:
-        timeout = None
-        if exited_at is not None:
-            # Descendants outside the pid namespace may hold the pipes open; do not hang.
-            timeout = int((exited_at + STDIO_GRACE - time.monotonic()) * 1000)
-            if timeout <= 0:
-                break
-        for fd, _ in poller.poll(timeout):
-            if fd == pidfd:
-                exited_at = time.monotonic()
-                poller.unregister(pidfd)
-                continue
-            data = os.read(fd, 65536)
-            try:
-                if data:
-                    writer.feed(streams[fd], data)
-                else:
-                    writer.flush(streams[fd])
-            except OSError as e:  # a full disk must not block the container on its pipe
-                _say(f"log write failed: {e}")
-            if not data:
-                poller.unregister(fd)
-                os.close(fd)
-                del streams[fd]
-    for fd in streams:
-        os.close(fd)
-    os.close(pidfd)
+    try:
+        while exited_at is None or streams:
+            if exited_at is None:
+                timeout = escalation.timeout_ms()
+            else:
+                # Descendants outside the pid namespace may hold the pipes open; do not hang.
+                timeout = math.ceil((exited_at + STDIO_GRACE - time.monotonic()) * 1000)
+                if timeout <= 0:
+                    break
+            for fd, _ in poller.poll(timeout):
+                if fd == pidfd:
+                    exited_at = time.monotonic()
+                    poller.unregister(pidfd)
+                elif fd == escalation.fileno():
+                    escalation.on_wake()
+                elif not _copy(fd, streams[fd], run.writer):
+                    poller.unregister(fd)
+                    os.close(fd)
+                    del streams[fd]
+            if exited_at is None and escalation.fire_if_due(pidfd):
+                _say(f"process {run.pid} outlived its stop timeout after "
+                     f"{signal_name(escalation.signal)}: SIGKILL")
+    finally:
+        for fd in (*streams, pidfd):
+            os.close(fd)
+
+
+def _copy(fd: int, stream: str, writer: JsonFileWriter) -> bool:
+    """Log what is readable on a stream's pipe; False once the stream has ended."""
+    data = os.read(fd, 65536)
+    try:
+        if data:
+            writer.feed(stream, data)
+        else:
+            writer.flush(stream)
+    except OSError as e:  # a full disk must not block the container on its pipe
+        _say(f"log write failed: {e}")
+    return bool(data)
 
 
 def _render(template: Any, facts: dict[str, Any]) -> Any:
@@ -424,38 +260,37 @@ class _Started(NamedTuple):
     writer: JsonFileWriter
 
 
-def _start(spec: ProcessSpec, user: User, env: dict[str, str], netns_fd: int,
+def _start(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int,
            status_w: int) -> _Started | None:
     """Fork C into a new pid namespace and wait until it has exec'd (None: it failed)."""
     state = spec.state_dir
     try:
         writer = JsonFileWriter(spec.log_path)  # exists once spawn returns
     except OSError as e:
-        raise _InitError(128, f"failed to initialize logging driver: {e}") from e
+        raise SpawnError(128, f"failed to initialize logging driver: {e}") from e
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
     exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
     nsutil.unshare(nsutil.CLONE_NEWPID)
     pid = os.fork()
     if pid == 0:
-        _container_main(spec, user, env, netns_fd, stdout_w, stderr_w, exec_w)
+        init.run(plan, netns_fd, stdout_w, stderr_w, exec_w)
     for fd in (stdout_w, stderr_w, exec_w, netns_fd):
         if fd >= 0:
             os.close(fd)
     me = os.getpid()  # recorded while C sets itself up, which takes longer
     process.write_pid_file(os.path.join(state, process.SUPERVISOR_PID_FILE),
                            process.ProcRef(me, process.start_ticks(me) or 0))
-    failure = _read_all(exec_r)
-    os.close(exec_r)
+    failure = init.await_exec(exec_r)
     started_at = time.time_ns()
-    if failure:
-        code, _, message = failure.decode(errors="replace").partition("\0")
-        _tell(status_w, {"exit_code": int(code), "message": message})
+    if failure is not None:
+        _tell_failure(status_w, failure)
         os.waitpid(pid, 0)
         for fd in (stdout_r, stderr_r, writer.fd):
             os.close(fd)
         _release(spec.container_id)
-        process.write_exit(state, process.ExitStatus(exit_code=int(code), error=message))
+        process.write_exit(state, process.ExitStatus(exit_code=failure.container_exit_code,
+                                                     error=failure.message))
         return None
     ticks = process.start_ticks(pid) or 0
     process.write_pid_file(os.path.join(state, process.PID_FILE),
@@ -480,9 +315,14 @@ def _tell(status_w: int, message: object) -> None:
         _say(f"caller gone: {e}")
 
 
-def _watch(spec: ProcessSpec, run: _Started) -> None:
+def _tell_failure(status_w: int, error: SpawnError) -> None:
+    """Tell the caller why the process did not start."""
+    _tell(status_w, {"container_exit_code": error.container_exit_code, "message": error.message})
+
+
+def _watch(spec: ProcessSpec, run: _Started, wake_fd: int) -> None:
     """Log the output, reap, record exit.json, release the cgroup and report."""
-    _pump(run.pid, run.stdout_r, run.stderr_r, run.writer)
+    _pump(run, stopper.Escalation(spec.state_dir, run.started_at_ns, wake_fd))
     try:
         run.writer.close()
     except OSError as e:
@@ -503,33 +343,35 @@ def _watch(spec: ProcessSpec, run: _Started) -> None:
             f.write(f"{run.started_at_ns}\n")  # names the run it reports
 
 
-def _supervise(spec: ProcessSpec, user: User, env: dict[str, str], netns_fd: int,
-               status_w: int) -> None:
+def _supervise(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int, status_w: int) -> None:
     """Run B: detach from the caller's descriptors and signals, start C, watch it."""
     me = os.getpid()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE,
+                process.WAKE_SIGNAL):
         signal.signal(sig, signal.SIG_IGN)  # only SIGKILL ends a supervisor
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the caller's disposition could eat exits
     os.chdir("/")  # do not keep the caller's cwd busy
     os.umask(0o022)  # the container inherits it: Docker's default
     status_w, netns_fd = _above_stdio(status_w), _above_stdio(netns_fd)
-    _close_fds_except({status_w, netns_fd})
+    nsutil.close_fds_except({status_w, netns_fd})
     os.open("/dev/null", os.O_RDONLY)  # becomes fd 0
     log = os.open(os.path.join(spec.state_dir, SUPERVISOR_LOG),
                   os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)  # becomes fd 1
     os.dup2(log, 2)
+    # Before supervisor.pid names us: request_stop may send the wake-up signal from then on.
+    wake_fd = stopper.listen()
     sup_file = os.path.join(spec.state_dir, process.SUPERVISOR_PID_FILE)
     try:
-        run = _start(spec, user, env, netns_fd, status_w)
+        run = _start(spec, plan, netns_fd, status_w)
     except BaseException as e:  # noqa: B036 - the caller must hear why
         _say(f"start failed: {e!r}")
-        code, message = (e.exit_code, e.message) if isinstance(e, _InitError) \
-            else (128, f"supervisor: {e}")
-        _tell(status_w, {"exit_code": code, "message": message})
+        _tell_failure(status_w, e if isinstance(e, SpawnError)
+                      else SpawnError(128, f"supervisor: {e}"))
         run = None
     os.close(status_w)
     try:
         if run is not None:
-            _watch(spec, run)
+            _watch(spec, run, wake_fd)
         else:
             _release(spec.container_id)
     except BaseException as e:  # noqa: B036
@@ -566,19 +408,6 @@ def _await_previous(state_dir: str, timeout: float = 5.0) -> SpawnResult | None:
     return running
 
 
-def _environment(spec: ProcessSpec, user: User) -> dict[str, str]:
-    """Build the process environment as dockerd and runc do; the spec's Env wins."""
-    env = {"PATH": DEFAULT_PATH}
-    if spec.hostname:
-        env["HOSTNAME"] = spec.hostname
-    for item in spec.env:
-        key, sep, value = item.partition("=")
-        if sep and key:
-            env[key] = value
-    env.setdefault("HOME", user.home)  # as runc does
-    return env
-
-
 def _kill_supervisor(state_dir: str) -> None:
     """SIGKILL a hung supervisor; its container follows through PDEATHSIG."""
     ref = process.read_pid_file(os.path.join(state_dir, process.SUPERVISOR_PID_FILE))
@@ -586,25 +415,14 @@ def _kill_supervisor(state_dir: str) -> None:
         os.kill(ref.pid, signal.SIGKILL)
 
 
-_children: set[int] = set()  # supervisors forked directly by this (subreaper) process
-
-
-def reap_supervisors() -> int:
-    """Reap the exited supervisors this process forked directly; return how many.
-
-    Only a subreaper caller gets direct children (see spawn); its reaping loop
-    may call this, and every spawn does.
-    """
-    reaped = 0
-    for pid in list(_children):
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # somebody else's waitpid(-1) got it first
-            done = pid
-        if done:
-            _children.discard(pid)
-            reaped += 1
-    return reaped
+def _plan(spec: ProcessSpec) -> init.InitPlan:
+    """Resolve everything C needs that can be resolved before forking."""
+    user = init.resolve_user(spec.rootfs, spec.user)
+    return init.InitPlan(
+        container_id=spec.container_id, rootfs=spec.rootfs, argv=spec.argv,
+        env=init.environment(spec.env, spec.hostname, user), user=user,
+        working_dir=spec.working_dir, hostname=spec.hostname,
+        binds=tuple((m.source, m.target, m.readonly) for m in spec.mounts))
 
 
 def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
@@ -613,11 +431,11 @@ def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
     The supervisor is detached by a double fork; when the caller is a child
     subreaper, orphans come back to it anyway, so the supervisor is forked
     directly (one fork of the caller's address space less) and the caller
-    reaps it (reap_supervisors). Idempotent: when state_dir already holds a
-    live run, that run is returned. Raises SpawnError (exit code 126/127/128,
-    Docker's text) if the process cannot start.
+    reaps it (``process.reap_children``). Idempotent: when state_dir already
+    holds a live run, that run is returned. Raises SpawnError (container exit
+    code 126/127/128, Docker's text) if the process cannot start.
     """
-    reap_supervisors()
+    process.reap_children()
     spec = msgspec.convert(msgspec.to_builtins(spec), ProcessSpec)  # validates a dict-built spec
     if not spec.argv:
         raise SpawnError(128, "no command specified")
@@ -625,13 +443,12 @@ def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
     if running is not None:
         return running
     os.makedirs(spec.state_dir, exist_ok=True)
-    for name in (process.EXIT_FILE, process.REPORTED_FILE):
+    for name in (process.EXIT_FILE, process.REPORTED_FILE, process.STOP_FILE):
         try:
             os.unlink(os.path.join(spec.state_dir, name))
         except FileNotFoundError:
             pass
-    user = resolve_user(spec.rootfs, spec.user)
-    env = _environment(spec, user)
+    plan = _plan(spec)
     lim = spec.limits
     try:
         cgroups.ensure_cgroup(spec.container_id, memory=lim.memory, pids=lim.pids,
@@ -645,9 +462,10 @@ def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
         except OSError as e:
             cgroups.release_cgroup(spec.container_id)
             raise SpawnError(128, f"open network namespace {spec.netns}: "
-                                  f"{_strerror(e.errno or 0)}") from e
+                                  f"{init.errno_text(e.errno or 0)}") from e
     # A subreaper would adopt B anyway once A exited: fork B directly, one fork less.
     direct = nsutil.is_child_subreaper()
+    status_r = status_w = -1
     try:
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         child = os.fork()
@@ -657,12 +475,15 @@ def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
                 os.close(status_r)
                 os.setsid()
                 if direct or os.fork() == 0:
-                    _supervise(spec, user, env, netns_fd, status_w)
+                    _supervise(spec, plan, netns_fd, status_w)
             except BaseException as e:  # noqa: B036
                 os.write(2, f"moorage supervisor failed: {e!r}\n".encode(errors="replace"))
             finally:
                 os._exit(0)
     except OSError as e:
+        for fd in (status_r, status_w):
+            if fd >= 0:
+                os.close(fd)
         cgroups.release_cgroup(spec.container_id)
         raise SpawnError(128, f"start supervisor: {e}") from e
     finally:
@@ -675,7 +496,7 @@ def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
     finally:
         os.close(status_r)
         if direct:
-            _children.add(child)
+            process.track_child(child)
         else:
             os.waitpid(child, 0)  # A is long gone by now: reaping it here costs no wait
     if not reply:
@@ -687,4 +508,4 @@ def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
     message = msgspec.json.decode(reply)
     if "pid" in message:
         return msgspec.convert(message, SpawnResult)
-    raise SpawnError(int(message["exit_code"]), str(message["message"]))
+    raise SpawnError(int(message["container_exit_code"]), str(message["message"]))

@@ -20,10 +20,19 @@ from collections.abc import Callable, Iterator
 import pytest
 from pyroute2 import IPRoute
 
+from commands.options import parse_publish
 from engine.errors import Conflict, MoorError
+from events.specs import PortBinding
 from tests.conftest import free_port, missing_capability
 from workers import network, portmap
-from workers.netconf import BridgeConfig, netns_name, netns_path, parse_publish, veth_name
+from workers.netconf import (
+    BridgeConfig,
+    PortMapping,
+    from_port_bindings,
+    netns_name,
+    netns_path,
+    veth_name,
+)
 
 pytestmark = pytest.mark.privileged
 
@@ -87,6 +96,15 @@ def fetch(host: str, port: int) -> str:
 
 def iptables_text() -> str:
     return sh("iptables-save").stdout
+
+
+def publish(*specs: str) -> list[PortMapping]:
+    """Return the mappings for `-p` specs: CLI parse, HostConfig shape, then the worker's."""
+    port_bindings: dict[str, tuple[PortBinding, ...]] = {}
+    for spec in specs:
+        for key, binding in parse_publish(spec):
+            port_bindings[key] = (*port_bindings.get(key, ()), binding)
+    return from_port_bindings(port_bindings)
 
 
 @pytest.fixture
@@ -242,10 +260,10 @@ def test_published_port_answers_on_loopback_and_the_host_address(
     cid, cport, hport = new_cid(), 8080, free_port()
     info = up(cid, bridge, 2)
     servers(cid, cport)
-    binding = parse_publish(f"{hport}:{cport}")
-    assert portmap.ensure_ports(cid, info.ip_address, [binding], bridge) == [binding]
+    ports = publish(f"{hport}:{cport}")
+    assert portmap.ensure_ports(cid, info.ip_address, ports, bridge) == ports
     rules = iptables_text().count(cid)
-    assert portmap.ensure_ports(cid, info.ip_address, [binding], bridge) == [binding]
+    assert portmap.ensure_ports(cid, info.ip_address, ports, bridge) == ports
     assert iptables_text().count(cid) == rules == 1  # one DNAT rule; no duplicate
 
     # From loopback the container sees the bridge gateway (masqueraded 127/8 source).
@@ -253,7 +271,7 @@ def test_published_port_answers_on_loopback_and_the_host_address(
     host_ip = host_address()
     assert fetch(host_ip, hport) == f"hello from {cid[:12]} to {host_ip}"
     assert portmap.list_port_rules()[cid] == [
-        portmap.PortRule(binding=binding, container_ip=info.ip_address)]
+        portmap.PortRule(binding=ports[0], container_ip=info.ip_address)]
 
     portmap.release_ports(cid)
     assert cid not in iptables_text() and cid not in portmap.list_port_rules()
@@ -269,7 +287,7 @@ def test_published_port_answers_another_host_through_forward(
     cid, hport = new_cid(), free_port()
     info = up(cid, bridge, 2)
     servers(cid, 8080)
-    portmap.ensure_ports(cid, info.ip_address, [parse_publish(f"{hport}:8080")], bridge)
+    portmap.ensure_ports(cid, info.ip_address, publish(f"{hport}:8080"), bridge)
     got = sh("ip", "netns", "exec", other_host, sys.executable, "-c", CLIENT, here, str(hport))
     assert got.stdout.strip() == f"hello from {cid[:12]} to {there}"  # no masquerade inbound
     # It came in through PREROUTING's DNAT and was let through by the bridge's DNAT rule.
@@ -285,7 +303,7 @@ def test_port_bound_to_loopback_only_and_ephemeral_ports(
     cid = new_cid()
     info = up(cid, bridge, 2)
     servers(cid, 9000)
-    wanted = [parse_publish("127.0.0.1::9000")]
+    wanted = publish("127.0.0.1::9000", "127.0.0.1:0:9000")  # two ways to say "ephemeral"
     [used] = portmap.ensure_ports(cid, info.ip_address, wanted, bridge)
     assert used.host_ip == "127.0.0.1" and used.host_port > 0
     assert portmap.ensure_ports(cid, info.ip_address, wanted, bridge) == [used]  # same port
@@ -296,20 +314,19 @@ def test_port_bound_to_loopback_only_and_ephemeral_ports(
 
 def test_port_conflicts_are_refused(bridge: BridgeConfig, new_cid: Callable[[], str]) -> None:
     a, b, hport = new_cid(), new_cid(), free_port()
-    portmap.ensure_ports(a, address(bridge, 2), [parse_publish(f"{hport}:80")], bridge)
+    portmap.ensure_ports(a, address(bridge, 2), publish(f"0.0.0.0:{hport}:80"), bridge)
     # 0.0.0.0 covers 127.0.0.1; Docker's message names the address asked for.
     with pytest.raises(Conflict, match=f"Bind for 127.0.0.1:{hport} failed: port is already"):
-        portmap.ensure_ports(b, address(bridge, 3), [parse_publish(f"127.0.0.1:{hport}:80")],
-                             bridge)
+        portmap.ensure_ports(b, address(bridge, 3), publish(f"127.0.0.1:{hport}:80"), bridge)
     # Same port over another protocol is fine.
-    udp = parse_publish(f"{hport}:80/udp")
-    portmap.ensure_ports(b, address(bridge, 3), [udp], bridge)
+    portmap.ensure_ports(b, address(bridge, 3), publish(f"{hport}:80/udp"), bridge)
+    udp = PortMapping(container_port=80, proto="udp", host_port=hport)
     with socket.socket() as listener:  # a host process owns this port
         listener.bind(("0.0.0.0", 0))
         listener.listen(1)
         taken = listener.getsockname()[1]
         with pytest.raises(Conflict, match=f"Bind for 0.0.0.0:{taken} failed"):
-            portmap.ensure_ports(b, address(bridge, 3), [parse_publish(f"{taken}:80")], bridge)
+            portmap.ensure_ports(b, address(bridge, 3), publish(f"{taken}:80"), bridge)
     # The refused requests left nothing: b still publishes only its udp port.
     assert [r.binding for r in portmap.list_port_rules()[b]] == [udp]
 
@@ -317,13 +334,14 @@ def test_port_conflicts_are_refused(bridge: BridgeConfig, new_cid: Callable[[], 
 def test_rule_changes_in_one_batch_hit_exactly_the_right_rules(
         bridge: BridgeConfig, new_cid: Callable[[], str]) -> None:
     a, b = new_cid(), new_cid()
-    p1, p2, p3 = (parse_publish(f"{free_port()}:{c}") for c in (81, 82, 83))
-    portmap.ensure_ports(a, address(bridge, 2), [p1, p2], bridge)
-    portmap.ensure_ports(b, address(bridge, 3), [p3], bridge)
+    p1, p2, p3 = (PortMapping(container_port=c, host_port=free_port()) for c in (81, 82, 83))
+    portmap.ensure_ports(a, address(bridge, 2),
+                         publish(f"{p1.host_port}:81", f"{p2.host_port}:82"), bridge)
+    portmap.ensure_ports(b, address(bridge, 3), publish(f"{p3.host_port}:83"), bridge)
     # a drops p1 while the bridge's rules drift (same device, another subnet): deletions by
     # rule number in both tables, all computed from one snapshot.
     drifted = BridgeConfig(name=bridge.name, subnet="10.213.250.0/30")
-    portmap.ensure_ports(a, address(bridge, 2), [p2], drifted)
+    portmap.ensure_ports(a, address(bridge, 2), publish(f"{p2.host_port}:82"), drifted)
     rules = portmap.list_port_rules()
     assert [r.binding for r in rules[a]] == [p2] and [r.binding for r in rules[b]] == [p3]
     text = iptables_text()
@@ -374,7 +392,7 @@ def test_interrupted_sandbox_create_is_redone(bridge: BridgeConfig,
 def test_full_release_leaves_nothing(bridge: BridgeConfig, new_cid: Callable[[], str]) -> None:
     cid = new_cid()
     info = up(cid, bridge, 2)
-    portmap.ensure_ports(cid, info.ip_address, [parse_publish(f"{free_port()}:80")], bridge)
+    portmap.ensure_ports(cid, info.ip_address, publish(f"{free_port()}:80"), bridge)
     assert cid in iptables_text()
 
     portmap.release_ports(cid)

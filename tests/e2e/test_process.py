@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -24,10 +25,12 @@ import msgspec
 import pytest
 import redis
 
+from engine.errors import MoorError
 from tests.conftest import RedisServer, free_port, missing_capability, start_redis
-from workers import cgroups, process
+from workers import cgroups, process, stopper
 from workers.logs import parse_time, read_logs
 from workers.supervisor import (
+    SUPERVISOR_LOG,
     BindMount,
     Limits,
     ProcessSpec,
@@ -200,6 +203,124 @@ def test_stop_falls_back_to_sigkill_after_timeout(make_spec: Make) -> None:
     assert process.signal_container(spec.state_dir, "KILL") is False
 
 
+def _exit_after(spec: ProcessSpec, started: float, timeout: float = 5) -> float:
+    """Return the seconds from started until exit.json appeared."""
+    assert _wait(lambda: process.read_exit(spec.state_dir) is not None, timeout)
+    return time.monotonic() - started
+
+
+def _supervisor_log(spec: ProcessSpec) -> str:
+    return Path(spec.state_dir, SUPERVISOR_LOG).read_text()
+
+
+def test_request_stop_returns_at_once_and_the_supervisor_sigkills(make_spec: Make) -> None:
+    spec = make_spec("sleep", "1000")  # PID 1 without a handler ignores SIGTERM
+    spawn(spec)
+    started = time.monotonic()
+    assert process.request_stop(spec.state_dir, "SIGTERM", 1) is True
+    assert time.monotonic() - started < 0.05
+    assert process.is_alive(spec.state_dir)
+    assert 1.0 <= _exit_after(spec, started) < 2.0
+    status = wait_exit(spec)
+    assert (status.exit_code, status.signal) == (137, signal.SIGKILL)
+    assert "outlived its stop timeout" in _supervisor_log(spec)
+    assert process.request_stop(spec.state_dir, "SIGTERM", 1) is False  # exited
+
+
+def test_request_stop_of_a_trapping_shell_exits_143(make_spec: Make) -> None:
+    spec = make_spec("sh", "-c", 'trap "exit 143" TERM; echo ready; while :; do sleep 0.1; done')
+    spawn(spec)
+    assert _wait(lambda: bool(logged(spec)), 5)
+    started = time.monotonic()
+    assert process.request_stop(spec.state_dir, signal.SIGTERM, 1) is True
+    assert time.monotonic() - started < 0.05
+    status = wait_exit(spec)
+    assert (status.exit_code, status.signal) == (143, None)
+    assert "outlived" not in _supervisor_log(spec)
+
+
+def test_request_stop_keeps_the_earlier_deadline(make_spec: Make) -> None:
+    spec = make_spec("sleep", "1000")
+    spawn(spec)
+    started = time.monotonic()
+    assert process.request_stop(spec.state_dir, "TERM", 0.3)
+    assert process.request_stop(spec.state_dir, "TERM", 60)  # does not postpone the kill
+    assert _exit_after(spec, started) < 1.5
+    assert wait_exit(spec).exit_code == 137
+
+
+def test_request_stop_with_a_negative_timeout_never_escalates(make_spec: Make) -> None:
+    spec = make_spec("sleep", "1000")
+    spawn(spec)
+    assert process.request_stop(spec.state_dir, "TERM", -1) is True
+    assert process.request_stop(spec.state_dir, "TERM", None) is True
+    assert not Path(spec.state_dir, process.STOP_FILE).exists()
+    time.sleep(0.3)
+    assert process.is_alive(spec.state_dir)
+    assert process.request_stop(spec.state_dir, "KILL", -1) is True
+    assert wait_exit(spec).exit_code == 137
+
+
+def test_request_stop_escalates_after_the_process_closed_its_output(make_spec: Make) -> None:
+    spec = make_spec("sh", "-c", "exec >&- 2>&-; exec sleep 1000")
+    spawn(spec)
+    time.sleep(0.2)  # let it close both pipes: the supervisor must still watch it
+    started = time.monotonic()
+    assert process.request_stop(spec.state_dir, "TERM", 0.3)
+    assert _exit_after(spec, started) < 1.5
+    assert wait_exit(spec).exit_code == 137
+
+
+def test_request_stop_falls_back_to_a_helper_without_a_supervisor(make_spec: Make) -> None:
+    spec = make_spec("sh", "-c", "echo ready; exec sleep 1000")
+    spawn(spec)
+    assert _wait(lambda: bool(logged(spec)), 5)  # the supervisor reads stop.json only if woken
+    sup_file = os.path.join(spec.state_dir, process.SUPERVISOR_PID_FILE)
+    sup = process.read_pid_file(sup_file)
+    assert sup is not None
+    # Make the supervisor unreachable: its recorded incarnation no longer matches.
+    process.write_pid_file(sup_file, process.ProcRef(sup.pid, sup.start_ticks - 1))
+    started = time.monotonic()
+    try:
+        assert process.request_stop(spec.state_dir, "TERM", 0.3) is True
+        assert time.monotonic() - started < 0.05
+    finally:
+        process.write_pid_file(sup_file, sup)
+    assert _exit_after(spec, started) < 1.5
+    assert wait_exit(spec).exit_code == 137
+    assert "outlived" not in _supervisor_log(spec)  # the helper killed it, not the supervisor
+
+
+def test_request_stop_rejects_an_invalid_signal(make_spec: Make) -> None:
+    spec = make_spec("sleep", "1000")
+    spawn(spec)
+    with pytest.raises(ValueError, match="invalid signal: SIGNOPE"):
+        process.request_stop(spec.state_dir, "SIGNOPE", 1)
+    assert process.is_alive(spec.state_dir)
+    assert process.signal_container(spec.state_dir, "KILL") is True
+    assert wait_exit(spec).exit_code == 137
+
+
+def test_escalation_ignores_a_previous_runs_request(tmp_path: Path) -> None:
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK)
+    try:
+        now = time.monotonic_ns()
+        process.write_stop_request(str(tmp_path), process.StopRequest(
+            signal=15, deadline_ns=now, started_at_ns=1))
+        escalation = stopper.Escalation(str(tmp_path), 2, read_fd)
+        assert escalation.timeout_ms() is None
+        process.write_stop_request(str(tmp_path), process.StopRequest(
+            signal=15, deadline_ns=now + 10**9, started_at_ns=2))
+        os.write(write_fd, b"\0")
+        escalation.on_wake()
+        assert 0 < (escalation.timeout_ms() or 0) <= 1000
+        with pytest.raises(BlockingIOError):  # the wake-up was drained
+            os.read(read_fd, 1)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 def test_kill_9_of_the_process_records_137(make_spec: Make) -> None:
     spec = make_spec("sleep", "1000")
     result = spawn(spec)
@@ -267,7 +388,8 @@ def test_killed_supervisor_takes_the_process_down(make_spec: Make) -> None:
 _CALLER = """
 import os, sys, msgspec
 from workers import nsutil
-from workers.supervisor import ProcessSpec, reap_supervisors, spawn
+from workers.process import reap_children
+from workers.supervisor import ProcessSpec, spawn
 if sys.argv[2] == "subreaper":
     nsutil.set_child_subreaper()
 spec = msgspec.json.decode(sys.argv[1].encode(), type=ProcessSpec)
@@ -276,7 +398,7 @@ print(msgspec.json.encode(result).decode(), flush=True)
 with open(f"/proc/{result.supervisor_pid}/stat") as f:
     print(f.read().rsplit(")", 1)[1].split()[1], flush=True)  # the supervisor's parent
 sys.stdin.readline()
-print(reap_supervisors(), flush=True)
+print(reap_children(), flush=True)
 sys.stdin.read()
 """
 
@@ -388,7 +510,8 @@ def test_exec_failures_map_to_docker_codes(make_spec: Make, argv: tuple[str, ...
     spec = make_spec(*argv)
     with pytest.raises(SpawnError) as err:
         spawn(spec)
-    assert (err.value.exit_code, err.value.message) == (code, message)
+    assert (err.value.container_exit_code, err.value.message) == (code, message)
+    assert (err.value.status, err.value.exit_code) == (400, 1)  # the caller's fault; CLI exit 1
     status = wait_exit(spec)
     assert (status.exit_code, status.error) == (code, message)
 
@@ -397,7 +520,9 @@ def test_unknown_user_fails_before_forking(make_spec: Make) -> None:
     spec = make_spec("true", user="ghost")
     with pytest.raises(SpawnError) as err:
         spawn(spec)
-    assert err.value.exit_code == 128
+    assert (err.value.container_exit_code, err.value.status) == (128, 500)
+    assert isinstance(err.value, MoorError)
+    assert pickle.loads(pickle.dumps(err.value)).container_exit_code == 128
     assert str(err.value) == "unable to find user ghost: no matching entries in passwd file"
 
 
@@ -424,7 +549,8 @@ def test_missing_network_namespace_fails_the_start(make_spec: Make, run_id: str)
     spec = make_spec("true", netns=f"/run/netns/moort{run_id}-missing")
     with pytest.raises(SpawnError) as err:
         spawn(spec)
-    assert err.value.exit_code == 128 and "no such file or directory" in err.value.message
+    assert err.value.container_exit_code == 128
+    assert "no such file or directory" in err.value.message
 
 
 def test_bind_mounts(make_spec: Make, tmp_path: Path) -> None:

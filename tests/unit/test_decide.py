@@ -1008,5 +1008,6 @@ def test_resume_reissues_the_same_start_job() -> None:
 def test_resume_reissues_removal() -> None:
     scenario = given(*running("web", A), create("db", B), rm("db"))
     assert resume(scenario.world) == [Job("workers.jobs.remove_container", f"remove-{B}",
-                                          {"container_id": B, "generation": 0})]
+                                          {"container_id": B, "generation": 0,
+                                           "ports": False})]
     assert resume(fold(scenario.records)) == resume(scenario.world)

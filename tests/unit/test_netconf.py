@@ -1,27 +1,28 @@
-"""Pure network helpers: bridge config, resource names, `-p` parsing, the container's etc files."""
+"""Pure network helpers: bridge config, resource names, port mappings, the container's etc files."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from engine.config import default_network
 from engine.errors import InvalidParameter
 from events import specs
 from workers import hostfiles
 from workers.netconf import (
     BridgeConfig,
-    PortBinding,
+    PortMapping,
     cid_from_netns_name,
     cid_from_tag,
     from_port_bindings,
     netns_name,
     netns_path,
-    parse_publish,
-    parse_publish_all,
     short_id,
     tag,
+    to_port_bindings,
     veth_name,
 )
 
@@ -30,30 +31,34 @@ CID = "0123456789abcdef" * 4
 
 # --- bridge config and names ---------------------------------------------------------
 
-def test_default_bridge_config_avoids_docker_and_the_host_network() -> None:
-    cfg = BridgeConfig()
+def test_default_bridge_config_avoids_docker_and_the_host_network(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOOR_SUBNET", raising=False)
+    monkeypatch.setenv("MOOR_BRIDGE", "")  # empty counts as unset
+    cfg = BridgeConfig.from_network_spec(default_network())
     assert (cfg.name, cfg.subnet, cfg.gateway, cfg.prefixlen) == (
         "moor0", "10.77.0.0/16", "10.77.0.1", 16)
-    for taken in ("172.17.0.0/16", "192.0.2.0/24", "10.88.0.0/16", "192.168.0.0/16"):
-        assert not cfg.network.overlaps(BridgeConfig(subnet=taken).network)
+    for taken in ("172.17.0.0/16", "192.0.2.0/24", "10.88.0.0/16", "192.168.0.0/16",
+                  "10.96.0.0/12", "10.244.0.0/16"):
+        assert not cfg.network.overlaps(BridgeConfig(name="x", subnet=taken).network)
 
 
-def test_bridge_config_from_env() -> None:
-    cfg = BridgeConfig.from_env({"MOOR_BRIDGE": "moorx", "MOOR_SUBNET": "10.213.7.0/24"})
-    assert (cfg.name, cfg.gateway, cfg.prefixlen) == ("moorx", "10.213.7.1", 24)
-    assert cfg.mac == "02:42:0a:d5:07:01"
-    assert BridgeConfig.from_env({}) == BridgeConfig()
-
-
-def test_bridge_config_round_trips_the_reducers_network_spec() -> None:
-    cfg = BridgeConfig(name="moorx", subnet="10.213.7.0/24")
-    spec = cfg.network_spec()
+def test_bridge_config_from_the_env_through_the_engines_network_spec(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOOR_BRIDGE", "moorx")
+    monkeypatch.setenv("MOOR_SUBNET", "10.213.7.0/24")
+    spec = default_network()
     assert spec == specs.NetworkSpec(name="bridge", subnet="10.213.7.0/24",
                                      gateway="10.213.7.1", bridge="moorx")
-    assert BridgeConfig.from_network_spec(spec) == cfg
+    cfg = BridgeConfig.from_network_spec(spec)
+    assert cfg == BridgeConfig(name="moorx", subnet="10.213.7.0/24")
+    assert (cfg.gateway, cfg.prefixlen, cfg.mac) == ("10.213.7.1", 24, "02:42:0a:d5:07:01")
     with pytest.raises(InvalidParameter, match="gateway"):
         BridgeConfig.from_network_spec(specs.NetworkSpec(
             name="bridge", subnet="10.213.7.0/24", gateway="10.213.7.9", bridge="moorx"))
+    monkeypatch.setenv("MOOR_SUBNET", "10.213.7.1/24")
+    with pytest.raises(InvalidParameter, match="MOOR_SUBNET"):
+        default_network()
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -63,7 +68,7 @@ def test_bridge_config_round_trips_the_reducers_network_spec() -> None:
 ])
 def test_bridge_config_rejects_bad_values(kwargs: dict[str, str]) -> None:
     with pytest.raises(InvalidParameter):
-        BridgeConfig(**kwargs)
+        BridgeConfig(**{"name": "moor0", "subnet": "10.77.0.0/16", **kwargs})
 
 
 def test_names_derive_from_the_container_id() -> None:
@@ -80,66 +85,48 @@ def test_names_derive_from_the_container_id() -> None:
         veth_name("ABC")
 
 
-# --- parse_publish -------------------------------------------------------------------
+# --- port mappings -----------------------------------------------------------------
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("80", PortBinding(container_port=80)),
-    ("8080:80", PortBinding(container_port=80, host_port=8080)),
-    ("127.0.0.1:8080:80", PortBinding(container_port=80, host_ip="127.0.0.1", host_port=8080)),
-    ("127.0.0.1::80", PortBinding(container_port=80, host_ip="127.0.0.1")),
-    ("53:53/udp", PortBinding(container_port=53, proto="udp", host_port=53)),
-    ("9000:9000/SCTP", PortBinding(container_port=9000, proto="sctp", host_port=9000)),
-    ("[::1]:8080:80", PortBinding(container_port=80, host_ip="::1", host_port=8080)),
-    ("::1:8080:80", PortBinding(container_port=80, host_ip="::1", host_port=8080)),
-    ("0:80", PortBinding(container_port=80)),
-])
-def test_parse_publish(spec: str, expected: PortBinding) -> None:
-    assert parse_publish(spec) == expected
-
-
-@pytest.mark.parametrize(("spec", "message"), [
-    ("99999:80", 'invalid port specification: "99999"'),
-    ("8080:http", 'invalid port specification: "http"'),
-    ("8080:0", 'invalid port specification: "0"'),
-    ("abc:80", 'invalid port specification: "abc"'),
-    ("8080:-1", 'invalid port specification: "-1"'),
-    ("8080:80/icmp", "invalid proto: icmp"),
-    ("localhost:8080:80", "invalid IP address: localhost"),
-    ("8080:", "no port specified: 8080:<empty>"),
-    ("8000-8001:80-82",
-     "invalid ranges specified for container and host Ports: 80-82 and 8000-8001"),
-    ("8000-8010:80", "host port ranges for one container port are not supported"),
-    ("80-81", "port ranges publish several ports"),
-    ("90-80", 'invalid port specification: "90-80"'),
-])
-def test_parse_publish_errors_use_dockers_text(spec: str, message: str) -> None:
-    with pytest.raises(InvalidParameter) as err:
-        parse_publish(spec)
-    assert message in err.value.message
-    assert err.value.status == 400
-
-
-def test_parse_publish_all_expands_equal_ranges() -> None:
-    assert parse_publish_all("127.0.0.1:8000-8001:80-81/udp") == [
-        PortBinding(container_port=80, proto="udp", host_ip="127.0.0.1", host_port=8000),
-        PortBinding(container_port=81, proto="udp", host_ip="127.0.0.1", host_port=8001),
+def test_port_bindings_flatten_to_mappings_and_back() -> None:
+    host_config = {
+        "80/tcp": (specs.PortBinding(host_ip="127.0.0.1", host_port="8080"),
+                   specs.PortBinding(host_ip="127.0.0.1", host_port="8080")),  # dropped
+        "53/udp": (specs.PortBinding(host_ip="0.0.0.0", host_port="0"),),
+        "9/tcp": (),  # exposed only: publishes nothing
+    }
+    mappings = from_port_bindings(host_config)
+    assert mappings == [
+        PortMapping(container_port=80, host_ip="127.0.0.1", host_port=8080),
+        PortMapping(container_port=53, proto="udp"),
     ]
-    assert [b.container_port for b in parse_publish_all("7000-7002")] == [7000, 7001, 7002]
-
-
-def test_port_binding_round_trips_dockers_host_config_shape() -> None:
-    binding = parse_publish("127.0.0.1:8080:80")
-    assert binding.key == "80/tcp"
-    assert binding.to_docker() == ("80/tcp", specs.PortBinding(host_ip="127.0.0.1",
-                                                               host_port="8080"))
-    # Structs as the reducer holds them, or dicts as a job receives them.
-    host_config: dict[str, tuple[specs.PortBinding | dict[str, str], ...]] = {
+    assert mappings[0].key == "80/tcp"
+    assert to_port_bindings(mappings) == {
         "80/tcp": (specs.PortBinding(host_ip="127.0.0.1", host_port="8080"),),
-        "53/udp": ({"host_ip": "", "host_port": ""},), "9/tcp": ()}
-    assert from_port_bindings(host_config) == [binding,
-                                               PortBinding(container_port=53, proto="udp")]
-    with pytest.raises(InvalidParameter, match='invalid port specification: "70000"'):
-        from_port_bindings({"80/tcp": [{"host_ip": "", "host_port": "70000"}]})
+        "53/udp": (specs.PortBinding(),),
+    }
+
+
+@pytest.mark.parametrize(("key", "binding", "message"), [
+    ("80/tcp", specs.PortBinding(host_port="70000"), 'invalid port specification: "70000"'),
+    ("80-81/tcp", specs.PortBinding(), 'invalid port specification: "80-81"'),
+    ("80/icmp", specs.PortBinding(), "invalid proto: icmp"),
+    ("80/tcp", specs.PortBinding(host_ip="nope"), "invalid IP address: nope"),
+    ("80/tcp", specs.PortBinding(host_ip="::1"), "IPv6 port bindings are not supported"),
+    ("80/tcp", specs.PortBinding(host_ip="1.2.3.4 -j ACCEPT"), "invalid IP address"),
+])
+def test_port_bindings_are_checked_before_they_become_iptables_tokens(
+        key: str, binding: specs.PortBinding, message: str) -> None:
+    with pytest.raises(InvalidParameter, match=message):
+        from_port_bindings({key: (binding,)})
+
+
+def test_a_port_mapping_holds_its_invariants_however_it_is_built() -> None:
+    for bad in ({"proto": "tcp -j ACCEPT"}, {"container_port": 0}, {"host_port": 65536},
+                {"host_ip": "0.0.0.0"}, {"host_ip": "::1"}, {"host_ip": "010.0.0.1"}):
+        with pytest.raises(InvalidParameter, match="invalid port mapping"):
+            PortMapping(**{"container_port": 80, **bad})  # type: ignore[arg-type]
+        with pytest.raises(InvalidParameter, match="invalid port mapping"):
+            msgspec.structs.replace(PortMapping(container_port=80), **bad)
 
 
 # --- hostfiles -----------------------------------------------------------------------
