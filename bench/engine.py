@@ -72,6 +72,20 @@ def workload(n_commands: int) -> Iterator[tuple[c.Envelope, c.Command]]:
             i += 1
 
 
+def control_workload(n_commands: int) -> Iterator[tuple[c.Envelope, c.Command]]:
+    """Yield commands that trigger no host job: create, rename, a stop of a stopped one."""
+    yield _env(0), c.DefineNetwork(network=NET)
+    yield _env(1), c.RegisterImage(image_id=IMAGE, repo_tags=("busybox:latest",),
+                                   config=ImageConfig(cmd=("sh",)))
+    i = 2
+    while i < n_commands:
+        name = f"c{i}"
+        yield _env(i, new_container_id()), c.CreateContainer(name=name, config=CONFIG)
+        yield _env(i + 1), c.RenameContainer(ref=name, new_name=f"r{i}")
+        yield _env(i + 2), c.StopContainer(ref=f"r{i}")  # 304: recorded as a rejection
+        i += 3
+
+
 def bench_fold(n: int) -> tuple[list[EventRecord], dict[str, float]]:
     world = World()
     records: list[EventRecord] = []
@@ -90,11 +104,15 @@ def bench_fold(n: int) -> tuple[list[EventRecord], dict[str, float]]:
 
 
 
-def bench_e2e(r: Any, keys: Keys, n: int) -> dict[str, float]:
-    """Preload n commands, then time the reducer folding them through Redis."""
+def bench_e2e(r: Any, keys: Keys, n: int, mix: str = "lifecycle") -> dict[str, float]:
+    """Preload n commands, then time the reducer folding them through Redis.
+
+    "lifecycle" hands a host job to rq for 4 of every 10 commands; "control" none.
+    """
     pipe = r.pipeline(transaction=False)
     count = 0
-    for env, cmd in workload(n):
+    source = workload(n) if mix == "lifecycle" else control_workload(n)
+    for env, cmd in source:
         pipe.xadd(keys.commands, {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)})
         count += 1
         if count % 1000 == 0:
@@ -102,7 +120,7 @@ def bench_e2e(r: Any, keys: Keys, n: int) -> dict[str, float]:
     pipe.execute()
     reducer = Reducer(r, keys, batch=1000)
     reducer.try_acquire()
-    timers = {"read": 0.0, "write": 0.0}
+    timers = {"read": 0.0, "write": 0.0, "drain": 0.0}
     for name, attr in (("read", "_read"), ("write", "_write")):
         original = getattr(reducer, attr)
 
@@ -113,15 +131,26 @@ def bench_e2e(r: Any, keys: Keys, n: int) -> dict[str, float]:
             finally:
                 timers[_n] += time.perf_counter() - t
         setattr(reducer, attr, timed)
+    drain = reducer.outbox.drain
+
+    def timed_drain() -> int:
+        t = time.perf_counter()
+        try:
+            return drain()
+        finally:
+            timers["drain"] += time.perf_counter() - t
+    reducer.outbox.drain = timed_drain  # type: ignore[method-assign]
     t0 = time.perf_counter()
     done = 0
     while done < count:
         done += reducer.step()
     total = time.perf_counter() - t0
-    return {"e2e commands/s": count / total, "e2e seconds": total,
-            "share redis read": timers["read"] / total,
-            "share lua write (incl. redis)": timers["write"] / total,
-            "share decide/encode (python)": 1 - (timers["read"] + timers["write"]) / total}
+    other = 1 - sum(timers.values()) / total
+    return {f"e2e {mix} commands/s": count / total,
+            f"  {mix}: share XREADGROUP": timers["read"] / total,
+            f"  {mix}: share Lua write (incl. AOF)": timers["write"] / total,
+            f"  {mix}: share rq enqueue (outbox)": timers["drain"] / total,
+            f"  {mix}: share decide/encode (python)": other}
 
 
 def bench_replay(r: Any, keys: Keys, records: list[EventRecord]) -> dict[str, float]:
@@ -203,7 +232,8 @@ def main() -> None:
         records, numbers = bench_fold(int(args.events / 0.9) + 10)
         records = records[: args.events]
         print(f"fold corpus: {len(records)} events")
-        numbers |= bench_e2e(r, keys_for(prefix="bench-e2e"), args.commands)
+        numbers |= bench_e2e(r, keys_for(prefix="bench-e2e-c"), args.commands, "control")
+        numbers |= bench_e2e(r, keys_for(prefix="bench-e2e-l"), args.commands, "lifecycle")
         numbers |= bench_replay(r, keys_for(prefix="bench-replay"), records)
         numbers |= bench_watch(r, keys_for(prefix="bench-watch"), args.watch_samples)
         for name, value in numbers.items():

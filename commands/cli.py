@@ -193,9 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     lifecycle("restart", "restart containers", lambda a: lambda c, r: c.restart(
         r, a.time, a.signal or ""), _stop_flags)
     lifecycle("kill", "send a signal (default SIGKILL)", lambda a: lambda c, r: c.kill(
-        r, a.signal), lambda p: p.add_argument("-s", "--signal", default="SIGKILL"))
+        r, a.signal), lambda p: _flag(p, "-s", "--signal", default="SIGKILL"))
     lifecycle("rm", "remove containers", lambda a: lambda c, r: c.remove(r, a.force),
-              lambda p: p.add_argument("-f", "--force", action="store_true"))
+              lambda p: _flag(p, "-f", "--force", action="store_true"))
 
     p = sub.add_parser("rename", help="rename a container")
     p.add_argument("container")
@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ("image", "import, load, list and remove images on this host"),
                         ("images", "list images (moor image ls)"),
                         ("rmi", "remove images (moor image rm)"),
-                        ("logs", "print a container's logs")):
+                        ("logs", "print a container's logs"),
+                        ("api", "serve the Docker Engine API on a unix socket")):
         p = sub.add_parser(name, help=help_, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_host_command)
@@ -237,6 +238,9 @@ def _host_argv(args: argparse.Namespace) -> list[str]:
         head = ["--redis-url", args.redis_url, *head]
     if args.command == "worker":
         return [sys.executable, "-m", "workers.main",
+                *(["--redis-url", args.redis_url] if args.redis_url else []), *args.rest]
+    if args.command == "api":
+        return [sys.executable, "-m", "api.server",
                 *(["--redis-url", args.redis_url] if args.redis_url else []), *args.rest]
     verb = _HOST_ALIASES.get(args.command, [args.command])
     return [sys.executable, "-m", "workers.hostcli", *head, *verb, *args.rest]
@@ -282,12 +286,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0 if stop.is_set() else 1
 
 
+def _flag(p: argparse.ArgumentParser, *names: str, **kw: Any) -> None:
+    p.add_argument(*names, **kw)
+
+
 def _stop_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--time", type=int, default=None)
     p.add_argument("-s", "--signal")
 
 
-_HOST_COMMANDS = frozenset(("worker", "image", "images", "rmi", "logs"))
+_HOST_COMMANDS = frozenset(("worker", "image", "images", "rmi", "logs", "api"))
 _VALUED_GLOBALS = frozenset(("--redis-url", "--actor", "--reason", "--timeout"))
 
 

@@ -38,7 +38,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False,
                omit_defaults=True):
     """Who asked, when and why. `container_id` is the target for create and reports."""
 
@@ -52,7 +52,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     schema: int = SCHEMA_VERSION
 
 
-class _Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+class _Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False,
                tag_field="type"):
     """Base of every command."""
 

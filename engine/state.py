@@ -25,7 +25,7 @@ def saga_steps(network_mode: str) -> tuple[str, ...]:
     return _SAGAS.get(network_mode, _SAGAS["bridge"])
 
 
-class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """A container's record, shaped after Docker's container + State."""
 
     id: str
@@ -66,7 +66,7 @@ class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return bool(self.saga)
 
 
-class Image(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Image(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """An image known to the engine (its content lives on the host)."""
 
     id: str

@@ -14,7 +14,7 @@ __all__ = ["CODEC", "Codec", "CommandResult", "DecodeError"]
 DecodeError = (msgspec.DecodeError, msgspec.ValidationError)
 
 
-class CommandResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class CommandResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """What the waiting client learns: accepted (with the events' tags) or rejected."""
 
     command_id: str

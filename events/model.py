@@ -1,7 +1,9 @@
 """The facts the reducer decides, appended to the events stream (tagged, frozen Structs).
 
 Naming: past-tense Subject+Verb. Tags are explicit and never reused. Stored events never
-forbid unknown fields, so an old reader survives a newer writer.
+forbid unknown fields, so an old reader survives a newer writer. Values never form
+reference cycles, so they are not tracked by the cyclic GC (gc=False): a replay holding a
+million of them would otherwise spend most of its time in collections.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 
-class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
     """Base of every event; the tag names the fact."""
 
 
@@ -217,7 +219,7 @@ Event = (
 )
 
 
-class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Who and what caused an event: kept apart from the payload.
 
     `version` is the container's version after this event (0 for engine-wide facts).
@@ -234,7 +236,7 @@ class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     schema: int = 1
 
 
-class EventRecord(msgspec.Struct, frozen=True, kw_only=True):
+class EventRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One entry of the events stream: envelope plus payload."""
 
     meta: EventMeta

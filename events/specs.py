@@ -19,21 +19,21 @@ __all__ = [
 ]
 
 
-class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Docker's HostConfig.RestartPolicy."""
 
     name: str = "no"
     maximum_retry_count: int = 0
 
 
-class PortBinding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class PortBinding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One host side of a published port (Docker's PortBinding)."""
 
     host_ip: str = ""
     host_port: str = ""
 
 
-class ContainerConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ContainerConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Docker's container Config: what to run and how (image defaults merged at create)."""
 
     image: str
@@ -50,7 +50,7 @@ class ContainerConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     tty: bool = False
 
 
-class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Docker's HostConfig subset moorage supports."""
 
     network_mode: str = "bridge"
@@ -62,7 +62,7 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     nano_cpus: int = 0
 
 
-class ImageConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ImageConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """The parts of an image's config that shape a container (Docker's image Config)."""
 
     cmd: tuple[str, ...] | None = None
@@ -75,7 +75,7 @@ class ImageConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     labels: dict[str, str] = {}
 
 
-class NetworkSpec(msgspec.Struct, frozen=True, kw_only=True):
+class NetworkSpec(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A bridge network the engine allocates addresses in."""
 
     name: str
@@ -84,7 +84,7 @@ class NetworkSpec(msgspec.Struct, frozen=True, kw_only=True):
     bridge: str
 
 
-class Endpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """A container's attachment to a network; the address is chosen by the reducer."""
 
     network: str
