@@ -65,12 +65,16 @@ class Client:
     # --- the primitive ------------------------------------------------------------
 
     def send(self, cmd: c.Command, *, container_id: str = "", command_id: str | None = None,
-             reason: str | None = None, causation_id: str = "") -> str:
-        """Append a command to the commands stream without waiting; return its id."""
+             reason: str | None = None, causation_id: str = "", reply: bool = False) -> str:
+        """Append a command to the commands stream; return its id.
+
+        With `reply`, the reducer also pushes the result to the command's reply list,
+        which `wait_result` blocks on.
+        """
         env = c.Envelope(command_id=command_id or uuid.uuid4().hex, container_id=container_id,
                          issued_at=time.time_ns(), actor=self.actor,
                          reason=self.reason if reason is None else reason,
-                         causation_id=causation_id)
+                         causation_id=causation_id, reply=reply)
         try:
             self.redis.xadd(self.keys.commands,
                             {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)})
@@ -86,7 +90,7 @@ class Client:
         With `check`, a rejection raises its typed error (NotModified included).
         """
         command_id = self.send(cmd, container_id=container_id, command_id=command_id,
-                               reason=reason)
+                               reason=reason, reply=True)
         submitted = self.wait_result(command_id, timeout)
         if check and not submitted.result.ok:
             raise error_for_status(submitted.result.status, submitted.result.message)
@@ -95,8 +99,21 @@ class Client:
     def wait_result(self, command_id: str, timeout: float | None = None) -> Submitted:
         """Block on the command's reply list (no polling); fall back to the stored result."""
         wait = self.timeout if timeout is None else timeout
-        reply = self.redis.blpop([self.keys.reply(command_id)], timeout=max(wait, 0.001))
-        value = reply[1] if reply else self.redis.hget(self.keys.done, command_id)
+        deadline = time.monotonic() + wait
+        key = self.keys.reply(command_id)
+        value = None
+        try:
+            while value is None:
+                left = deadline - time.monotonic()
+                # Short blocks: redis-py's default socket timeout (5 s) must not fire first.
+                reply = self.redis.blpop([key], timeout=min(max(left, 0.001), 2.0))
+                if reply:
+                    value = reply[1]
+                elif left <= 2.0:
+                    value = self.redis.hget(self.keys.done, command_id)
+                    break
+        except redislib.RedisError as exc:
+            raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
         if value is None:
             raise Timeout(f"no result for command {command_id} within {wait:g}s "
                           "(is `moor reducer` running?)")

@@ -50,6 +50,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     causation_id: str = ""
     correlation_id: str = ""
     schema: int = SCHEMA_VERSION
+    reply: bool = False  # a client blocks on the result: push it to the reply list
 
 
 class _Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False,

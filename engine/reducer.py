@@ -234,7 +234,8 @@ class Reducer:
                 argv += ["Q", entry_id, item[2], _raw(item[3])]
                 continue
             env, cmd = item[1], item[2]
-            reply = self.keys.reply(env.command_id)
+            # Fire-and-forget senders (worker reports) get no wake-up list: nobody pops it.
+            reply = self.keys.reply(env.command_id) if env.reply else ""
             if env.command_id in done or env.command_id in seen:
                 argv += ["D", entry_id, env.command_id, reply]
                 continue

@@ -16,6 +16,7 @@ __all__ = ["ACQUIRE", "RELEASE", "RENEW", "WRITE"]
 #       world: msgpack of the engine-wide parts (images+networks) or ""
 #   "Q" entry_id reason raw      -- quarantine an undecodable entry
 #   "D" entry_id cmd_id reply    -- a duplicate: answer with the stored result again
+#   (reply "" = nobody waits: no wake-up list is pushed)
 # Returns {"OK", last_event_id} or {"FENCED"} or {"VERSION", cid, stored}.
 # Dedupe is decided by the writer before the batch (HMGET done); the epoch makes it the
 # only writer, so the script checks versions, not command ids. Hash writes are gathered
@@ -92,15 +93,17 @@ while i <= #ARGV do
     local value = mine .. ' ' .. result
     done[#done+1] = cmd; done[#done+1] = value
     answered[cmd] = value
-    redis.call('RPUSH', reply, value)
-    redis.call('EXPIRE', reply, ttl)
+    if reply ~= '' then
+      redis.call('RPUSH', reply, value)
+      redis.call('EXPIRE', reply, ttl)
+    end
     i = i + 12 + n + nj
   elseif kind == 'Q' then
     redis.call('XADD', KEYS[8], '*', 'entry', entry, 'reason', ARGV[i+2], 'raw', ARGV[i+3])
     i = i + 4
   else
     local value = answered[ARGV[i+2]] or redis.call('HGET', KEYS[5], ARGV[i+2])
-    if value then
+    if value and ARGV[i+3] ~= '' then
       redis.call('RPUSH', ARGV[i+3], value)
       redis.call('EXPIRE', ARGV[i+3], ttl)
     end

@@ -119,7 +119,7 @@ COMMANDS: dict[str, c.Command] = {
 
 ENVELOPE = c.Envelope(command_id="cmd-0001", container_id=CID, issued_at=1_700_000_000_123,
                       actor="cli:root", reason="user", causation_id="cmd-0000",
-                      correlation_id="corr-1", schema=1)
+                      correlation_id="corr-1", schema=1, reply=True)
 RESULT = CommandResult(command_id="cmd-0001", ok=False, status=409, message="conflict",
                        container_id=CID, version=7, events=("CommandRejected",))
 
