@@ -8,7 +8,7 @@ import os
 from engine.errors import InvalidParameter
 from events.specs import NetworkSpec
 
-__all__ = ["DEFAULT_BRIDGE", "DEFAULT_SUBNET", "default_network", "key_prefix"]
+__all__ = ["DEFAULT_BRIDGE", "DEFAULT_SUBNET", "data_root", "default_network", "key_prefix"]
 
 # Chosen to stay clear of Docker's local pools (172.17.0.0/16 to 172.31.0.0/16 and
 # 192.168.0.0/16), of podman's defaults (10.88.0.0/16 and the 10.89.x.0/24 user networks)
@@ -34,3 +34,15 @@ def default_network() -> NetworkSpec:
 def key_prefix() -> str:
     """Return the Redis key prefix (MOOR_PREFIX), so several engines can share a server."""
     return os.environ.get("MOOR_PREFIX", "moor:v1")
+
+
+def data_root() -> str:
+    """Return moorage's data directory: ``MOOR_DATA_ROOT``, else a per-user default."""
+    explicit = os.environ.get("MOOR_DATA_ROOT")
+    if explicit:
+        return explicit
+    if os.geteuid() == 0:
+        return "/var/lib/moorage"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = xdg if xdg and os.path.isabs(xdg) else os.path.expanduser("~/.local/share")
+    return os.path.join(base, "moorage")

@@ -42,6 +42,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from engine.config import data_root
+
 __all__ = [
     "EmbeddedRedis",
     "EmbeddedRedisError",
@@ -96,18 +98,6 @@ class EmbeddedRedis:
     def url(self) -> str:
         """Return the redis-py URL of the server (``unix://<dir>/redis.sock``)."""
         return f"unix://{self.socket_path}"
-
-
-def data_root() -> str:
-    """Return moorage's data directory: ``MOOR_DATA_ROOT``, else a per-user default."""
-    explicit = os.environ.get("MOOR_DATA_ROOT")
-    if explicit:
-        return explicit
-    if os.geteuid() == 0:
-        return "/var/lib/moorage"
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = xdg if xdg and os.path.isabs(xdg) else os.path.expanduser("~/.local/share")
-    return os.path.join(base, "moorage")
 
 
 def redis_url() -> str:

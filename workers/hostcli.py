@@ -10,13 +10,12 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
 
 import msgspec
 import redis
 
 from commands.client import Client
-from engine.config import key_prefix
+from engine.config import data_root, key_prefix
 from engine.errors import MoorError, Unavailable
 from engine.keys import keys_for
 from events import specs
@@ -45,7 +44,7 @@ def register(client: Client, info: images.ImageInfo) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    info = images.import_rootfs(images.data_root(), args.tarball, args.ref)
+    info = images.import_rootfs(data_root(), args.tarball, args.ref)
     register(_client(args), info)
     print(info.id)
     return 0
@@ -53,7 +52,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace) -> int:
     client = _client(args)
-    for info in load_archive(images.data_root(), args.input):
+    for info in load_archive(data_root(), args.input):
         register(client, info)
         for tag in info.repo_tags or (info.id,):
             print(f"Loaded image: {tag}")
@@ -75,15 +74,15 @@ def _rm(args: argparse.Namespace) -> int:
         print(f"Untagged: {ref}")
         # The engine decided first (refused while used); the files go once it forgot it.
         world, _ = load_world(client.redis, client.keys)
-        for info in images.list_images(images.data_root()):
+        for info in images.list_images(data_root()):
             if info.id not in world.images:
-                images.remove_image(images.data_root(), info.id)
+                images.remove_image(data_root(), info.id)
                 print(f"Deleted: {info.id}")
     return status
 
 
 def _ls(args: argparse.Namespace) -> int:
-    found = images.list_images(images.data_root())
+    found = images.list_images(data_root())
     if args.format == "json":
         for info in found:
             print(json.dumps(msgspec.to_builtins(info)))
@@ -103,7 +102,7 @@ def _logs(args: argparse.Namespace) -> int:
 
     world, _ = load_world(client.redis, client.keys)
     ctr = resolve(world, args.container)
-    cdir = os.path.join(images.data_root(), "containers", ctr.id)
+    cdir = os.path.join(data_root(), "containers", ctr.id)
     path = os.path.join(cdir, f"{ctr.id}-json.log")
     if not os.path.exists(path):
         return 0
@@ -155,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error response from daemon: {err.message}", file=sys.stderr)
         return err.exit_code
     except redis.ConnectionError as exc:
-        err = Unavailable(f"cannot reach the engine's Redis: {exc}")
-        print(f"Error response from daemon: {err.message}", file=sys.stderr)
-        return err.exit_code
+        down = Unavailable(f"cannot reach the engine's Redis: {exc}")
+        print(f"Error response from daemon: {down.message}", file=sys.stderr)
+        return down.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -55,7 +55,6 @@ __all__ = [
     "StoreWriter",
     "config_diff_ids",
     "created_ns",
-    "data_root",
     "dirs_of_layers",
     "docker_config",
     "get_image",
@@ -140,11 +139,6 @@ class _RawImage(msgspec.Struct):
 class _LayerMeta(msgspec.Struct):
     size: int
     entries: int
-
-
-def data_root() -> str:
-    """Return the data root from ``MOOR_DATA_ROOT`` (default ``/var/lib/moorage``)."""
-    return os.environ.get("MOOR_DATA_ROOT", "/var/lib/moorage")
 
 
 # --- references and times ----------------------------------------------------------------

@@ -14,11 +14,10 @@ import redis
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from engine.config import key_prefix
+from engine.config import data_root, key_prefix
 from engine.keys import keys_for
 from workers import nsutil
 from workers.context import HostContext, configure
-from workers.images import data_root
 
 __all__ = ["main", "make_worker"]
 
