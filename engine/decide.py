@@ -104,6 +104,13 @@ def _remove_image(world: World, env: c.Envelope, cmd: c.RemoveImage) -> tuple[st
     users = sorted((x for x in world.containers.values() if x.image_id == image_id),
                    key=lambda x: (x.created, x.id))
     short = image_id[7:19]
+    if users and tag in image.repo_tags:
+        # By reference, Docker refuses untagging a used image unless forced.
+        if not cmd.force:
+            raise Conflict(f'conflict: unable to remove repository reference "{cmd.ref}" '
+                           f"(must force) - container {users[0].id[:12]} is using its "
+                           f"referenced image {short}")
+        return "", [e.ImageRemoved(image_id=image_id, untagged=(tag,), deleted=False)]
     running = [x for x in users if x.running or x.starting]
     if running:
         raise Conflict(f"conflict: unable to delete {short} (cannot be forced) - image is "

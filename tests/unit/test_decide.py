@@ -914,21 +914,27 @@ def test_register_image_moves_a_tag() -> None:
 
 
 def test_rmi_used_by_running() -> None:
-    given(*running()).when(rmi()).then(
+    given(*running()).when(rmi(IMAGE_ID)).then(
         (409, f"conflict: unable to delete {IMAGE_ID[7:19]} (cannot be forced) - image is being "
               f"used by running container {A[:12]}"))
 
 
 def test_rmi_used_by_running_even_forced() -> None:
-    given(create(), start()).when(rmi(force=True)).then(
+    given(create(), start()).when(rmi(IMAGE_ID, force=True)).then(
         (409, f"conflict: unable to delete {IMAGE_ID[7:19]} (cannot be forced) - image is being "
               f"used by running container {A[:12]}"))
 
 
 def test_rmi_used_by_stopped() -> None:
-    given(create()).when(rmi()).then(
+    given(create()).when(rmi(IMAGE_ID)).then(
         (409, f"conflict: unable to delete {IMAGE_ID[7:19]} (must be forced) - image is being "
               f"used by stopped container {A[:12]}"))
+
+
+def test_rmi_by_reference_used_needs_force() -> None:
+    given(*running()).when(rmi()).then(
+        (409, f'conflict: unable to remove repository reference "busybox" (must force) - '
+              f"container {A[:12]} is using its referenced image {IMAGE_ID[7:19]}"))
 
 
 def test_rmi_forced_with_a_stopped_user_untags_only() -> None:
