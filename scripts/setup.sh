@@ -19,6 +19,9 @@ installed() {
 }
 
 missing=()
+# The Docker API tests drive the real docker CLI; Debian's docker.io brings one (its
+# daemon is never started: see policy-rc.d below). Machines that have a CLI keep theirs.
+command -v docker >/dev/null || REQUIRED+=(docker.io:docker)
 for pair in "${REQUIRED[@]}"; do
     pkg=${pair%%:*} cmd=${pair#*:}
     if installed "$pkg"; then

@@ -18,6 +18,7 @@ from engine.config import data_root, key_prefix
 from engine.keys import keys_for
 from workers import nsutil
 from workers.context import HostContext, configure
+from workers.reconcile import reconcile
 
 __all__ = ["main", "make_worker"]
 
@@ -53,13 +54,21 @@ def main(argv: list[str] | None = None) -> int:
                           keys=keys_for(prefix=key_prefix()), root=data_root())
     os.makedirs(context.root, exist_ok=True)
     worker = make_worker(context)
-    if not args.no_reconcile:
-        from workers.reconcile import reconcile
-
+    level = os.environ.get("MOOR_LOG_LEVEL", "WARNING")
+    if args.burst or args.no_reconcile:
+        if not args.no_reconcile:
+            reconcile(context)
+        worker.work(burst=args.burst, logging_level=level, with_scheduler=False)
+        return 0
+    # Reconcile at start, then whenever the queue has been idle for a while: between
+    # jobs, in this thread, so it never races a start or a teardown.
+    interval = int(os.environ.get("MOOR_RECONCILE_INTERVAL", "60"))
+    while True:
         reconcile(context)
-    worker.work(burst=args.burst, logging_level=os.environ.get("MOOR_LOG_LEVEL", "WARNING"),
-                with_scheduler=False)
-    return 0
+        worker.work(burst=False, logging_level=level, with_scheduler=False,
+                    max_idle_time=interval)
+        if getattr(worker, "_shutdown_requested_date", None) is not None:
+            return 0  # SIGTERM/SIGINT: rq finished the job in hand and stopped
 
 
 if __name__ == "__main__":

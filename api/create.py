@@ -1,0 +1,219 @@
+"""Translate a `POST /containers/create` body into moorage's ContainerConfig and HostConfig.
+
+Pure. Docker clients send many fields at their zero values (the docker CLI sends almost
+the whole HostConfig), so a field moorage does not implement is accepted when it holds its
+zero value (null, false, 0, "", [], {} or Docker's own "unset" marker such as
+MemorySwappiness -1) and refused with a 400 naming the field otherwise: a setting is
+never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from commands.options import parse_host_ip, parse_host_port
+from engine.errors import InvalidParameter
+from events.specs import ContainerConfig, HostConfig, PortBinding, RestartPolicy
+
+__all__ = ["UnsupportedSetting", "container_spec", "create_warnings", "is_unset"]
+
+# Fields moorage maps onto its config (Config / HostConfig); everything else must be unset.
+_CONFIG_FIELDS = frozenset({
+    "Image", "Cmd", "Entrypoint", "Env", "Labels", "WorkingDir", "User", "StopSignal",
+    "StopTimeout", "Hostname", "ExposedPorts",
+    # Harmless hints: the logs are always captured, whatever the client attaches to.
+    "AttachStdout", "AttachStderr",
+})
+_HOST_FIELDS = frozenset({
+    "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Memory", "PidsLimit",
+    "NanoCpus",
+})
+# Values that mean "not set" for a field although they are not zero.
+_UNSET_MARKERS: dict[str, tuple[Any, ...]] = {
+    "HostConfig.MemorySwappiness": (-1,),
+    "HostConfig.LogConfig.Type": ("json-file",),
+    "HostConfig.IpcMode": ("private", "shareable"),
+    "HostConfig.CgroupnsMode": ("private",),
+    "HostConfig.Isolation": ("default",),
+    "HostConfig.ConsoleSize": ([0, 0],),
+}
+
+
+# Docker's map-typed fields: any key in them is a setting (an empty value included).
+_MAPS = frozenset({"Volumes", "HostConfig.Sysctls", "HostConfig.StorageOpt", "HostConfig.Tmpfs",
+                   "HostConfig.Annotations", "HostConfig.LogConfig.Config", "DriverOpts"})
+_FIELD = re.compile(r"[A-Z][A-Za-z0-9]*")
+
+
+class UnsupportedSetting(InvalidParameter):
+    """A create field moorage does not implement was set (HTTP 400)."""
+
+
+def is_unset(value: Any, where: str = "") -> bool:
+    """Return whether a JSON value is a zero value (recursively) or a known unset marker."""
+    if value in _UNSET_MARKERS.get(where, ()):
+        return True
+    if value is None or value is False or value == "" or (
+            isinstance(value, int | float) and not isinstance(value, bool) and value == 0):
+        return True
+    if isinstance(value, list):
+        return all(is_unset(item) for item in value)
+    if isinstance(value, dict):
+        # A struct is unset when all its fields are; a map only when it is empty.
+        if where in _MAPS or where.rsplit(".", 1)[-1] in _MAPS or \
+                any(not _FIELD.fullmatch(str(key)) for key in value):
+            return not value
+        return all(is_unset(item, f"{where}.{key}") for key, item in value.items())
+    return False
+
+
+def _refuse_unsupported(doc: Mapping[str, Any], supported: frozenset[str], where: str) -> None:
+    for key, value in doc.items():
+        path = f"{where}.{key}" if where else key
+        if key not in supported and not is_unset(value, path):
+            raise UnsupportedSetting(
+                f"moorage does not support the container setting {path} "
+                f"(got {_short(value)}); remove it or leave it at its default")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _object(value: Any, name: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidParameter(f"invalid JSON: {name} must be an object")
+    return value
+
+
+def _strings(value: Any, name: str) -> tuple[str, ...] | None:
+    """Docker's StrSlice: null, a string or a list of strings."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise InvalidParameter(f"invalid JSON: {name} must be a string or a list of strings")
+
+
+def _text(value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidParameter(f"invalid JSON: {name} must be a string")
+    return value
+
+
+def _int(value: Any, name: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameter(f"invalid JSON: {name} must be an integer")
+    return value
+
+
+def _labels(value: Any) -> dict[str, str]:
+    labels = _object(value, "Labels")
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidParameter("invalid JSON: Labels must map strings to strings")
+    return dict(labels)
+
+
+def _port_key(key: str) -> str:
+    return key if "/" in key else f"{key}/tcp"
+
+
+def _bindings(value: Any) -> dict[str, tuple[PortBinding, ...]]:
+    out: dict[str, tuple[PortBinding, ...]] = {}
+    for key, items in _object(value, "HostConfig.PortBindings").items():
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise InvalidParameter("invalid JSON: HostConfig.PortBindings values must be lists")
+        bindings = []
+        for item in items:
+            item = _object(item, "HostConfig.PortBindings entry")
+            port = parse_host_port(_text(item.get("HostPort"), "HostPort"))
+            bindings.append(PortBinding(host_ip=parse_host_ip(_text(item.get("HostIp"), "HostIp")),
+                                        host_port=str(port) if port else ""))
+        out[_port_key(key)] = tuple(bindings)
+    return out
+
+
+def _restart_policy(value: Any) -> RestartPolicy:
+    doc = _object(value, "HostConfig.RestartPolicy")
+    return RestartPolicy(name=_text(doc.get("Name"), "RestartPolicy.Name") or "no",
+                         maximum_retry_count=_int(doc.get("MaximumRetryCount"),
+                                                  "RestartPolicy.MaximumRetryCount"))
+
+
+def _network_mode(host: Mapping[str, Any]) -> str:
+    mode = _text(host.get("NetworkMode"), "HostConfig.NetworkMode")
+    return "bridge" if mode in ("", "default") else mode
+
+
+def _check_networking(doc: Any, mode: str) -> None:
+    """Accept NetworkingConfig only as the empty endpoint of the container's own network."""
+    endpoints = _object(_object(doc, "NetworkingConfig").get("EndpointsConfig"),
+                        "NetworkingConfig.EndpointsConfig")
+    for name, settings in endpoints.items():
+        where = f"NetworkingConfig.EndpointsConfig.{name}"
+        if name not in (mode, "default") and not (name == "bridge" and mode == "bridge"):
+            raise UnsupportedSetting(
+                f"moorage does not support connecting to more than the network of "
+                f"HostConfig.NetworkMode ({mode}): {where}")
+        _refuse_unsupported(_object(settings, where), frozenset(), where)
+    rest = {k: v for k, v in _object(doc, "NetworkingConfig").items() if k != "EndpointsConfig"}
+    _refuse_unsupported(rest, frozenset(), "NetworkingConfig")
+
+
+def container_spec(body: Any) -> tuple[ContainerConfig, HostConfig]:
+    """Return (Config, HostConfig) for a create request body, or raise Docker-style 400s."""
+    if not isinstance(body, dict):
+        raise InvalidParameter("config cannot be empty in order to create a container")
+    host = _object(body.get("HostConfig"), "HostConfig")
+    config_doc = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
+    _refuse_unsupported(config_doc, _CONFIG_FIELDS, "")
+    _refuse_unsupported(host, _HOST_FIELDS, "HostConfig")
+    mode = _network_mode(host)
+    _check_networking(body.get("NetworkingConfig"), mode)
+    stop_timeout = body.get("StopTimeout")
+    config = ContainerConfig(
+        image=_text(body.get("Image"), "Image"),
+        cmd=_strings(body.get("Cmd"), "Cmd"),
+        entrypoint=_strings(body.get("Entrypoint"), "Entrypoint"),
+        env=_strings(body.get("Env"), "Env") or (),
+        labels=_labels(body.get("Labels")),
+        working_dir=_text(body.get("WorkingDir"), "WorkingDir"),
+        user=_text(body.get("User"), "User"),
+        stop_signal=_text(body.get("StopSignal"), "StopSignal"),
+        stop_timeout=None if stop_timeout is None else _int(stop_timeout, "StopTimeout"),
+        hostname=_text(body.get("Hostname"), "Hostname"),
+        exposed_ports=tuple(_port_key(k) for k in _object(body.get("ExposedPorts"),
+                                                          "ExposedPorts")),
+    )
+    pids = _int(host.get("PidsLimit"), "HostConfig.PidsLimit")
+    host_config = HostConfig(
+        network_mode=mode,
+        port_bindings=_bindings(host.get("PortBindings")),
+        restart_policy=_restart_policy(host.get("RestartPolicy")),
+        auto_remove=bool(host.get("AutoRemove")),
+        memory=_int(host.get("Memory"), "HostConfig.Memory"),
+        pids_limit=max(pids, 0),  # Docker: 0 and -1 both mean unlimited
+        nano_cpus=_int(host.get("NanoCpus"), "HostConfig.NanoCpus"),
+    )
+    return config, host_config
+
+
+def create_warnings(host: HostConfig) -> list[str]:
+    """Return the Warnings Docker attaches to a create response (never null)."""
+    if host.network_mode == "host" and host.port_bindings:
+        return ["Published ports are discarded when using host network mode"]
+    return []

@@ -1,0 +1,390 @@
+"""The real `docker` CLI drives moorage through its Engine API socket (`moor api`).
+
+Each scenario is checked the way a user sees it: exit status, stdout, and for errors the
+exact `Error response from daemon: ...` line Docker 28 prints. The session's engine
+(tests/e2e/conftest.py) runs the reducer and worker; this module adds an API server on a
+private socket and tracks every container a test created, so the engine fixture proves
+each one left nothing behind.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from events import model as e
+from tests.conftest import missing_capability
+from tests.e2e.conftest import REPO, Engine, free_port, http_get, stop_process, wait_for
+from tests.imagebuild import SavedImage, busybox_rootfs_entries, docker_save_tar, layer_tar
+
+pytestmark = pytest.mark.privileged
+
+
+# --- the API server fixture (shared with test_docker_py.py) -------------------------------
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket (the raw checks of headers and status codes)."""
+
+    def __init__(self, path: str, timeout: float = 30) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+@dataclass
+class DockerApi:
+    """A `moor api` server of this test module, and ways to talk to it."""
+
+    engine: Engine
+    socket: str
+    proc: subprocess.Popen[bytes]
+    log: str
+    docker_env: dict[str, str]
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 60
+               ) -> subprocess.CompletedProcess[str]:
+        """Run the docker CLI against this server; with check, fail on a non-zero exit."""
+        done = subprocess.run(["docker", *args], env=self.docker_env, capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and done.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} exited {done.returncode}\n"
+                                 f"stdout: {done.stdout}\nstderr: {done.stderr}\n"
+                                 f"{self.log_tail()}")
+        return done
+
+    def http(self, method: str, path: str, body: Any = None,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        conn = UnixHTTPConnection(self.socket)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            hdrs = dict(headers or {})
+            if data is not None:
+                hdrs.setdefault("Content-Type", "application/json")
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = Path(self.log).read_text(errors="replace")
+        except OSError:
+            return "(api log unreadable)"
+        return "--- api.log (tail) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def start_api(engine: Engine, name: str, need_cli: bool = True) -> Iterator[DockerApi]:
+    """Start `python -m api.server` on a private socket; stop it by PID afterwards."""
+    if need_cli and shutil.which("docker") is None:
+        missing_capability("the docker CLI on PATH (Debian: apt-get install docker.io)")
+    sock = os.path.join(engine.workdir, f"{name}.sock")
+    log = os.path.join(engine.workdir, f"{name}.log")
+    # The prefix goes as a flag: the engine fixture counts every process whose environment
+    # carries MOOR_PREFIX, other than the reducer and the worker, as a stray supervisor.
+    env = {k: v for k, v in engine.env.items() if k != "MOOR_PREFIX"}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "api.server", "--socket", sock,
+                                 "--prefix", engine.env["MOOR_PREFIX"]],
+                                cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT)
+    config = tempfile.mkdtemp(prefix="docker-config-", dir=engine.workdir)
+    cli_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": config,
+               "DOCKER_HOST": f"unix://{sock}", "DOCKER_CONFIG": config}
+    api = DockerApi(engine, sock, proc, log, cli_env)
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"moor api exited {proc.returncode}\n{api.log_tail()}")
+        try:
+            return api.http("GET", "/_ping")[0] == 200
+        except OSError:
+            return False
+
+    wait_for(answers, 30, "the API server to answer /_ping", api.log_tail)
+    try:
+        yield api
+    finally:
+        stop_process(proc)
+        assert proc.returncode == 0, f"moor api exited {proc.returncode}\n{api.log_tail()}"
+        assert not os.path.exists(sock), "the API server left its socket behind"
+
+
+@pytest.fixture(scope="module")
+def docker_api(moor_engine: Engine) -> Iterator[DockerApi]:
+    yield from start_api(moor_engine, "docker-cli-api")
+
+
+@pytest.fixture
+def dk(engine: Engine, docker_api: DockerApi) -> Iterator[DockerApi]:
+    """The module's API server; afterwards every container the test created is tracked,
+    so the engine fixture force-removes it and proves it left nothing on the host."""
+    cursor = engine.last_event_id()
+    yield docker_api
+    for stream_id, record in engine.events():
+        if stream_id > cursor and isinstance(record.event, e.ContainerCreated):
+            engine.track(record.meta.container_id)
+
+
+def save_busybox(path: str, tag: str, label: str = "") -> str:
+    """Write a `docker save` archive of a busybox image (a label makes a distinct id)."""
+    layer = layer_tar(busybox_rootfs_entries())
+    image = SavedImage(layers=[layer], tags=[tag], labels={"moorage.test": label} if label
+                       else None)
+    return docker_save_tar(path, [image])
+
+
+@pytest.fixture(scope="module")
+def image(docker_api: DockerApi) -> Iterator[tuple[str, str]]:
+    """`docker load -i` a busybox archive; yield (tag, the load's stdout)."""
+    tag = f"busybox:api{docker_api.engine.token}"
+    tar = save_busybox(os.path.join(docker_api.engine.workdir, "cli-busybox.tar"), tag)
+    out = docker_api.docker("load", "-i", tar).stdout
+    yield tag, out
+
+
+def cid_of(done: subprocess.CompletedProcess[str]) -> str:
+    cid = done.stdout.strip().splitlines()[-1]
+    assert len(cid) == 64, done.stdout
+    return cid
+
+
+def inspect(api: DockerApi, ref: str) -> dict[str, Any]:
+    return json.loads(api.docker("inspect", ref).stdout)[0]
+
+
+def daemon_error(done: subprocess.CompletedProcess[str]) -> str:
+    """Return the `Error response from daemon:` line of a failed command's stderr."""
+    for line in done.stderr.splitlines():
+        if "Error response from daemon: " in line:
+            return line
+    raise AssertionError(f"no daemon error in stderr: {done.stderr!r}")
+
+
+# --- system ----------------------------------------------------------------------------
+
+def test_version_and_info_negotiate_api_1_51(dk: DockerApi) -> None:
+    out = dk.docker("version").stdout
+    assert "moorage" in out and "28.5.2" in out
+    assert "1.51 (minimum version 1.24)" in out
+    info = dk.docker("info", "--format", "{{json .}}").stdout
+    doc = json.loads(info)
+    assert doc["ServerVersion"] == "28.5.2" and doc["OSType"] == "linux"
+    assert doc["Swarm"]["LocalNodeState"] == "inactive"
+
+    status, headers, body = dk.http("HEAD", "/_ping")
+    assert status == 200 and body == b"" and headers["Api-Version"] == "1.51"
+    assert headers["Content-Length"] == "0"
+    assert headers["Ostype"] == "linux" and headers["Docker-Experimental"] == "false"
+    assert headers["Server"].startswith("Docker/28.5.2")
+    assert dk.http("GET", "/v1.24/_ping")[:3:2] == (200, b"OK")
+    status, headers, body = dk.http("GET", "/v1.52/version")
+    assert status == 400 and headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {"message": "client version 1.52 is too new. Maximum "
+                                           "supported API version is 1.51"}
+    status, _, body = dk.http("GET", "/v1.23/version")
+    assert status == 400 and json.loads(body)["message"] == (
+        "client version 1.23 is too old. Minimum supported API version is 1.24, please "
+        "upgrade your client to a newer version")
+    status, _, body = dk.http("GET", "/v1.51/nothing/here")
+    assert (status, json.loads(body)) == (404, {"message": "page not found"})
+
+
+# --- images ----------------------------------------------------------------------------
+
+def test_load_lists_and_removes_images(dk: DockerApi, image: tuple[str, str]) -> None:
+    tag, loaded = image
+    assert loaded == f"Loaded image: {tag}\n"
+    repo, version = tag.split(":")
+    listed = dk.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert tag in listed
+    other = f"{repo}:rm{dk.engine.token}"
+    tar = save_busybox(os.path.join(dk.engine.workdir, "cli-rmi.tar"), other, label="rmi")
+    assert dk.docker("load", "-i", tar).stdout == f"Loaded image: {other}\n"
+    image_id = json.loads(dk.docker("image", "inspect", other).stdout)[0]["Id"]
+    out = dk.docker("rmi", other).stdout
+    assert out == f"Untagged: {other}\nDeleted: {image_id}\n"
+    done = dk.docker("rmi", other, check=False)
+    assert done.returncode == 1
+    assert daemon_error(done) == f"Error response from daemon: No such image: {other}"
+    done = dk.docker("pull", "alpine:3", check=False)
+    assert done.returncode == 1 and "moorage does not pull images" in done.stderr
+
+
+# --- lifecycle ---------------------------------------------------------------------------
+
+def test_run_publish_inspect_ps_and_logs(dk: DockerApi, image: tuple[str, str]) -> None:
+    tag, _ = image
+    port = free_port()
+    name = f"web{dk.engine.token}"
+    cid = cid_of(dk.docker("run", "-d", "--name", name, "-p", f"{port}:80", tag,
+                           "httpd", "-f", "-p", "80"))
+    dk.engine.track(cid)
+    dk.engine.note_pids(cid)
+    assert http_get("127.0.0.1", port, "/etc/hostname") == (200, f"{cid[:12]}\n")
+    assert http_get("127.0.0.1", port, "/missing")[0] == 404
+
+    doc = inspect(dk, name)
+    assert doc["Id"] == cid and doc["Name"] == f"/{name}"
+    assert doc["State"]["Status"] == "running" and doc["State"]["Running"] is True
+    assert doc["State"]["Pid"] > 0
+    assert doc["NetworkSettings"]["IPAddress"].startswith(dk.engine.subnet.rsplit(".", 1)[0])
+    assert doc["NetworkSettings"]["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0",
+                                                           "HostPort": str(port)}]}
+    rows = dk.docker("ps", "--format", "{{.Names}} {{.Status}} {{.Ports}}").stdout
+    assert f"{name} Up " in rows and f"0.0.0.0:{port}->80/tcp" in rows
+
+    logger = cid_of(dk.docker("run", "-d", tag, "sh", "-c",
+                              "echo one; echo two >&2; sleep 0.2; echo three; sleep 60"))
+    wait_for(lambda: "three" in dk.docker("logs", logger).stdout, 10, "the logs")
+    done = dk.docker("logs", logger)
+    assert (done.stdout, done.stderr) == ("one\nthree\n", "two\n")
+    assert dk.docker("logs", "--tail", "1", logger).stdout == "three\n"
+    stamped = dk.docker("logs", "-t", logger).stdout.splitlines()
+    assert len(stamped) == 2 and stamped[0].endswith("Z one") and "T" in stamped[0]
+    dk.docker("rm", "-f", name, logger)
+    listed = dk.docker("ps", "-a", "--format", "{{.ID}}").stdout.split()
+    assert cid[:12] not in listed and logger[:12] not in listed
+
+
+def test_stop_start_restart_kill_wait_and_events(dk: DockerApi, image: tuple[str, str]) -> None:
+    tag, _ = image
+    name = f"svc{dk.engine.token}"
+    since = time.time()
+    script = 'trap "exit 0" TERM; echo started; while true; do sleep 0.1; done'
+    cid = cid_of(dk.docker("run", "-d", "--name", name, tag, "sh", "-c", script))
+    dk.docker("stop", name)
+    state = inspect(dk, name)["State"]
+    assert (state["Status"], state["ExitCode"]) == ("exited", 0)
+    exited = dk.docker("ps", "-a", "--filter", "status=exited", "--format", "{{.Names}}")
+    assert name in exited.stdout.split()
+    assert name not in dk.docker("ps", "--format", "{{.Names}}").stdout.split()
+    assert dk.docker("stop", name).stdout.strip() == name  # 304: still a success
+
+    dk.docker("start", name)
+    assert inspect(dk, name)["State"]["Status"] == "running"
+    first = inspect(dk, name)["State"]["StartedAt"]
+    dk.docker("restart", "-t", "5", name)
+    state = inspect(dk, name)["State"]
+    assert state["Status"] == "running" and state["StartedAt"] != first
+    dk.docker("kill", "-s", "HUP", name)  # PID 1 without a HUP handler ignores it
+    time.sleep(0.3)
+    assert inspect(dk, name)["State"]["Status"] == "running"
+    dk.docker("kill", name)
+    assert inspect(dk, name)["State"]["ExitCode"] == 137
+    assert dk.docker("wait", name).stdout.strip() == "137"
+    assert dk.docker("logs", name).stdout == "started\n" * 3
+
+    quick = cid_of(dk.docker("run", "-d", tag, "sh", "-c", "sleep 0.5; exit 7"))
+    assert dk.docker("wait", quick).stdout.strip() == "7"
+    dk.docker("rm", name, quick)
+    until = time.time() + 1
+
+    out = dk.docker("events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
+                    "--filter", f"container={cid}", "--format", "{{json .}}").stdout
+    events = [json.loads(line) for line in out.splitlines()]
+    actions = [ev["Action"] for ev in events]
+    assert actions == ["create", "start", "kill", "die", "stop", "start", "kill", "die",
+                       "stop", "start", "restart", "kill", "kill", "die", "destroy"], actions
+    signals = [ev["Actor"]["Attributes"].get("signal") for ev in events if ev["Action"] == "kill"]
+    assert signals == ["15", "15", "1", "9"]
+    assert {ev["Actor"]["Attributes"]["name"] for ev in events} == {name}
+    out = dk.docker("events", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
+                    "--filter", "event=die", "--filter", "type=container",
+                    "--format", "{{.Actor.ID}} {{.Actor.Attributes.exitCode}}").stdout
+    assert out.splitlines() == [f"{cid} 0", f"{cid} 0", f"{cid} 137", f"{quick} 7"]
+
+
+def test_rm_force_and_run_rm(dk: DockerApi, image: tuple[str, str]) -> None:
+    tag, _ = image
+    name = f"busy{dk.engine.token}"
+    cid = cid_of(dk.docker("run", "-d", "--name", name, tag, "sleep", "60"))
+    dk.engine.note_pids(cid)
+    done = dk.docker("rm", name, check=False)
+    assert done.returncode == 1
+    assert daemon_error(done) == (
+        f'Error response from daemon: cannot remove container "{name}": container is '
+        "running: stop the container before removing or force remove")
+    assert dk.docker("rm", "-f", name).stdout.strip() == name
+    assert dk.engine.container(cid) is None
+
+    done = dk.docker("run", "--rm", tag, "sh", "-c", "echo out; echo err >&2")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "out\n", "err\n")
+    done = dk.docker("run", "--rm", tag, "sh", "-c", "exit 3", check=False)
+    assert done.returncode == 3
+    ran = dk.docker("run", "--rm", "-d", tag, "sh", "-c", "sleep 0.3")
+    gone = cid_of(ran)
+    wait_for(lambda: dk.engine.container(gone) is None, 15, "AutoRemove to remove it")
+    assert dk.docker("ps", "-a", "-q").stdout.split() == []
+
+
+def test_rename(dk: DockerApi, image: tuple[str, str]) -> None:
+    tag, _ = image
+    old, new = f"old{dk.engine.token}", f"new{dk.engine.token}"
+    cid = cid_of(dk.docker("create", "--name", old, tag, "true"))
+    dk.docker("rename", old, new)
+    assert inspect(dk, cid)["Name"] == f"/{new}"
+    done = dk.docker("rename", new, new, check=False)
+    assert done.returncode == 1 and daemon_error(done) == (
+        "Error response from daemon: Renaming a container with the same name as its "
+        "current name")
+    dk.docker("rm", new)
+
+
+def test_errors_are_dockers(dk: DockerApi, image: tuple[str, str]) -> None:
+    tag, _ = image
+    name = f"taken{dk.engine.token}"
+    cid = cid_of(dk.docker("create", "--name", name, tag, "true"))
+    done = dk.docker("run", "-d", "--name", name, tag, "true", check=False)
+    assert done.returncode == 125
+    assert daemon_error(done) == (
+        f'docker: Error response from daemon: Conflict. The container name "/{name}" is '
+        f'already in use by container "{cid}". You have to remove (or rename) that container '
+        "to be able to reuse that name.")
+
+    missing = f"nosuch{dk.engine.token}"
+    done = dk.docker("start", missing, check=False)
+    assert done.returncode == 1
+    assert daemon_error(done) == f"Error response from daemon: No such container: {missing}"
+
+    done = dk.docker("run", "-d", "--name", "a", tag, "true", check=False)
+    assert done.returncode == 125
+    assert daemon_error(done) == ("docker: Error response from daemon: Invalid container name "
+                                  "(a), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+
+    done = dk.docker("run", "-d", "--restart", "sometimes", tag, "true", check=False)
+    assert done.returncode == 125
+    assert daemon_error(done) == (
+        "docker: Error response from daemon: invalid restart policy: unknown policy "
+        "'sometimes'; use one of 'no', 'always', 'on-failure', or 'unless-stopped'")
+
+    done = dk.docker("run", "-d", "--privileged", tag, "true", check=False)
+    assert done.returncode == 125 and "HostConfig.Privileged" in daemon_error(done)
+    dk.docker("rm", name)
+
+
+def test_server_stops_cleanly_on_sigterm(moor_engine: Engine) -> None:
+    api = start_api(moor_engine, "docker-cli-sigterm", need_cli=False)
+    server = next(api)
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=15)
+    with pytest.raises(StopIteration):
+        next(api)  # the fixture's checks: exit 0 and the socket removed

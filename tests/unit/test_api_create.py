@@ -1,0 +1,145 @@
+"""`POST /containers/create` bodies: what the docker CLI and docker-py really send."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from api.create import UnsupportedSetting, container_spec, create_warnings, is_unset
+from engine.errors import InvalidParameter
+from events.specs import PortBinding, RestartPolicy
+
+# `docker run -d --name web -p 8080:80 busybox httpd -f -p 80` (docker CLI 28.2, API 1.50).
+CLI_BODY: dict[str, Any] = {
+    "Hostname": "", "Domainname": "", "User": "", "AttachStdin": False, "AttachStdout": False,
+    "AttachStderr": False, "ExposedPorts": {"80/tcp": {}}, "Tty": False, "OpenStdin": False,
+    "StdinOnce": False, "Env": None, "Cmd": ["httpd", "-f", "-p", "80"], "Image": "busybox",
+    "Volumes": {}, "WorkingDir": "", "Entrypoint": None, "OnBuild": None, "Labels": {},
+    "HostConfig": {
+        "Binds": None, "ContainerIDFile": "", "LogConfig": {"Type": "", "Config": {}},
+        "NetworkMode": "default", "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
+        "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}, "AutoRemove": False,
+        "VolumeDriver": "", "VolumesFrom": None, "ConsoleSize": [0, 0], "CapAdd": None,
+        "CapDrop": None, "CgroupnsMode": "", "Dns": [], "DnsOptions": [], "DnsSearch": [],
+        "ExtraHosts": None, "GroupAdd": None, "IpcMode": "", "Cgroup": "", "Links": None,
+        "OomScoreAdj": 0, "PidMode": "", "Privileged": False, "PublishAllPorts": False,
+        "ReadonlyRootfs": False, "SecurityOpt": None, "UTSMode": "", "UsernsMode": "",
+        "ShmSize": 0, "Isolation": "", "CpuShares": 0, "Memory": 0, "NanoCpus": 0,
+        "CgroupParent": "", "BlkioWeight": 0, "BlkioWeightDevice": [],
+        "BlkioDeviceReadBps": [], "BlkioDeviceWriteBps": [], "BlkioDeviceReadIOps": [],
+        "BlkioDeviceWriteIOps": [], "CpuPeriod": 0, "CpuQuota": 0, "CpuRealtimePeriod": 0,
+        "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "", "Devices": [],
+        "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0,
+        "MemorySwap": 0, "MemorySwappiness": -1, "OomKillDisable": False, "PidsLimit": 0,
+        "Ulimits": [], "CpuCount": 0, "CpuPercent": 0, "IOMaximumIOps": 0,
+        "IOMaximumBandwidth": 0, "MaskedPaths": None, "ReadonlyPaths": None},
+    "NetworkingConfig": {"EndpointsConfig": {"default": {
+        "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "",
+        "DriverOpts": None, "GwPriority": 0, "NetworkID": "", "EndpointID": "", "Gateway": "",
+        "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0, "DNSNames": None}}},
+}
+
+# docker-py 7.1 `containers.run("busybox", [...], detach=True, ports={"80/tcp": 8080})`.
+PY_BODY: dict[str, Any] = {
+    "ExposedPorts": {"80/tcp": {}}, "Tty": False, "OpenStdin": False, "StdinOnce": False,
+    "AttachStdin": False, "AttachStdout": False, "AttachStderr": False,
+    "Cmd": ["httpd", "-f", "-p", "80"], "Image": "busybox", "NetworkDisabled": False,
+    "HostConfig": {"NetworkMode": "default",
+                   "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}},
+}
+
+
+@pytest.mark.parametrize("body", [CLI_BODY, PY_BODY], ids=["docker-cli", "docker-py"])
+def test_real_client_bodies_are_accepted(body: dict[str, Any]) -> None:
+    config, host = container_spec(body)
+    assert config.image == "busybox" and config.cmd == ("httpd", "-f", "-p", "80")
+    assert config.exposed_ports == ("80/tcp",) and config.entrypoint is None
+    assert host.network_mode == "bridge"
+    assert host.port_bindings == {"80/tcp": (PortBinding(host_port="8080"),)}
+    assert host.restart_policy == RestartPolicy(name="no")
+    assert create_warnings(host) == []
+
+
+def test_supported_fields_are_mapped() -> None:
+    body = {"Image": "busybox", "Cmd": "true", "Entrypoint": ["/bin/sh", "-c"],
+            "Env": ["A=1"], "Labels": {"k": "v"}, "WorkingDir": "/srv", "User": "nobody",
+            "StopSignal": "SIGINT", "StopTimeout": 3, "Hostname": "box",
+            "ExposedPorts": {"53/udp": {}, "80": {}},
+            "HostConfig": {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2},
+                           "AutoRemove": True, "NetworkMode": "host", "Memory": 64 << 20,
+                           "PidsLimit": -1, "NanoCpus": 500_000_000,
+                           "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1",
+                                                        "HostPort": "0"}]}}}
+    config, host = container_spec(body)
+    assert config.cmd == ("true",) and config.entrypoint == ("/bin/sh", "-c")
+    assert (config.env, config.labels) == (("A=1",), {"k": "v"})
+    assert (config.working_dir, config.user, config.hostname) == ("/srv", "nobody", "box")
+    assert (config.stop_signal, config.stop_timeout) == ("SIGINT", 3)
+    assert config.exposed_ports == ("53/udp", "80/tcp")
+    assert host.restart_policy == RestartPolicy(name="on-failure", maximum_retry_count=2)
+    assert host.auto_remove and host.network_mode == "host"
+    assert (host.memory, host.pids_limit, host.nano_cpus) == (64 << 20, 0, 500_000_000)
+    assert host.port_bindings == {"80/tcp": (PortBinding(host_ip="127.0.0.1"),)}
+    assert create_warnings(host) == ["Published ports are discarded when using host network "
+                                     "mode"]
+
+
+@pytest.mark.parametrize(("where", "key", "value"), [
+    ("HostConfig", "Privileged", True),
+    ("HostConfig", "Binds", ["/tmp:/tmp"]),
+    ("HostConfig", "CapAdd", ["NET_ADMIN"]),
+    ("HostConfig", "MemorySwappiness", 10),
+    ("HostConfig", "LogConfig", {"Type": "syslog", "Config": {}}),
+    ("", "Tty", True),
+    ("", "OpenStdin", True),
+    ("", "Healthcheck", {"Test": ["CMD", "true"]}),
+    ("", "Volumes", {"/data": {}}),
+])
+def test_a_set_unsupported_field_is_refused_by_name(where: str, key: str, value: Any) -> None:
+    body = copy.deepcopy(CLI_BODY)
+    (body[where] if where else body)[key] = value
+    path = f"{where}.{key}" if where else key
+    with pytest.raises(UnsupportedSetting, match=f"setting {path} ") as err:
+        container_spec(body)
+    assert err.value.status == 400
+
+
+def test_networking_config_may_only_name_the_containers_own_network() -> None:
+    body = copy.deepcopy(CLI_BODY)
+    body["NetworkingConfig"]["EndpointsConfig"]["other"] = {}
+    with pytest.raises(UnsupportedSetting, match="EndpointsConfig.other"):
+        container_spec(body)
+    body = copy.deepcopy(CLI_BODY)
+    body["NetworkingConfig"]["EndpointsConfig"]["default"]["Aliases"] = ["db"]
+    with pytest.raises(UnsupportedSetting, match="EndpointsConfig.default.Aliases"):
+        container_spec(body)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (None, "config cannot be empty in order to create a container"),
+    ([], "config cannot be empty in order to create a container"),
+    ({"Image": 3}, "invalid JSON: Image must be a string"),
+    ({"Image": "b", "Cmd": [1]}, "invalid JSON: Cmd must be a string or a list of strings"),
+    ({"Image": "b", "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "x"}]}}},
+     'invalid port specification: "x"'),
+    ({"Image": "b", "HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "nope"}]}}},
+     "invalid IP address: nope"),
+])
+def test_malformed_bodies_are_400s(body: Any, message: str) -> None:
+    with pytest.raises(InvalidParameter) as err:
+        container_spec(body)
+    assert err.value.message == message
+
+
+def test_unset_values() -> None:
+    unset: tuple[Any, ...] = (None, False, 0, "", [], {}, [0, 0], {"A": {"B": []}})
+    assert all(is_unset(v) for v in unset)
+    assert not any(is_unset(v) for v in (True, 1, "x", [1], {"A": 1}))
+    # A map's keys are settings: a volume, a sysctl or a label with an empty value is set.
+    assert not is_unset({"/data": {}}, "Volumes")
+    assert not is_unset({"Key": ""}, "HostConfig.Sysctls")
+    assert not is_unset({"net.core.somaxconn": ""})
+    assert is_unset(-1, "HostConfig.MemorySwappiness") and not is_unset(-1)
