@@ -82,7 +82,8 @@ def react(world: World, record: e.EventRecord) -> list[Job]:
     if isinstance(event, e.SignalRequested):
         return [_signal_job(ctr, event, record.meta.version)]
     if isinstance(event, e.ContainerDied):
-        return [_teardown_job(ctr, event.generation)]
+        # A container dying on its way out is released by its removal job in one go.
+        return [] if ctr.dead else [_teardown_job(ctr, event.generation)]
     if isinstance(event, e.ContainerMarkedDead):
         return [_remove_job(ctr)]
     return []

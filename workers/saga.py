@@ -172,22 +172,25 @@ def teardown(ctx: HostContext, cid: str, generation: int, ports: bool = True) ->
     release_runtime(ctx, cid, ports)
 
 
-def release_runtime(ctx: HostContext, cid: str, ports: bool = True) -> None:
+def release_runtime(ctx: HostContext, cid: str, ports: bool = True,
+                    reuse: bool = True) -> None:
     """Release a container's ports, endpoint, sandbox and mount (each: gone = success).
 
-    `ports=False` skips reading the iptables rules of a container that published none.
+    `ports=False` skips reading the iptables rules of a container that published none;
+    `reuse=False` (removal) lets the kernel delete the veth with the namespace.
     """
     if ports:
         portmap.release_ports(cid)
-    network.release_endpoint(cid)
-    network.release_sandbox(cid)
+    if reuse:
+        network.release_endpoint(cid)
+    network.release_sandbox(cid, reuse=reuse)
     rootfs.release_mount(ctx.root, cid)
 
 
 def remove(ctx: HostContext, cid: str, generation: int, ports: bool = True) -> None:
     """Delete everything the container had on this host, then report it removed."""
     try:
-        release_runtime(ctx, cid, ports)
+        release_runtime(ctx, cid, ports, reuse=False)
         rootfs.release_rw_layer(ctx.root, cid)
         shutil.rmtree(ctx.container_dir(cid), ignore_errors=True)
     except Exception as exc:
