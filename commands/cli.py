@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_host_command)
 
-    p = sub.add_parser("up", help="embedded Redis + reducer + worker in one process tree")
+    p = sub.add_parser("up", help="embedded Redis + reducer + worker + Docker API socket")
     p.set_defaults(func=cmd_up)
 
     from projections import cli as read_cli
@@ -267,6 +267,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     children = [
         subprocess.Popen([sys.executable, "-m", "commands.cli", "reducer"], env=env),
         subprocess.Popen([sys.executable, "-m", "workers.main"], env=env),
+        subprocess.Popen([sys.executable, "-m", "api.server"], env=env),
     ]
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
