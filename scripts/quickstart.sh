@@ -10,7 +10,8 @@ unset MOOR_REDIS_URL  # the embedded default: moor starts (and reuses) its own R
 moor() { python3 -m commands.cli "$@"; }
 
 say "moor up (embedded Redis, reducer, worker)"
-python3 -m commands.cli up >"$MOOR_DATA_ROOT.up.log" 2>&1 &
+mkdir -p "$MOOR_DATA_ROOT"
+python3 -m commands.cli up >"$MOOR_DATA_ROOT/up.log" 2>&1 &
 UP=$!
 trap 'kill -TERM $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
 sleep 2
