@@ -44,9 +44,10 @@ class RedisServer:
         self.proc.wait(timeout=10)
 
 
-def start_redis(workdir: str, appendonly: bool = True, port: int | None = None) -> RedisServer:
+def start_redis(workdir: str, appendonly: bool = True, port: int | None = None,
+                exe: str | None = None) -> RedisServer:
     """Start a private redis-server on a free port with AOF everysec in workdir."""
-    exe = shutil.which("redis-server")
+    exe = exe or shutil.which("redis-server")
     if exe is None:
         pytest.fail("redis-server is not on PATH (.ci/run installs it)")
     port = port or free_port()
