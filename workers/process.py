@@ -6,7 +6,8 @@ The supervisor keeps these files in the container's state dir:
 ``pid``             ``"<pid> <start ticks> <started_at ns>"`` of the container
                     process (host pid) while it runs.
 ``exit.json``       the ``ExitStatus`` once the process is gone, written atomically
-                    (fsynced) after the cgroup was released.
+                    after the cgroup was released; fsynced unless its report reached
+                    Redis at the first attempt (then Redis holds the exit).
 ``exit.reported``   ``"<started_at ns>"`` of the run whose exit reached Redis.
 ``stop.json``       the ``StopRequest`` of a stop in progress: when to SIGKILL.
 ``supervisor.log``  the supervisor's own diagnostics.
@@ -38,7 +39,7 @@ __all__ = [
     "EXIT_FILE", "PID_FILE", "REPORTED_FILE", "STOP_FILE", "SUPERVISOR_PID_FILE", "WAKE_SIGNAL",
     "ExitStatus", "ProcRef", "StopRequest", "exit_code_of", "is_alive", "read_exit",
     "read_pid_file", "read_stop_request", "reap_children", "request_stop", "signal_container",
-    "start_ticks", "stop_container", "supervisor_alive", "track_child", "write_exit",
+    "start_ticks", "stop_container", "supervisor_alive", "sync_exit", "track_child", "write_exit",
     "write_pid_file", "write_stop_request",
 ]
 
@@ -117,6 +118,17 @@ def _atomic_write(path: str, data: bytes, durable: bool = False) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    if durable:
+        _fsync_dir(os.path.dirname(path))
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename in directory path durable."""
+    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_pid_file(path: str, ref: ProcRef) -> None:
@@ -150,10 +162,24 @@ def supervisor_alive(state_dir: str) -> bool:
     return _live(read_pid_file(os.path.join(state_dir, SUPERVISOR_PID_FILE)))
 
 
-def write_exit(state_dir: str, status: ExitStatus) -> None:
-    """Store the exit status durably and atomically."""
+def write_exit(state_dir: str, status: ExitStatus, durable: bool = True) -> None:
+    """Store the exit status atomically; durably (fsync, ~3 ms) unless durable=False.
+
+    The supervisor writes it without fsync when the exit is about to reach Redis anyway,
+    and makes it durable with ``sync_exit`` when that report fails.
+    """
     _atomic_write(os.path.join(state_dir, EXIT_FILE), _encoder.encode(status) + b"\n",
-                  durable=True)
+                  durable=durable)
+
+
+def sync_exit(state_dir: str) -> None:
+    """Make an exit.json written with durable=False durable (file, then its directory)."""
+    fd = os.open(os.path.join(state_dir, EXIT_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(state_dir)
 
 
 def read_exit(state_dir: str) -> ExitStatus | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,7 @@ from workers.context import HostContext
 from workers.hostfiles import write_hostfiles
 from workers.netconf import BridgeConfig, from_port_bindings
 
-__all__ = ["release_runtime", "remove", "signal", "start", "teardown"]
+__all__ = ["forget_bridges", "release_runtime", "remove", "signal", "start", "teardown"]
 
 log = logging.getLogger("moorage.worker")
 
@@ -57,15 +58,28 @@ class _Undo:
                 log.exception("undo of %s failed", name)
 
 
-_BRIDGES_READY: set[BridgeConfig] = set()
+# Ensuring the bridge and the chains costs ~15 ms (netlink dumps, iptables-save/restore):
+# more than the endpoint itself. Once ensured they are trusted for a while; a bridge that
+# vanished or went down meanwhile is noticed by ensure_endpoint (BridgeMissing) and
+# re-ensured at once, other drift (addresses, rules) within _BRIDGE_RECHECK seconds or at
+# the worker's next idle reconcile (forget_bridges).
+_BRIDGE_RECHECK = 30.0
+_BRIDGES_READY: dict[BridgeConfig, float] = {}
 
 
-def _ensure_bridge_once(cfg: BridgeConfig) -> None:
-    """Ensure the bridge and moorage's chains once per worker process (reconcile re-checks)."""
-    if cfg not in _BRIDGES_READY:
+def _ensure_bridge_once(cfg: BridgeConfig, force: bool = False) -> None:
+    """Ensure the bridge and moorage's chains unless done in the last _BRIDGE_RECHECK s."""
+    checked = _BRIDGES_READY.get(cfg)
+    if force or checked is None or time.monotonic() - checked > _BRIDGE_RECHECK:
+        _BRIDGES_READY.pop(cfg, None)
         network.ensure_bridge(cfg)
         portmap.ensure_chains(cfg)
-        _BRIDGES_READY.add(cfg)
+        _BRIDGES_READY[cfg] = time.monotonic()
+
+
+def forget_bridges() -> None:
+    """Make the next start ensure its bridge and chains in full (after a reconcile)."""
+    _BRIDGES_READY.clear()
 
 
 def start(ctx: HostContext, plan: dict[str, Any]) -> None:
@@ -113,11 +127,14 @@ def start(ctx: HostContext, plan: dict[str, Any]) -> None:
             step = "endpoint"
             endpoint = plan["endpoint"]
             cfg = BridgeConfig.from_network_spec(NetworkSpec(**plan["network"]))
-            network.ensure_bridge(cfg)
-            portmap.ensure_chains(cfg)
-            info = network.ensure_endpoint(cid, cfg, endpoint["ip_address"],
-                                           endpoint["prefix_len"], endpoint["gateway"],
-                                           endpoint.get("mac_address") or None)
+            _ensure_bridge_once(cfg)
+            args = (cid, cfg, endpoint["ip_address"], endpoint["prefix_len"],
+                    endpoint["gateway"], endpoint.get("mac_address") or None)
+            try:
+                info = network.ensure_endpoint(*args)
+            except network.BridgeMissing:  # gone or down since it was last ensured
+                _ensure_bridge_once(cfg, force=True)
+                info = network.ensure_endpoint(*args)
             undo.push("endpoint", lambda: network.release_endpoint(cid))
             ip = info.ip_address
             bindings = from_port_bindings(host.port_bindings)

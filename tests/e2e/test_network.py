@@ -379,6 +379,30 @@ def test_ensure_refuses_what_does_not_match_and_undoes_its_own_work(
         sh("ip", "link", "del", not_a_bridge.name, check=False)
 
 
+def test_a_bridge_gone_or_down_since_it_was_ensured_is_noticed(
+        bridge: BridgeConfig, new_cid: Callable[[], str]) -> None:
+    """A start trusts a bridge it ensured lately; ensure_endpoint must catch it gone."""
+    from workers import saga
+
+    cid = new_cid()
+    network.ensure_sandbox(cid)
+    try:
+        saga._ensure_bridge_once(bridge, force=True)
+        sh("ip", "link", "set", bridge.name, "down")
+        with pytest.raises(network.BridgeMissing):
+            up(cid, bridge, 2)
+        sh("ip", "link", "del", bridge.name)
+        with pytest.raises(network.BridgeMissing):
+            up(cid, bridge, 2)
+        assert not os.path.exists(f"/sys/class/net/{veth_name(cid)}")
+        saga._ensure_bridge_once(bridge)  # ensured lately: trusted, not re-checked
+        assert not os.path.exists(f"/sys/class/net/{bridge.name}")
+        saga._ensure_bridge_once(bridge, force=True)  # what the saga does on BridgeMissing
+        assert up(cid, bridge, 2).ip_address == address(bridge, 2)
+    finally:
+        saga.forget_bridges()
+
+
 def test_interrupted_sandbox_create_is_redone(bridge: BridgeConfig,
                                               new_cid: Callable[[], str]) -> None:
     cid = new_cid()

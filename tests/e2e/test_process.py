@@ -574,10 +574,23 @@ def _entries(client: redis.Redis, stream: str) -> list[dict[bytes, bytes]]:
     return [fields for _, fields in entries]
 
 
+def _note_syncs(monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
+    """Make the supervisor (forked from this process) note each exit.json fsync in marker."""
+    real = process.sync_exit
+
+    def sync_exit(state_dir: str) -> None:
+        real(state_dir)
+        with open(marker, "a") as f:
+            f.write(state_dir + "\n")
+    monkeypatch.setattr(process, "sync_exit", sync_exit)
+
+
 def test_reports_the_exit_to_redis(make_spec: Make, redis_server: RedisServer,
-                                   run_id: str) -> None:
+                                   run_id: str, monkeypatch: pytest.MonkeyPatch,
+                                   tmp_path: Path) -> None:
     stream = f"moort{run_id}:commands"
     client = redis.Redis.from_url(redis_server.url)
+    _note_syncs(monkeypatch, tmp_path / "synced")
     try:
         spec = make_spec("sh", "-c", "exit 5", report=Report(
             redis_url=redis_server.url, stream=stream,
@@ -598,18 +611,24 @@ def test_reports_the_exit_to_redis(make_spec: Make, redis_server: RedisServer,
             "finished_at": status.finished_at_ns, "oom_killed": False, "note": "$not-a-fact"}
         assert Path(spec.state_dir, process.REPORTED_FILE).read_text() == \
             f"{result.started_at_ns}\n"
+        # Redis took the exit at once: exit.json was not fsynced (Redis is the record).
+        assert not (tmp_path / "synced").exists()
     finally:
         client.delete(stream)
         client.close()
 
 
 def test_report_retries_until_redis_comes_up(make_spec: Make, run_id: str,
-                                             tmp_path: Path) -> None:
+                                             tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     spec = make_spec("true", report=Report(redis_url=url, stream=f"moort{run_id}:commands"))
+    _note_syncs(monkeypatch, tmp_path / "synced")
     spawn(spec)
     assert _wait(lambda: process.read_exit(spec.state_dir) is not None, 5)
+    # The report failed: exit.json was made durable (once) before the retries.
+    assert _wait(lambda: (tmp_path / "synced").exists(), 5)
     time.sleep(0.5)
     assert process.supervisor_alive(spec.state_dir)  # still retrying
     assert not Path(spec.state_dir, process.REPORTED_FILE).exists()
@@ -622,6 +641,7 @@ def test_report_retries_until_redis_comes_up(make_spec: Make, run_id: str,
         [entry] = _entries(client, f"moort{run_id}:commands")
         client.close()
         assert json.loads(entry[b"exit"])["exit_code"] == status.exit_code == 0
+        assert (tmp_path / "synced").read_text() == spec.state_dir + "\n"
     finally:
         server.kill(signal.SIGTERM)
 

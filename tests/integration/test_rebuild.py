@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from engine.keys import GROUP
 from engine.reducer import Reducer
 from engine.snapshot import load_world

@@ -6,11 +6,11 @@ import pytest
 
 from commands.client import Client
 from engine.errors import Conflict, NotFound
+from engine.evolve import fold
 from engine.snapshot import load_world
 from engine.state import status_of
-from tests.harness import all_records as read_records
-from engine.evolve import fold
 from tests.harness import ReducerThread, SagaDriver, busybox, drive, seed
+from tests.harness import all_records as read_records
 
 
 def test_submit_returns_result(backend):
