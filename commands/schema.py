@@ -30,6 +30,7 @@ __all__ = [
     "ReportSandbox",
     "ReportStepFailed",
     "RestartContainer",
+    "ResumeRestart",
     "StartContainer",
     "StopContainer",
     "REPORT_TYPES",
@@ -160,6 +161,12 @@ class ReportRemoved(_Command, tag="ReportRemoved"):
     generation: int = 0
 
 
+class ResumeRestart(_Command, tag="ResumeRestart"):
+    """The back-off of a policy restart is over (appended by the reducer's timer)."""
+
+    generation: int
+
+
 class ReportDrift(_Command, tag="ReportDrift"):
     """The reconciler found the host disagreeing with the facts (and what it did)."""
 
@@ -203,4 +210,5 @@ Command = (
     | ReportStepFailed
     | ReportRemoved
     | ReportDrift
+    | ResumeRestart
 )

@@ -194,10 +194,17 @@ def _stop_timeout(ctr: Container, requested: int | None) -> int:
     return _DEFAULT_STOP_TIMEOUT
 
 
+def _in_backoff(ctr: Container) -> bool:
+    """A policy restart is waiting out its back-off: no process, nothing starting yet."""
+    return ctr.restarting and not ctr.saga
+
+
 def _stop(world: World, env: c.Envelope, cmd: c.StopContainer) -> tuple[str, Events]:
     ctr = names.resolve(world, cmd.ref)
     if not (ctr.running or ctr.starting):
         raise NotModified("container is already stopped")
+    if _in_backoff(ctr):
+        return ctr.id, [e.ContainerStopped(generation=ctr.generation)]  # Docker: `stop` only
     return ctr.id, [e.SignalRequested(generation=ctr.generation,
                                       signal=_stop_signal(ctr, cmd.signal), purpose="stop",
                                       timeout=_stop_timeout(ctr, cmd.timeout))]
@@ -211,6 +218,9 @@ def _kill(world: World, env: c.Envelope, cmd: c.KillContainer) -> tuple[str, Eve
         raise InvalidParameter(str(exc)) from None
     if not (ctr.running or ctr.starting):
         raise Conflict(f"cannot kill container: {cmd.ref}: container {ctr.id} is not running")
+    if _in_backoff(ctr):
+        # Docker delivers no signal in back-off: cancelling the restart stops it.
+        return ctr.id, [e.ContainerStopped(generation=ctr.generation)]
     return ctr.id, [e.SignalRequested(generation=ctr.generation, signal=sig, purpose="kill")]
 
 
@@ -219,7 +229,7 @@ def _restart(world: World, env: c.Envelope, cmd: c.RestartContainer) -> tuple[st
     try:
         if ctr.removal_in_progress or ctr.dead:
             raise Conflict("container is marked for removal and cannot be started")
-        if ctr.running or ctr.starting:
+        if (ctr.running or ctr.starting) and not _in_backoff(ctr):
             return ctr.id, [e.SignalRequested(
                 generation=ctr.generation, signal=_stop_signal(ctr, cmd.signal),
                 purpose="restart", timeout=_stop_timeout(ctr, cmd.timeout))]
@@ -241,6 +251,8 @@ def _remove(world: World, env: c.Envelope, cmd: c.RemoveContainer) -> tuple[str,
             state = "restarting" if ctr.restarting else "running"
             raise Conflict(f'cannot remove container "{cmd.ref}": container is {state}: stop '
                            "the container before removing or force remove")
+        if _in_backoff(ctr):
+            return ctr.id, [e.RemovalStarted(force=True), e.ContainerMarkedDead()]
         return ctr.id, [e.RemovalStarted(force=True),
                         e.SignalRequested(generation=ctr.generation, signal=_SIGKILL,
                                           purpose="remove")]
@@ -310,11 +322,13 @@ def _exited(world: World, env: c.Envelope, cmd: c.ReportProcessExited) -> tuple[
         return ctr.id, [_ignored(cmd, f"stale generation (current {ctr.generation})")]
     events: Events = []
     restart_pending = ctr.restart_pending  # asked before this exit: start again after it
-    if not ctr.running:
+    started_at = ctr.started_at
+    if ctr.saga or not ctr.running:
         if ctr.saga != ("spawn",):
             return ctr.id, [_ignored(cmd, "process not running")]
         # The exit overtook the worker's start report: the process did run.
         events.extend(_started(ctr, 0, cmd.finished_at))
+        started_at = cmd.finished_at
     g = cmd.generation
     if cmd.oom_killed:
         events.append(e.ContainerOOMKilled(generation=g))
@@ -330,7 +344,47 @@ def _exited(world: World, env: c.Envelope, cmd: c.ReportProcessExited) -> tuple[
         events.append(_begin_start(world, ctr, restart=True))
     elif ctr.host_config.auto_remove:
         events.extend((e.RemovalStarted(force=True), e.ContainerMarkedDead()))
+    else:
+        scheduled = _policy_restart(ctr, cmd, started_at)
+        if scheduled is not None:
+            events.append(scheduled)
     return ctr.id, events
+
+
+_BACKOFF_FIRST_MS = 100
+_BACKOFF_MAX_MS = 60_000
+_BACKOFF_RESET_NS = 10 * 1_000_000_000
+
+
+def _policy_restart(ctr: Container, cmd: c.ReportProcessExited,
+                    started_at: int) -> e.RestartScheduled | None:
+    """Apply the restart policy to an exit (Docker's restart manager, §5)."""
+    policy = ctr.host_config.restart_policy
+    if policy.name in ("", "no") or ctr.manually_stopped:
+        return None  # any signal sent through the engine cancels the manager, as in Docker
+    if policy.name == "on-failure" and (cmd.exit_code == 0 or (
+            policy.maximum_retry_count and ctr.restart_count >= policy.maximum_retry_count)):
+        return None
+    ran = cmd.finished_at - started_at
+    if ctr.restart_delay_ms == 0 or ran >= _BACKOFF_RESET_NS:
+        delay = _BACKOFF_FIRST_MS
+    else:
+        delay = min(ctr.restart_delay_ms * 2, _BACKOFF_MAX_MS)
+    return e.RestartScheduled(generation=ctr.generation, delay_ms=delay,
+                              restart_count=ctr.restart_count + 1,
+                              due=cmd.finished_at + delay * 1_000_000)
+
+
+def _resume_restart(world: World, env: c.Envelope, cmd: c.ResumeRestart) -> tuple[str, Events]:
+    ctr = _report_container(world, env)
+    if ctr is None:
+        return env.container_id, [_ignored(cmd, "no such container")]
+    if cmd.generation != ctr.generation or not _in_backoff(ctr):
+        return ctr.id, [_ignored(cmd, "no restart pending")]
+    if ctr.removal_in_progress or ctr.dead:
+        return ctr.id, [_ignored(cmd, "container is marked for removal")]
+    return ctr.id, [e.StartInitiated(generation=ctr.generation + 1,
+                                     endpoint=_endpoint_for(world, ctr), manual=False)]
 
 
 def _failed(world: World, env: c.Envelope, cmd: c.ReportStepFailed) -> tuple[str, Events]:
@@ -394,4 +448,5 @@ _HANDLERS: dict[type, Callable[..., tuple[str, Events]]] = {
     c.ReportStepFailed: _failed,
     c.ReportRemoved: _removed,
     c.ReportDrift: _drift,
+    c.ResumeRestart: _resume_restart,
 }

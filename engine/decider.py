@@ -30,27 +30,31 @@ def decide_records(world: World, env: Envelope, cmd: Command) -> Outcome:
     expected = ctr.version if ctr is not None else -1
     version = max(expected, 0)
     has_container = ctr is not None
+    # The envelope's part of every record's meta, read once per command (this runs for
+    # every command the reducer folds).
+    command_id = env.command_id
+    at, actor, reason = env.issued_at, env.actor, env.reason
+    correlation_id = env.correlation_id or command_id
     records = []
     for event in events:
-        if isinstance(event, e.ContainerCreated):
+        if not has_container and type(event) is e.ContainerCreated:
             has_container = True
         if has_container:
             version += 1
         meta = e.EventMeta(container_id=cid, version=version if has_container else 0,
-                           command_id=env.command_id, at=env.issued_at, actor=env.actor,
-                           reason=env.reason,
-                           correlation_id=env.correlation_id or env.command_id)
+                           command_id=command_id, at=at, actor=actor, reason=reason,
+                           correlation_id=correlation_id)
         records.append(e.EventRecord(meta=meta, event=event))
-    rejected = events[0] if len(events) == 1 and isinstance(
-        events[0], e.CommandRejected) else None
+    first = events[0] if events else None
+    rejected = first if len(events) == 1 and type(first) is e.CommandRejected else None
     result = CommandResult(
-        command_id=env.command_id,
+        command_id=command_id,
         ok=rejected is None,
         status=rejected.status if rejected else 200,
         message=rejected.message if rejected else "",
         container_id=cid,
         version=version if has_container else 0,
-        events=tuple(type(ev).__name__ for ev in events),
+        events=tuple([type(ev).__name__ for ev in events]),
     )
     return Outcome(cid, expected, records, result)
 

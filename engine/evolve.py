@@ -123,10 +123,15 @@ def _start_initiated(world: World, ctr: Container, ev: e.StartInitiated) -> dict
     _release_address(world, ctr)
     if ev.endpoint is not None:
         world.addresses[address_key(ev.endpoint.network, ev.endpoint.ip_address)] = ctr.id
-    return {"generation": ev.generation, "saga": saga_steps(ctr.host_config.network_mode),
-            "endpoint": ev.endpoint, "connected": False, "restart_pending": False,
-            "restart_attempt": ev.restart,
-            "stop_pending": False, "manually_stopped": False, "sandbox_key": "", "rootfs": ""}
+    changes = {"generation": ev.generation, "saga": saga_steps(ctr.host_config.network_mode),
+               "endpoint": ev.endpoint, "connected": False, "restart_pending": False,
+               "restart_attempt": ev.restart, "stop_pending": False, "manually_stopped": False,
+               "sandbox_key": "", "rootfs": "", "restart_due": 0}
+    if ev.manual:
+        # A manual start replaces the restart manager: count and back-off start over.
+        changes |= {"restart_count": 0, "restart_delay_ms": 0, "running": False,
+                    "restarting": False}
+    return changes
 
 
 def _advance(ctr: Container, step: str) -> tuple[str, ...]:
@@ -159,7 +164,7 @@ def _start_failed(world: World, ctr: Container, ev: e.StartFailed) -> dict[str, 
     _release_address(world, ctr)
     return {"saga": (), "error": ev.error, "exit_code": ev.exit_code, "endpoint": None,
             "connected": False, "stop_pending": False, "restart_pending": False,
-            "restart_attempt": False,
+            "restart_attempt": False, "running": False, "restarting": False, "restart_due": 0,
             "sandbox_key": "", "rootfs": ""}
 
 
@@ -190,7 +195,18 @@ def _died(world: World, ctr: Container, ev: e.ContainerDied) -> dict[str, Any]:
 
 
 def _stopped(world: World, ctr: Container, ev: e.ContainerStopped) -> dict[str, Any]:
+    if ctr.restarting and not ctr.saga:  # a stop during the back-off cancels the restart
+        return {"stop_pending": False, "running": False, "restarting": False,
+                "restart_due": 0, "manually_stopped": True}
     return {"stop_pending": False}
+
+
+def _restart_scheduled(world: World, ctr: Container, ev: e.RestartScheduled
+                       ) -> dict[str, Any]:
+    # Docker's SetRestarting: Running and Restarting, no pid, until the next start.
+    return {"running": True, "restarting": True, "pid": 0,
+            "restart_count": ev.restart_count, "restart_delay_ms": ev.delay_ms,
+            "restart_due": ev.due}
 
 
 def _removal_started(world: World, ctr: Container, ev: e.RemovalStarted) -> dict[str, Any]:
@@ -198,7 +214,8 @@ def _removal_started(world: World, ctr: Container, ev: e.RemovalStarted) -> dict
 
 
 def _marked_dead(world: World, ctr: Container, ev: e.ContainerMarkedDead) -> dict[str, Any]:
-    return {"dead": True, "restart_pending": False, "restart_attempt": False}
+    return {"dead": True, "restart_pending": False, "restart_attempt": False,
+            "running": ctr.running and not ctr.restarting, "restarting": False, "restart_due": 0}
 
 
 def _removal_failed(world: World, ctr: Container, ev: e.RemovalFailed) -> dict[str, Any]:
@@ -219,6 +236,7 @@ _CONTAINER: dict[type, Callable[[World, Container, Any], dict[str, Any]]] = {
     e.ContainerOOMKilled: _oom,
     e.ContainerDied: _died,
     e.ContainerStopped: _stopped,
+    e.RestartScheduled: _restart_scheduled,
     e.RemovalStarted: _removal_started,
     e.ContainerMarkedDead: _marked_dead,
     e.RemovalFailed: _removal_failed,

@@ -9,118 +9,103 @@ __all__ = ["ACQUIRE", "RELEASE", "RENEW", "WRITE"]
 # KEYS[5] done        KEYS[6] commands     KEYS[7] epoch      KEYS[8] quarantine
 # KEYS[9] outbox
 # ARGV[1] fencing epoch the writer holds   ARGV[2] consumer group   ARGV[3] reply TTL (s)
-# ARGV[4..] ops, each a kind then its fields:
-#   "C" entry_id cmd_id cid expected new snapshot result reply n_events e1..en world n_jobs j1..jn
-#       expected: the container's version before (-1: must not exist yet, "" = no container)
-#       snapshot: msgpack Container, "-" deletes it (destroyed), "" leaves it
-#       world: msgpack of the engine-wide parts (images+networks) or ""
-#   "Q" entry_id reason raw      -- quarantine an undecodable entry
-#   "D" entry_id cmd_id reply    -- a duplicate: answer with the stored result again
-#   (reply "" = nobody waits: no wake-up list is pushed)
+# ARGV[4] msgpack of the engine-wide parts (images+networks) to store, or ""
+# ARGV[5..] sections, each a count of ARGV items followed by that many items:
+#   acks       every entry id of the batch (decided, duplicate or quarantined)
+#   checked    ids of the containers the batch touches, each once
+#   expected   aligned with `checked`: the version each must have now ("-1": none yet)
+#   versions   cid new-version pairs to store
+#   snapshots  cid msgpack-Container pairs to store (each container's state at batch end)
+#   deleted    cids whose snapshot goes (destroyed; their version stays as a tombstone)
+#   jobs       msgpack jobs for the outbox, in decision order
+#   commands   per decided command, in order: cmd_id result n_events e1..en
+#   replies    cmd_id reply-list pairs: push that command's stored result (decided in this
+#              batch or earlier: a duplicate) to a list a client blocks on
+#   quarantine entry reason raw triples: undecodable entries
 # Returns {"OK", last_event_id} or {"FENCED"} or {"VERSION", cid, stored}.
+#
+# Why this shape: the cost of a write is dominated by the number of ARGV items (redis-py
+# packs each one, Redis parses each into an object, Lua interns each as a string), not by
+# their bytes. So every per-container fact is sent once per batch (the reducer folds a
+# container's commands into its first expected and last version and its final snapshot),
+# and every write that is not an event or a reply is one command over an ARGV slice.
 # Dedupe is decided by the writer before the batch (HMGET done); the epoch makes it the
-# only writer, so the script checks versions, not command ids. Hash writes are gathered
-# and issued once per batch: a third of the calls of one write per command.
+# only writer, so the script checks versions, not command ids.
 WRITE = r"""
 if redis.call('GET', KEYS[7]) ~= ARGV[1] then return {'FENCED'} end
 local ttl = tonumber(ARGV[3])
-local function flush(cmd, key, extra, list)
-  local n = #list
-  for s = 1, n, 7000 do
-    local e = math.min(s + 6999, n)
-    if extra then redis.call(cmd, key, extra, unpack(list, s, e))
-    else redis.call(cmd, key, unpack(list, s, e)) end
+-- the section starting at ARGV[i]: first item, last item, start of the next section
+local function section(i)
+  local n = tonumber(ARGV[i])
+  return i + 1, i + n, i + n + 1
+end
+-- cmd key [extra] list[s..e], chunked: unpack is limited to ~8000 values (even: pairs)
+local function bulk(cmd, key, extra, list, s, e)
+  local out = {}
+  for a = s, e, 7000 do
+    local b = math.min(a + 6999, e)
+    local r
+    if extra then r = redis.call(cmd, key, extra, unpack(list, a, b))
+    else r = redis.call(cmd, key, unpack(list, a, b)) end
+    if type(r) == 'table' then for _, v in ipairs(r) do out[#out+1] = v end end
+  end
+  return out
+end
+local acks_s, acks_e, i = section(5)
+local cids_s, cids_e, exp_s, exp_e
+cids_s, cids_e, i = section(i)
+exp_s, exp_e, i = section(i)
+-- check every container's expected version before writing anything
+if cids_e >= cids_s then
+  local stored = bulk('HMGET', KEYS[3], nil, ARGV, cids_s, cids_e)
+  for k = 0, cids_e - cids_s do
+    local have = stored[k+1] or '-1'
+    if have ~= ARGV[exp_s + k] then return {'VERSION', ARGV[cids_s + k], have} end
   end
 end
--- pass 1: check every container's expected version before writing anything
-local seen = {}
-local order = {}
-local i = 4
-while i <= #ARGV do
-  local kind = ARGV[i]
-  if kind == 'C' then
-    local cid, expected, new = ARGV[i+3], ARGV[i+4], ARGV[i+5]
-    if cid ~= '' and expected ~= '' then
-      if seen[cid] == nil then order[#order+1] = cid end
-      seen[cid] = {expected, new}
-    end
-    local n = tonumber(ARGV[i+9])
-    i = i + 12 + n + tonumber(ARGV[i+11+n])
-  else i = i + 4 end
-end
-if #order > 0 then
-  local stored = redis.call('HMGET', KEYS[3], unpack(order))
-  local chain = {}
-  for k, cid in ipairs(order) do chain[cid] = stored[k] or '-1' end
-  i = 4
-  while i <= #ARGV do
-    if ARGV[i] == 'C' then
-      local cid, expected, new = ARGV[i+3], ARGV[i+4], ARGV[i+5]
-      if cid ~= '' and expected ~= '' then
-        if chain[cid] ~= expected then return {'VERSION', cid, chain[cid]} end
-        chain[cid] = new
-      end
-      local n = tonumber(ARGV[i+9])
-      i = i + 12 + n + tonumber(ARGV[i+11+n])
-    else i = i + 4 end
-  end
-end
--- pass 2: write
+local vers_s, vers_e, snaps_s, snaps_e, dels_s, dels_e, jobs_s, jobs_e
+vers_s, vers_e, i = section(i)
+snaps_s, snaps_e, i = section(i)
+dels_s, dels_e, i = section(i)
+jobs_s, jobs_e, i = section(i)
+-- events, in command order; a command's stored result names its last event
 local last = ''
-local world_parts = nil
-local snaps, dels, vers, done, acks, answered = {}, {}, {}, {}, {}, {}
-i = 4
-while i <= #ARGV do
-  local kind, entry = ARGV[i], ARGV[i+1]
-  acks[#acks+1] = entry
-  if kind == 'C' then
-    local cmd, cid, expected, new, snap = ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]
-    local result, reply = ARGV[i+7], ARGV[i+8]
-    local n = tonumber(ARGV[i+9])
-    local mine = last
-    for k = 1, n do
-      mine = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i+9+k])
-    end
-    if n > 0 then last = mine end
-    if cid ~= '' and n > 0 and expected ~= '' then
-      if snap == '-' then dels[#dels+1] = cid
-      elseif snap ~= '' then snaps[#snaps+1] = cid; snaps[#snaps+1] = snap end
-      vers[#vers+1] = cid; vers[#vers+1] = new
-    end
-    if ARGV[i+10+n] ~= '' then world_parts = ARGV[i+10+n] end
-    local nj = tonumber(ARGV[i+11+n])
-    for k = 1, nj do redis.call('RPUSH', KEYS[9], ARGV[i+11+n+k]) end
-    local value = mine .. ' ' .. result
-    done[#done+1] = cmd; done[#done+1] = value
-    answered[cmd] = value
-    if reply ~= '' then
-      redis.call('RPUSH', reply, value)
-      redis.call('EXPIRE', reply, ttl)
-    end
-    i = i + 12 + n + nj
-  elseif kind == 'Q' then
-    redis.call('XADD', KEYS[8], '*', 'entry', entry, 'reason', ARGV[i+2], 'raw', ARGV[i+3])
-    i = i + 4
-  else
-    local value = answered[ARGV[i+2]] or redis.call('HGET', KEYS[5], ARGV[i+2])
-    if value and ARGV[i+3] ~= '' then
-      redis.call('RPUSH', ARGV[i+3], value)
-      redis.call('EXPIRE', ARGV[i+3], ttl)
-    end
-    i = i + 4
+local done, answered = {}, {}
+local ncmd = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, ncmd do
+  local cmd, n = ARGV[i], tonumber(ARGV[i+2])
+  for k = 1, n do last = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i+2+k]) end
+  local value = last .. ' ' .. ARGV[i+1]
+  done[#done+1] = cmd
+  done[#done+1] = value
+  answered[cmd] = value
+  i = i + 3 + n
+end
+local s, e
+s, e, i = section(i)
+for k = s, e, 2 do
+  local value = answered[ARGV[k]] or redis.call('HGET', KEYS[5], ARGV[k])
+  if value then
+    redis.call('RPUSH', ARGV[k+1], value)
+    redis.call('EXPIRE', ARGV[k+1], ttl)
   end
 end
--- a container written twice in a batch: HSET keeps the last value, as folding would
-if #snaps > 0 then flush('HSET', KEYS[2], nil, snaps) end
-if #dels > 0 then flush('HDEL', KEYS[2], nil, dels) end
-if #vers > 0 then flush('HSET', KEYS[3], nil, vers) end
-if #done > 0 then flush('HSET', KEYS[5], nil, done) end
-if world_parts then redis.call('HSET', KEYS[4], 'parts', world_parts) end
+s, e, i = section(i)
+for k = s, e, 3 do
+  redis.call('XADD', KEYS[8], '*', 'entry', ARGV[k], 'reason', ARGV[k+1], 'raw', ARGV[k+2])
+end
+bulk('HSET', KEYS[2], nil, ARGV, snaps_s, snaps_e)
+bulk('HDEL', KEYS[2], nil, ARGV, dels_s, dels_e)
+bulk('HSET', KEYS[3], nil, ARGV, vers_s, vers_e)
+bulk('RPUSH', KEYS[9], nil, ARGV, jobs_s, jobs_e)
+bulk('HSET', KEYS[5], nil, done, 1, #done)
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], 'parts', ARGV[4]) end
 if last ~= '' then
   -- the container count lets a reader notice a lost containers hash
   redis.call('HSET', KEYS[4], 'checkpoint', last, 'count', redis.call('HLEN', KEYS[2]))
 end
-flush('XACK', KEYS[6], ARGV[2], acks)
+bulk('XACK', KEYS[6], ARGV[2], ARGV, acks_s, acks_e)
 return {'OK', last}
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -27,37 +28,25 @@ class CommandResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
 
 
 class Codec:
-    """Encoders and decoders for every wire type; one instance per process."""
+    """Encoders and decoders for every wire type; one instance per process.
+
+    Each operation is the msgspec method itself, bound once here: the reducer calls them
+    several times per command, and a wrapping Python function would double their cost.
+    """
 
     def __init__(self) -> None:
-        self._enc = msgspec.msgpack.Encoder()
-        self._envelope = msgspec.msgpack.Decoder(Envelope)
-        self._command = msgspec.msgpack.Decoder(Command)
-        self._record = msgspec.msgpack.Decoder(EventRecord)
-        self._result = msgspec.msgpack.Decoder(CommandResult)
-        self._json_record = msgspec.json.Decoder(EventRecord)
-        self._json_enc = msgspec.json.Encoder()
-
-    def encode(self, obj: Any) -> bytes:
-        return self._enc.encode(obj)
-
-    def envelope(self, data: bytes) -> Envelope:
-        return self._envelope.decode(data)
-
-    def command(self, data: bytes) -> Command:
-        return self._command.decode(data)
-
-    def record(self, data: bytes) -> EventRecord:
-        return self._record.decode(data)
-
-    def result(self, data: bytes) -> CommandResult:
-        return self._result.decode(data)
-
-    def record_json(self, data: bytes | str) -> EventRecord:
-        return self._json_record.decode(data)
-
-    def json(self, obj: Any) -> bytes:
-        return self._json_enc.encode(obj)
+        enc = msgspec.msgpack.Encoder()
+        json_enc = msgspec.json.Encoder()
+        self.encode: Callable[[Any], bytes] = enc.encode
+        self.envelope: Callable[[bytes], Envelope] = msgspec.msgpack.Decoder(Envelope).decode
+        self.command: Callable[[bytes], Command] = msgspec.msgpack.Decoder(Command).decode
+        self.record: Callable[[bytes], EventRecord] = msgspec.msgpack.Decoder(
+            EventRecord).decode
+        self.result: Callable[[bytes], CommandResult] = msgspec.msgpack.Decoder(
+            CommandResult).decode
+        self.record_json: Callable[[bytes | str], EventRecord] = msgspec.json.Decoder(
+            EventRecord).decode
+        self.json: Callable[[Any], bytes] = json_enc.encode
 
 
 CODEC = Codec()

@@ -35,6 +35,7 @@ __all__ = [
     "RemovalFailed",
     "RemovalStarted",
     "ReportIgnored",
+    "RestartScheduled",
     "RootfsMounted",
     "SandboxCreated",
     "SignalRequested",
@@ -121,6 +122,15 @@ class StartFailed(_Event, tag="StartFailed"):
     exit_code: int
 
 
+class RestartScheduled(_Event, tag="RestartScheduled"):
+    """The restart policy will start the container again after a back-off (`restarting`)."""
+
+    generation: int
+    delay_ms: int
+    restart_count: int
+    due: int  # unix ns: the exit's time plus the delay, so replay needs no clock
+
+
 class SignalRequested(_Event, tag="SignalRequested"):
     """The engine asked the host to deliver a signal (Docker's `kill` event)."""
 
@@ -204,6 +214,7 @@ Event = (
     | ContainerStarted
     | ContainerRestarted
     | StartFailed
+    | RestartScheduled
     | SignalRequested
     | NetworkDisconnected
     | ContainerOOMKilled

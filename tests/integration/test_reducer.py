@@ -64,3 +64,32 @@ def test_full_lifecycle_with_saga_driver(backend):
     assert replayed.snapshot() == live.snapshot()
     snap, _ = load_world(r, keys)
     assert snap.snapshot() == live.snapshot()
+
+
+def test_restart_policy_restarts_after_the_back_off(backend):
+    r, keys = backend
+    client = Client(r, keys, timeout=5)
+    with ReducerThread(r, keys, block_ms=200) as reducer:
+        seed(client)
+        driver = SagaDriver(r, keys, client)
+        from commands import schema as c
+        from events.specs import HostConfig, RestartPolicy
+        cid = client.create(busybox(), HostConfig(restart_policy=RestartPolicy(name="always")),
+                            name="phoenix")
+        client.start("phoenix", wait=False)
+        drive(driver, lambda: reducer.world.containers[cid].running)
+        import time
+        client.report(cid, c.ReportProcessExited(generation=1, exit_code=1,
+                                                 finished_at=time.time_ns()))
+        seen: set[str] = set()
+
+        def restarted() -> bool:
+            ctr = reducer.world.containers[cid]
+            seen.add(status_of(ctr))
+            return ctr.generation == 2 and status_of(ctr) == "running"
+        # the reducer's timer appends ResumeRestart once the 100 ms back-off is over
+        drive(driver, restarted)
+        assert "restarting" in seen
+        assert reducer.world.containers[cid].restart_count == 1
+        client.stop("phoenix", wait=False)
+        drive(driver, lambda: status_of(reducer.world.containers[cid]) == "exited")

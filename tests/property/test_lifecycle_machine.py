@@ -297,6 +297,8 @@ class Lifecycle(RuleBasedStateMachine):
                 cmd = c.ReportProcessExited(generation=g, exit_code=3, finished_at=self.count)
             elif ctr.saga:
                 cmd = saga_report(ctr.saga[0], g, self.count)
+            elif ctr.restarting:  # a policy restart's back-off is over
+                cmd = c.ResumeRestart(generation=g)
             elif ctr.running:
                 cmd = c.ReportProcessExited(generation=g, exit_code=0, finished_at=self.count)
             elif ctr.dead and ctr.removal_in_progress:
@@ -335,8 +337,13 @@ class Lifecycle(RuleBasedStateMachine):
     @invariant()
     def states_are_coherent(self) -> None:
         for x in self.world.containers.values():
-            assert status_of(x) in ("created", "running", "removing", "exited", "dead")
-            assert not (x.running and x.saga), x  # at most one live process per container
+            assert status_of(x) in ("created", "running", "restarting", "removing", "exited",
+                                    "dead")
+            # at most one live process per container (a policy restart in back-off or
+            # starting again is Running+Restarting with no process yet)
+            assert not (x.running and not x.restarting and x.saga), x
+            if x.restarting:
+                assert x.running and x.pid == 0 and x.host_config.restart_policy.name != "no"
             if x.dead:
                 assert not x.running and not x.saga, x
             if x.endpoint is not None:  # a start reaches running or leaves no resources

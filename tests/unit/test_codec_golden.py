@@ -83,6 +83,8 @@ EVENTS: dict[str, e.Event] = {
     "ContainerMarkedDead": e.ContainerMarkedDead(),
     "RemovalFailed": e.RemovalFailed(error="device or resource busy"),
     "ContainerDestroyed": e.ContainerDestroyed(name="web"),
+    "RestartScheduled": e.RestartScheduled(generation=2, delay_ms=200, restart_count=3,
+                                           due=1_700_000_000_200_000_000),
     "DriftObserved": e.DriftObserved(container_id="c" * 64, resource="netns",
                                      detail="sandbox missing; released"),
     "CommandRejected": e.CommandRejected(command="StartContainer", status=409,
@@ -114,6 +116,7 @@ COMMANDS: dict[str, c.Command] = {
     "ReportStepFailed": c.ReportStepFailed(generation=3, step="endpoint", error="EEXIST",
                                            exit_code=126),
     "ReportRemoved": c.ReportRemoved(generation=3),
+    "ResumeRestart": c.ResumeRestart(generation=2),
     "ReportDrift": c.ReportDrift(resource="netns", detail="sandbox missing", generation=3),
 }
 

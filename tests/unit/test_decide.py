@@ -1017,3 +1017,64 @@ def test_resume_reissues_removal() -> None:
                                           {"container_id": B, "generation": 0,
                                            "ports": False})]
     assert resume(fold(scenario.records)) == resume(scenario.world)
+
+
+# --- restart policies (Docker's restart manager: back-off 100 ms, doubling, reset after 10 s) --
+
+def resumed(g: int = 1, cid: str = A) -> Step:
+    return cid, c.ResumeRestart(generation=g)
+
+
+def test_policy_always_schedules_a_restart_after_an_exit() -> None:
+    got = given(*running(host=policy("always"))).when(exited(code=3)).then(
+        e.NetworkDisconnected, e.ContainerDied,
+        e.RestartScheduled(generation=1, delay_ms=100, restart_count=1, due=99 + 100_000_000))
+    assert status_of(got.container()) == "restarting" and got.container().pid == 0
+
+
+def test_policy_restart_resumes_with_a_new_generation_then_doubles_the_back_off() -> None:
+    got = given(*running(host=policy("always")), exited()).when(resumed()).then(
+        e.StartInitiated)
+    assert got.events[0].generation == 2 and not got.events[0].manual
+    assert status_of(got.container()) == "restarting"
+    again = given(*running(host=policy("always")), exited(), resumed(), mounted(2),
+                  sandbox(2), joined(2)).when(spawned(2)).then(e.ContainerStarted)
+    assert status_of(again.container()) == "running"
+    # a quick second exit (the run lasted far less than 10 s) doubles the delay
+    third = given(*running(host=policy("always")), exited(), resumed(), *saga(2)).when(
+        exited(2)).then(e.NetworkDisconnected, e.ContainerDied, e.RestartScheduled(
+            generation=2, delay_ms=200, restart_count=2, due=99 + 200_000_000))
+    assert third.container().restart_count == 2
+
+
+def test_policy_on_failure_ignores_a_clean_exit_and_honours_its_maximum() -> None:
+    given(*running(host=policy("on-failure"))).when(exited(code=0)).then(
+        e.NetworkDisconnected, e.ContainerDied)
+    given(*running(host=policy("on-failure", 1)), exited(code=1), resumed(), *saga(2)).when(
+        exited(2, code=1)).then(e.NetworkDisconnected, e.ContainerDied)
+
+
+def test_policy_does_not_restart_after_a_manual_stop() -> None:
+    given(*running(host=policy("unless-stopped")), stop()).when(exited(code=143)).then(
+        e.NetworkDisconnected, e.ContainerDied, e.ContainerStopped)
+
+
+def test_stop_during_the_back_off_records_only_stop() -> None:
+    got = given(*running(host=policy("always")), exited()).when(stop()).then(
+        e.ContainerStopped)
+    assert status_of(got.container()) == "exited"
+    got.scenario.when(resumed()).then(ignored("no restart pending"))
+
+
+def test_force_remove_during_the_back_off_needs_no_signal() -> None:
+    given(*running(host=policy("always")), exited()).when(rm(force=True)).then(
+        e.RemovalStarted(force=True), e.ContainerMarkedDead)
+    given(*running(host=policy("always")), exited()).when(rm()).then(
+        (409, 'cannot remove container "web": container is restarting: stop the container '
+              "before removing or force remove"))
+
+
+def test_manual_restart_during_the_back_off_starts_at_once() -> None:
+    got = given(*running(host=policy("always")), exited()).when(restart()).then(
+        e.StartInitiated)
+    assert got.events[0].manual and got.container().restart_count == 0
