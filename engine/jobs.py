@@ -10,6 +10,7 @@ from rq.serializers import JSONSerializer
 
 from engine.keys import Keys
 from engine.react import Job
+from engine.scripts import TRIM_OUTBOX
 
 __all__ = ["JobOutbox", "decode_job", "encode_job", "queue_for"]
 
@@ -41,18 +42,24 @@ class JobOutbox:
         self._redis = redis
         self._keys = keys
         self._queue = queue_for(redis, keys)
+        self._trim = redis.register_script(TRIM_OUTBOX)
 
-    def drain(self) -> int:
+    def drain(self, epoch: int | None = None) -> int:
         """Enqueue every job waiting in the outbox, then drop them from it; return the count.
 
         A crash between enqueue and trim re-enqueues the same deterministic job ids on the
-        next drain: workers are idempotent, so at-least-once is enough.
+        next drain: workers are idempotent, so at-least-once is enough. With `epoch`, the
+        trim is fenced: a deposed leader's late drain must not drop what the new leader
+        pushed after it read (it would trim entries nobody enqueued).
         """
         raw = self._redis.lrange(self._keys.outbox, 0, -1)
         if not raw:
             return 0
         self.enqueue([decode_job(item) for item in raw])
-        self._redis.ltrim(self._keys.outbox, len(raw), -1)
+        if epoch is None:
+            self._redis.ltrim(self._keys.outbox, len(raw), -1)
+        else:
+            self._trim(keys=[self._keys.outbox, self._keys.epoch], args=[len(raw), epoch])
         return len(raw)
 
     def enqueue(self, jobs: list[Job]) -> None:

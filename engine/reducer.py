@@ -134,7 +134,7 @@ class Reducer:
         self.world = self._load_or_rebuild()
         self.timers.load(self.world)
         self._reread_pending()
-        self.outbox.drain()
+        self.outbox.drain(self.epoch)
         self.outbox.enqueue(resume(self.world))
 
     def _load_or_rebuild(self) -> World:
@@ -343,7 +343,7 @@ class Reducer:
         if status != "OK":
             log.warning("write refused (%s): rebuilding the snapshot from the events", result)
             raise _Redo()
-        self.outbox.drain()
+        self.outbox.drain(self.epoch)
 
     def _decide(self, decoded: list[Any], acks: list[Any], done: set[str]) -> _Batch:
         """Decide a prepared batch against memory and build its write's ARGV (no I/O)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "RELEASE", "RENEW", "WRITE"]
+__all__ = ["ACQUIRE", "RELEASE", "RENEW", "TRIM_OUTBOX", "WRITE"]
 
 # WRITE: apply one batch of decided commands atomically, or nothing at all.
 # KEYS[1] events      KEYS[2] containers   KEYS[3] versions   KEYS[4] world
@@ -107,6 +107,14 @@ if last ~= '' then
 end
 bulk('XACK', KEYS[6], ARGV[2], ARGV, acks_s, acks_e)
 return {'OK', last}
+"""
+
+# TRIM_OUTBOX: drop the first N outbox entries (handed to rq) only while the epoch is ours.
+# KEYS[1] outbox  KEYS[2] epoch   ARGV[1] N  ARGV[2] epoch   Returns 1 trimmed, 0 fenced.
+TRIM_OUTBOX = r"""
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+redis.call('LTRIM', KEYS[1], tonumber(ARGV[1]), -1)
+return 1
 """
 
 # ACQUIRE: take the lease if free and bump the fencing epoch.
