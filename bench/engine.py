@@ -137,10 +137,10 @@ def bench_e2e(r: Any, keys: Keys, n: int, mix: str = "lifecycle") -> dict[str, f
         setattr(reducer, attr, timed)
     drain = reducer.outbox.drain
 
-    def timed_drain() -> int:
+    def timed_drain(epoch: int | None = None) -> int:
         t = time.perf_counter()
         try:
-            return drain()
+            return drain(epoch)
         finally:
             timers["drain"] += time.perf_counter() - t
     reducer.outbox.drain = timed_drain  # type: ignore[method-assign]

@@ -228,7 +228,10 @@ class Reducer:
         """
         folded = len(entries)
         batch = self._decide(*self._prepare(entries, frozenset()))
-        ahead = [] if self._renewal_due() else self._read(block=False)
+        # A short batch means the stream was drained when read: write at once rather than
+        # spend a round trip reading ahead (keeps a lone command's latency low).
+        drained = len(entries) < self.batch
+        ahead = [] if drained or self._renewal_due() else self._read(block=False)
         while ahead:
             folded += len(ahead)
             prepared = self._prepare(ahead, batch.command_ids)
