@@ -14,20 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+from bench.host import percentile, private_engine
 
 
 def _docker(env: dict[str, str], *args: str) -> str:
@@ -39,52 +32,22 @@ def _docker(env: dict[str, str], *args: str) -> str:
 
 
 @contextmanager
-def private_engine() -> Iterator[tuple[str, str]]:
-    """Start redis, reducer, worker and the API; yield (DOCKER_HOST, image); tear down."""
-    from tests.conftest import start_redis
+def private_api() -> Iterator[tuple[str, str]]:
+    """Start a private engine with the API; `docker load` busybox; yield (host, image)."""
     from tests.imagebuild import SavedImage, busybox_rootfs_entries, docker_save_tar, layer_tar
 
-    work = tempfile.mkdtemp(prefix="moor-bench-docker-")
-    server = start_redis(work)
-    tag = uuid.uuid4().hex[:6]
-    env = dict(os.environ, MOOR_REDIS_URL=server.url, MOOR_DATA_ROOT=f"{work}/root",
-               MOOR_PREFIX=f"moorbench{tag}", MOOR_SUBNET="10.213.236.0/22",
-               MOOR_BRIDGE=f"moorbd{tag}")
-    sock = f"{work}/docker.sock"
-    programs: list[tuple[str, list[str]]] = [
-        ("commands.cli", ["reducer"]), ("workers.main", []), ("api.server", ["--socket", sock])]
-    procs = [subprocess.Popen([sys.executable, "-m", mod, *extra], env=env,
-                              stdout=subprocess.DEVNULL) for mod, extra in programs]
-    host = f"unix://{sock}"
-    try:
+    with private_engine("10.213.236.0/22", api=True) as engine:
         deadline = time.monotonic() + 30
-        while not os.path.exists(sock):
+        while not os.path.exists(engine.socket):
             if time.monotonic() > deadline:
                 raise SystemExit("moor api did not create its socket within 30 s")
             time.sleep(0.05)
+        host = f"unix://{engine.socket}"
         image = "busybox:bench"
-        tar = docker_save_tar(f"{work}/busybox.tar", [SavedImage(
+        tar = docker_save_tar(f"{engine.work}/busybox.tar", [SavedImage(
             layers=[layer_tar(busybox_rootfs_entries())], tags=[image])])
         _docker(_cli_env(host), "load", "-i", tar)
         yield host, image
-    finally:
-        for proc in procs:  # our own children, by PID
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        from workers import network, portmap
-        from workers.netconf import BridgeConfig
-
-        cfg = BridgeConfig(name=env["MOOR_BRIDGE"], subnet=env["MOOR_SUBNET"])
-        portmap.release_chains(cfg)
-        network.release_bridge(cfg)
-        server.proc.terminate()
-        server.proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _cli_env(host: str) -> dict[str, str]:
@@ -128,14 +91,14 @@ def main() -> None:
     if args.host:
         run_ms, rm_ms = measure(args.host, args.image, args.runs)
     else:
-        with private_engine() as (host, image):
+        with private_api() as (host, image):
             run_ms, rm_ms = measure(host, image, args.runs)
     version = subprocess.run(["docker", "version", "--format", "{{.Client.Version}}"],
                              capture_output=True, text=True).stdout.strip()
     print(f"docker CLI {version}, {args.runs} samples each")
     for label, values in (("docker run -d", run_ms), ("docker rm -f", rm_ms)):
         print(f"{label:<14} median {statistics.median(values):7.1f} ms   "
-              f"p90 {_pct(values, 0.9):7.1f} ms   min {min(values):7.1f} ms   "
+              f"p90 {percentile(values, 0.9):7.1f} ms   min {min(values):7.1f} ms   "
               f"max {max(values):7.1f} ms")
 
 

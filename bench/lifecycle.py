@@ -10,27 +10,18 @@ client (the `moor` CLI adds its own interpreter start-up, measured separately).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 
 import redis
 
+from bench.host import percentile, private_engine
 from commands.client import Client
 from engine.keys import keys_for
 from events.specs import ContainerConfig, HostConfig
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def main() -> None:
@@ -39,23 +30,14 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--latency-samples", type=int, default=30)
     args = parser.parse_args()
-    from tests.conftest import start_redis
     from tests.imagebuild import busybox_rootfs_tar
 
-    work = tempfile.mkdtemp(prefix="moor-bench-life-")
-    server = start_redis(work)
-    tag = uuid.uuid4().hex[:6]
-    env = dict(os.environ, MOOR_REDIS_URL=server.url, MOOR_DATA_ROOT=f"{work}/root",
-               MOOR_PREFIX=f"moorbench{tag}", MOOR_SUBNET="10.213.240.0/22",
-               MOOR_BRIDGE=f"moorbn{tag}")
-    procs = [subprocess.Popen([sys.executable, "-m", mod, *extra], env=env)
-             for mod, extra in (("commands.cli", ["reducer"]), ("workers.main", []))]
-    try:
-        tar = busybox_rootfs_tar(f"{work}/busybox.tar")
+    with private_engine("10.213.240.0/22") as engine:
+        tar = busybox_rootfs_tar(f"{engine.work}/busybox.tar")
         subprocess.run([sys.executable, "-m", "commands.cli", "image", "import", tar,
-                        "busybox"], env=env, check=True, stdout=subprocess.DEVNULL)
-        r = redis.Redis.from_url(server.url)
-        client = Client(r, keys_for(prefix=env["MOOR_PREFIX"]), timeout=60)
+                        "busybox"], env=engine.env, check=True, stdout=subprocess.DEVNULL)
+        r = redis.Redis.from_url(engine.redis_url)
+        client = Client(r, keys_for(prefix=engine.env["MOOR_PREFIX"]), timeout=60)
         config = ContainerConfig(image="busybox", cmd=("sleep", "300"))
         host = HostConfig()
 
@@ -94,32 +76,15 @@ def main() -> None:
         for _ in range(5):
             t0 = time.perf_counter()
             out = subprocess.run([sys.executable, "-m", "commands.cli", "run", "-d", "busybox",
-                                  "sleep", "300"], env=env, check=True, capture_output=True)
+                                  "sleep", "300"], env=engine.env, check=True, capture_output=True)
             cli.append((time.perf_counter() - t0) * 1000)
             client.remove(out.stdout.decode().strip(), force=True)
         print(f"create->running (client)  p50 {statistics.median(latency):7.1f} ms   "
-              f"p95 {_pct(latency, 0.95):7.1f} ms   (n={len(latency)})")
+              f"p95 {percentile(latency, 0.95):7.1f} ms   (n={len(latency)})")
         print(f"{args.runs} x (run -d, rm -f) sequential   {sequential:6.2f} s")
         print(f"{args.runs} x (run -d, rm -f) {args.parallel} parallel   {parallel:6.2f} s")
         print(f"`moor run -d` CLI process (incl. Python start-up) median "
               f"{statistics.median(cli):7.1f} ms")
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        from workers import network, portmap
-        from workers.netconf import BridgeConfig
-
-        cfg = BridgeConfig(name=env["MOOR_BRIDGE"], subnet=env["MOOR_SUBNET"])
-        portmap.release_chains(cfg)
-        network.release_bridge(cfg)
-        server.proc.terminate()
-        server.proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
