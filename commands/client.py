@@ -171,14 +171,20 @@ class Client:
     def start(self, ref: str, wait: bool = True, timeout: float | None = None) -> str:
         """Start; with `wait`, block until running and raise the start error if it failed."""
         sub = self.submit(c.StartContainer(ref=ref))
-        cid = sub.result.container_id
         if wait:
-            _, record = self.wait_event(
-                cid, sub.last_event_id,
-                lambda ev: isinstance(ev, e.ContainerStarted | e.StartFailed), timeout)
-            if isinstance(record.event, e.StartFailed):
-                raise _start_error(record.event)
-        return cid
+            self._await_start(sub, e.ContainerStarted, timeout)
+        return sub.result.container_id
+
+    def _await_start(self, sub: Submitted, done: type, timeout: float | None) -> None:
+        """Block until `done` (or StartFailed, raised as Docker's start error)."""
+        _, record = self.wait_event(sub.result.container_id, sub.last_event_id,
+                                    lambda ev: isinstance(ev, done | e.StartFailed), timeout)
+        if isinstance(record.event, e.StartFailed):
+            raise _start_error(record.event)
+
+    def _stop_grace(self, timeout: int | None) -> float:
+        """How long a stop may take: its timeout (Docker's default 10 s) plus ours."""
+        return (timeout if timeout is not None and timeout >= 0 else 10) + self.timeout
 
     def stop(self, ref: str, timeout: int | None = None, signal: str = "",
              wait: bool = True) -> str:
@@ -189,9 +195,9 @@ class Client:
             return ref  # Docker's CLI treats 304 as success
         cid = sub.result.container_id
         if wait:
-            grace = (timeout if timeout is not None and timeout >= 0 else 10) + self.timeout
             self.wait_event(cid, sub.last_event_id,
-                            lambda ev: isinstance(ev, e.ContainerDied | e.StartFailed), grace)
+                            lambda ev: isinstance(ev, e.ContainerDied | e.StartFailed),
+                            self._stop_grace(timeout))
         return cid
 
     def kill(self, ref: str, signal: str = "SIGKILL") -> str:
@@ -200,15 +206,9 @@ class Client:
     def restart(self, ref: str, timeout: int | None = None, signal: str = "",
                 wait: bool = True) -> str:
         sub = self.submit(c.RestartContainer(ref=ref, timeout=timeout, signal=signal))
-        cid = sub.result.container_id
         if wait:
-            grace = (timeout if timeout is not None and timeout >= 0 else 10) + self.timeout
-            _, record = self.wait_event(
-                cid, sub.last_event_id,
-                lambda ev: isinstance(ev, e.ContainerRestarted | e.StartFailed), grace)
-            if isinstance(record.event, e.StartFailed):
-                raise _start_error(record.event)
-        return cid
+            self._await_start(sub, e.ContainerRestarted, self._stop_grace(timeout))
+        return sub.result.container_id
 
     def remove(self, ref: str, force: bool = False, wait: bool = True) -> str:
         """Remove; with `wait`, block until destroyed (or raise the removal error)."""

@@ -142,6 +142,13 @@ def _create(world: World, env: c.Envelope, cmd: c.CreateContainer) -> tuple[str,
         config = msgspec.structs.replace(config, hostname=cid[:12])
     # A generated name can fall back to the short id, which a user may already hold.
     name = names.valid_name(cmd.name) if cmd.name else names.generate_name(cid, world.names)
+    _check_name_free(world, name)
+    return cid, [e.ContainerCreated(name=name, image=cmd.config.image, image_id=image_id,
+                                    config=config, host_config=host, created=env.issued_at)]
+
+
+def _check_name_free(world: World, name: str) -> None:
+    """Raise Docker's name conflict when another container holds the name."""
     holder = world.names.get(name)
     if holder is not None:
         raise Conflict(
@@ -149,8 +156,6 @@ def _create(world: World, env: c.Envelope, cmd: c.CreateContainer) -> tuple[str,
             f'"{holder}". You have to remove (or rename) that container to be able to '
             "reuse that name."
         )
-    return cid, [e.ContainerCreated(name=name, image=cmd.config.image, image_id=image_id,
-                                    config=config, host_config=host, created=env.issued_at)]
 
 
 def _endpoint_for(world: World, ctr: Container) -> Endpoint | None:
@@ -266,13 +271,10 @@ def _rename(world: World, env: c.Envelope, cmd: c.RenameContainer) -> tuple[str,
     new = names.valid_name(cmd.new_name)
     if new == ctr.name:
         raise InvalidParameter("Renaming a container with the same name as its current name")
-    holder = world.names.get(new)
-    if holder is not None:
-        raise Conflict(
-            f'Error when allocating new name: Conflict. The container name "/{new}" is '
-            f'already in use by container "{holder}". You have to remove (or rename) that '
-            "container to be able to reuse that name."
-        )
+    try:
+        _check_name_free(world, new)
+    except Conflict as err:
+        raise Conflict(f"Error when allocating new name: {err.message}") from None
     return ctr.id, [e.ContainerRenamed(old_name=ctr.name, new_name=new)]
 
 
