@@ -24,16 +24,17 @@ import redis
 
 from commands import schema as c
 from commands.client import Client, new_container_id
-from engine.decider import apply_command
-from engine.evolve import fold
+from commands.codec import CODEC
+from engine.core.decider import apply_command
+from engine.core.evolve import fold
+from engine.core.state import World
+from engine.eventlog import read_records
 from engine.keys import Keys, keys_for
 from engine.reducer import Reducer
-from engine.state import World
-from events.codec import CODEC
 from events.model import EventRecord
 from events.specs import ContainerConfig, ImageConfig, NetworkSpec
 from projections.journal import export_jsonl, import_jsonl
-from projections.stream import read_records, watch
+from projections.stream import watch
 
 IMAGE = "sha256:" + "ab" * 32
 NET = NetworkSpec(name="bridge", subnet="10.220.0.0/16", gateway="10.220.0.1", bridge="moor0")

@@ -45,10 +45,10 @@ def private_engine(subnet: str, api: bool = False) -> Iterator[PrivateEngine]:
     env = dict(os.environ, MOOR_REDIS_URL=server.url, MOOR_DATA_ROOT=f"{work}/root",
                MOOR_PREFIX=f"moorbench{tag}", MOOR_SUBNET=subnet, MOOR_BRIDGE=f"moorbn{tag}")
     sock = f"{work}/docker.sock"
-    programs: list[tuple[str, list[str]]] = [("commands.cli", ["reducer"]),
-                                             ("workers.main", [])]
+    programs: list[tuple[str, list[str]]] = [("moor.cli", ["reducer"]),
+                                             ("moor.worker", [])]
     if api:
-        programs.append(("api.server", ["--socket", sock]))
+        programs.append(("moor.api.server", ["--socket", sock]))
     procs = [subprocess.Popen([sys.executable, "-m", mod, *extra], env=env,
                               stdout=subprocess.DEVNULL) for mod, extra in programs]
     try:
@@ -62,8 +62,8 @@ def private_engine(subnet: str, api: bool = False) -> Iterator[PrivateEngine]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        from workers import network, portmap
-        from workers.netconf import BridgeConfig
+        from workers.net import network, portmap
+        from workers.net.netconf import BridgeConfig
 
         cfg = BridgeConfig(name=env["MOOR_BRIDGE"], subnet=env["MOOR_SUBNET"])
         portmap.release_chains(cfg)

@@ -34,7 +34,7 @@ def main() -> None:
 
     with private_engine("10.213.240.0/22") as engine:
         tar = busybox_rootfs_tar(f"{engine.work}/busybox.tar")
-        subprocess.run([sys.executable, "-m", "commands.cli", "image", "import", tar,
+        subprocess.run([sys.executable, "-m", "moor.cli", "image", "import", tar,
                         "busybox"], env=engine.env, check=True, stdout=subprocess.DEVNULL)
         r = redis.Redis.from_url(engine.redis_url)
         client = Client(r, keys_for(prefix=engine.env["MOOR_PREFIX"]), timeout=60)
@@ -75,7 +75,7 @@ def main() -> None:
         cli = []
         for _ in range(5):
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "commands.cli", "run", "-d", "busybox",
+            out = subprocess.run([sys.executable, "-m", "moor.cli", "run", "-d", "busybox",
                                   "sleep", "300"], env=engine.env, check=True, capture_output=True)
             cli.append((time.perf_counter() - t0) * 1000)
             client.remove(out.stdout.decode().strip(), force=True)

@@ -23,22 +23,23 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 import redis as redislib
 
+from commands.codec import CODEC, DecodeError
 from commands.schema import Envelope
 from engine import scripts
-from engine.decider import apply_command
-from engine.jobs import JobOutbox, encode_job
+from engine.core.decider import apply_command
+from engine.core.react import react, resume
+from engine.core.state import World
+from engine.eventlog import read_records
 from engine.keys import CONSUMER, GROUP, Keys
-from engine.react import react, resume
+from engine.outbox import JobOutbox, encode_job
 from engine.snapshot import (
     encode_world_parts,
     fold_for_snapshot,
     load_world,
     queue_snapshot_writes,
 )
-from engine.state import World
 from engine.timers import RestartTimers
 from events import model as e
-from events.codec import CODEC, DecodeError
 
 __all__ = ["Reducer"]
 
@@ -151,7 +152,6 @@ class Reducer:
 
     def rebuild(self) -> World:
         """Fold the whole events stream and rewrite the snapshot (it is only a cache)."""
-        from projections.stream import read_records  # the read side owns stream paging
 
         def skipped(bad: object) -> None:
             log.error("rebuild skipped an undecodable events entry: %s", bad)

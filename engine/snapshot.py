@@ -16,10 +16,10 @@ from typing import Any
 
 import msgspec
 
-from engine.evolve import evolve
-from engine.ipam import address_key
+from engine.core.evolve import evolve
+from engine.core.ipam import address_key
+from engine.core.state import Container, Image, World
 from engine.keys import Keys
-from engine.state import Container, Image, World
 from events.model import EventRecord
 from events.specs import NetworkSpec
 

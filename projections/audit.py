@@ -12,11 +12,11 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from engine.evolve import evolve
-from engine.state import World
+from engine.core.evolve import evolve
+from engine.core.state import World
 from events import model as e
 from projections.journal import export_jsonl, import_jsonl, load_into
-from projections.points import id_key, id_ms, rfc3339_millis
+from projections.views.points import id_key, id_ms, rfc3339_millis
 
 __all__ = [
     "TimelineEntry",
@@ -88,7 +88,7 @@ def format_entry(entry: TimelineEntry) -> str:
 def replay(records: Iterable[tuple[str, e.EventRecord]], until_id: str | None = None,
            until_ns: int | None = None, world: World | None = None
            ) -> tuple[World, list[TimelineEntry]]:
-    """Fold records with engine.evolve up to an id and/or a recorded time (both inclusive)."""
+    """Fold records with engine.core.evolve up to an id and/or a recorded time (both inclusive)."""
     world = world if world is not None else World()
     limit = id_key(until_id, upper=True) if until_id else None
     limit_ms = until_ns // 1_000_000 if until_ns is not None else None

@@ -14,14 +14,14 @@ from typing import IO, Any, NamedTuple
 import msgspec
 import redis as redislib
 
+from commands.codec import CODEC, DecodeError
+from engine.core.state import World
 from engine.errors import Conflict, Internal, InvalidParameter, Unavailable
+from engine.eventlog import BadEntry, OnBad
 from engine.keys import Keys
 from engine.snapshot import fold_for_snapshot, queue_snapshot_writes
-from engine.state import World
-from events.codec import CODEC, DecodeError
 from events.model import EventRecord
-from projections.points import id_key, is_stream_id
-from projections.stream import BadEntry, OnBad
+from projections.views.points import id_key, is_stream_id
 
 __all__ = ["LoadResult", "export_jsonl", "import_jsonl", "load_into"]
 

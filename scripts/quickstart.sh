@@ -7,11 +7,11 @@ source scripts/setup.sh
 
 export MOOR_DATA_ROOT=${MOOR_DATA_ROOT:-/var/lib/moorage}
 unset MOOR_REDIS_URL  # the embedded default: moor starts (and reuses) its own Redis
-moor() { python3 -m commands.cli "$@"; }
+moor() { python3 -m moor.cli "$@"; }
 
 say "moor up (embedded Redis, reducer, worker)"
 mkdir -p "$MOOR_DATA_ROOT"
-python3 -m commands.cli up >"$MOOR_DATA_ROOT/up.log" 2>&1 &
+python3 -m moor.cli up >"$MOOR_DATA_ROOT/up.log" 2>&1 &
 UP=$!
 trap 'kill -TERM $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
 sleep 2
@@ -49,4 +49,4 @@ moor rm quickstart-web
 say "the journal (docker events shape) and an audited replay"
 moor events --since 10m --until 0s --filter container=quickstart-web
 moor replay --verify | tail -3
-say "done; the engine stops now (run \`python3 -m commands.cli up\` to keep it running)"
+say "done; the engine stops now (run \`python3 -m moor.cli up\` to keep it running)"

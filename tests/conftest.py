@@ -48,7 +48,7 @@ def start_redis(workdir: str, appendonly: bool = True, port: int | None = None,
                 exe: str | None = None) -> RedisServer:
     """Start a private redis-server on a free port with AOF everysec in workdir."""
     if exe is None:
-        from engine.redis_embedded import EmbeddedRedisError, find_redis_server
+        from moor.embedded import EmbeddedRedisError, find_redis_server
 
         try:
             exe = find_redis_server()

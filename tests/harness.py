@@ -17,8 +17,8 @@ from rq.job import Job as RqJob
 
 from commands import schema as c
 from commands.client import Client
-from engine.jobs import queue_for
 from engine.keys import Keys, keys_for
+from engine.outbox import queue_for
 from engine.reducer import Reducer
 from events.specs import ContainerConfig, ImageConfig, NetworkSpec
 
@@ -141,6 +141,6 @@ def to_builtins(obj: Any) -> Any:
 
 def all_records(redis: Any, keys: Keys) -> list[Any]:
     """Read the whole events stream as (id, EventRecord) pairs (small test streams)."""
-    from events.codec import CODEC
+    from commands.codec import CODEC
 
     return [(i.decode(), CODEC.record(f[b"d"])) for i, f in redis.xrange(keys.events)]

@@ -14,8 +14,8 @@ import msgspec
 
 from commands import schema as c
 from commands.client import Client
+from engine.core.state import Container
 from engine.keys import Keys
-from engine.state import Container
 
 __all__ = ["HostContext", "configure", "current"]
 

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from workers import process, saga
+from workers import saga
 from workers.context import current
+from workers.proc import process
 
 __all__ = ["remove_container", "signal_container", "start_container", "teardown_container"]
 

@@ -14,13 +14,15 @@ import time
 from typing import Any
 
 from commands import schema as c
-from engine.jobs import JobOutbox
-from engine.react import resume
+from engine.core.react import resume
+from engine.core.state import Container
+from engine.outbox import JobOutbox
 from engine.snapshot import load_world
-from engine.state import Container
-from workers import network, portmap, process, rootfs
 from workers.context import HostContext
+from workers.net import network, portmap
+from workers.proc import process
 from workers.saga import release_runtime
+from workers.storage import rootfs
 
 __all__ = ["reconcile"]
 

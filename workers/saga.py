@@ -18,13 +18,15 @@ from typing import Any
 import msgspec
 
 from commands import schema as c
+from engine.core.state import saga_steps
 from engine.errors import MoorError
-from engine.state import saga_steps
 from events.specs import ContainerConfig, HostConfig, NetworkSpec
-from workers import images, network, portmap, rootfs, supervisor
 from workers.context import HostContext
-from workers.hostfiles import write_hostfiles
-from workers.netconf import BridgeConfig, from_port_bindings
+from workers.net import network, portmap
+from workers.net.hostfiles import write_hostfiles
+from workers.net.netconf import BridgeConfig, from_port_bindings
+from workers.proc import supervisor
+from workers.storage import images, rootfs
 
 __all__ = ["forget_bridges", "release_runtime", "remove", "signal", "start", "teardown"]
 
@@ -174,7 +176,7 @@ def start(ctx: HostContext, plan: dict[str, Any]) -> None:
 def signal(ctx: HostContext, cid: str, generation: int, sig: int, timeout: int | None,
            purpose: str) -> None:
     """Deliver a signal; a stop hands its SIGKILL escalation to the supervisor."""
-    from workers import process
+    from workers.proc import process
 
     _, state_dir, _ = _paths(ctx, cid)
     if purpose in ("stop", "restart"):

@@ -1,7 +1,7 @@
 """End-to-end fixtures: one isolated moorage engine (reducer + worker) per test session.
 
 The session's `moor_engine` runs the real programs as subprocesses against the session's
-private redis-server: `python -m commands.cli reducer` and `python -m workers.main`, with
+private redis-server: `python -m moor.cli reducer` and `python -m moor.worker`, with
 a unique key prefix, bridge, subnet and data root, and the busybox image imported with
 `moor image import`. Tests drive it through the `moor` CLI (`engine.moor(...)`) and assert
 quickly through a Python `Client` and the snapshot.
@@ -37,15 +37,15 @@ import pytest
 import redis as redislib
 
 from commands.client import Client
+from commands.codec import CODEC
+from engine.core.state import Container
 from engine.errors import MoorError
 from engine.keys import Keys, keys_for
 from engine.snapshot import load_world
-from engine.state import Container
 from events import model as e
-from events.codec import CODEC
 from events.specs import ContainerConfig, HostConfig, PortBinding
-from projections.inspect import find_container, inspect_container
 from projections.stream import load_live
+from projections.views.inspect import find_container, inspect_container
 from tests.conftest import RedisServer, missing_capability, require_root
 from tests.imagebuild import busybox_rootfs_tar, find_busybox
 
@@ -183,12 +183,12 @@ class Engine:
             log.close()
 
     def start_reducer(self) -> None:
-        self.reducer = self._spawn("reducer", [sys.executable, "-m", "commands.cli", "reducer"])
+        self.reducer = self._spawn("reducer", [sys.executable, "-m", "moor.cli", "reducer"])
 
     def start_worker(self) -> None:
         """Start `moor worker` (reconcile runs first) and wait until rq lists it."""
         assert self.worker is None or self.worker.poll() is not None, "a worker still runs"
-        self.worker = self._spawn("worker", [sys.executable, "-m", "workers.main"])
+        self.worker = self._spawn("worker", [sys.executable, "-m", "moor.worker"])
         pid = self.worker.pid
 
         def registered() -> bool:
@@ -228,7 +228,7 @@ class Engine:
     def moor(self, *args: str, check: bool = True, timeout: float = 90,
              input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the `moor` CLI against this engine; with check, fail on a non-zero exit."""
-        done = subprocess.run([sys.executable, "-m", "commands.cli", *args], cwd=REPO,
+        done = subprocess.run([sys.executable, "-m", "moor.cli", *args], cwd=REPO,
                               env=self.env, capture_output=True, text=True, timeout=timeout,
                               input=input if input is not None else "")
         if check and done.returncode != 0:
@@ -432,7 +432,7 @@ def moor_engine(redis_server: RedisServer) -> Iterator[Engine]:
     if busybox is None:
         missing_capability("/bin/busybox (apt-get install busybox-static)")
         raise AssertionError("unreachable")
-    from workers.netconf import BridgeConfig
+    from workers.net.netconf import BridgeConfig
 
     token = secrets.token_hex(3)
     workdir = tempfile.mkdtemp(prefix=f"moor-e2e-{token}-")
@@ -470,7 +470,7 @@ def moor_engine(redis_server: RedisServer) -> Iterator[Engine]:
 def _teardown(engine: Engine, cfg: Any) -> list[str]:
     """Remove every container, stop both programs, release the bridge, drop the data root
     and the keys; return what went wrong and what is left (every step runs regardless)."""
-    from workers import network, portmap
+    from workers.net import network, portmap
 
     problems: list[str] = []
 

@@ -22,7 +22,7 @@ from rq.serializers import JSONSerializer
 
 from events import model as e
 from tests.e2e.conftest import Engine, free_port, http_get, ps_status, start_ticks, wait_for
-from workers import portmap
+from workers.net import portmap
 
 pytestmark = pytest.mark.privileged
 

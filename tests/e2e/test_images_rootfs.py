@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.core.names import normalize_image_ref
 from engine.errors import Conflict, Internal, InvalidParameter, NotFound
-from engine.names import normalize_image_ref
 from tests.conftest import missing_capability
 from tests.imagebuild import (
     Entry,
@@ -26,8 +26,8 @@ from tests.imagebuild import (
     layer_tar,
     oci_layout,
 )
-from workers import archives, images, rootfs
-from workers.tarsafe import ArchiveError, UnsafeArchive
+from workers.storage import archives, images, rootfs
+from workers.storage.tarsafe import ArchiveError, UnsafeArchive
 
 CID = "c0ffee" * 10 + "abcd"  # 64 hex, like a real container id
 

@@ -24,8 +24,8 @@ from commands.options import parse_publish
 from engine.errors import Conflict, MoorError
 from events.specs import PortBinding
 from tests.conftest import free_port, missing_capability
-from workers import network, portmap
-from workers.netconf import (
+from workers.net import network, portmap
+from workers.net.netconf import (
     BridgeConfig,
     PortMapping,
     from_port_bindings,

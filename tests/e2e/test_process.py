@@ -27,9 +27,9 @@ import redis
 
 from engine.errors import MoorError
 from tests.conftest import RedisServer, free_port, missing_capability, start_redis
-from workers import cgroups, process, stopper
-from workers.logs import parse_time, read_logs
-from workers.supervisor import (
+from workers.proc import cgroups, process, stopper
+from workers.proc.logs import parse_time, read_logs
+from workers.proc.supervisor import (
     SUPERVISOR_LOG,
     BindMount,
     Limits,
@@ -388,8 +388,8 @@ def test_killed_supervisor_takes_the_process_down(make_spec: Make) -> None:
 _CALLER = """
 import os, sys, msgspec
 from workers import nsutil
-from workers.process import reap_children
-from workers.supervisor import ProcessSpec, spawn
+from workers.proc.process import reap_children
+from workers.proc.supervisor import ProcessSpec, spawn
 if sys.argv[2] == "subreaper":
     nsutil.set_child_subreaper()
 spec = msgspec.json.decode(sys.argv[1].encode(), type=ProcessSpec)

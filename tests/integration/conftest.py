@@ -12,7 +12,7 @@ import fakeredis
 import pytest
 import redis
 
-from engine.redis_embedded import bundled_redis_server
+from moor.embedded import bundled_redis_server
 from tests.conftest import RedisServer, start_redis
 from tests.harness import cleanup, fresh_keys
 

@@ -35,14 +35,14 @@ import pytest
 import redis
 
 from commands import schema as c
-from engine.decide import decide
-from engine.decider import apply_command
+from commands.codec import CODEC
+from engine.core.decide import decide
+from engine.core.decider import apply_command
+from engine.core.react import react
+from engine.core.state import World
 from engine.keys import GROUP, Keys
-from engine.react import react
 from engine.reducer import Reducer
 from engine.snapshot import encode_world_parts, load_world, world_from_parts
-from engine.state import World
-from events.codec import CODEC
 from tests.conftest import RedisServer, start_redis
 from tests.harness import IMAGE_ID, SUBNET, busybox, cleanup, fresh_keys
 from tests.integration.workload import (
@@ -65,14 +65,14 @@ LEASE_MS = 800
 # --- the reducer subprocess ---------------------------------------------------------------
 
 class ReducerProcess:
-    """`python -m commands.cli reducer` under a test prefix; stopped by PID."""
+    """`python -m moor.cli reducer` under a test prefix; stopped by PID."""
 
     def __init__(self, url: str, keys: Keys, log: Path) -> None:
         self.log = log
         env = {**os.environ, "MOOR_PREFIX": keys.prefix, "PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "commands.cli", "--redis-url", url, "reducer",
+                [sys.executable, "-m", "moor.cli", "--redis-url", url, "reducer",
                  "--no-default-network", "--lease-ms", str(LEASE_MS), "--batch", "50"],
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
 

@@ -17,7 +17,7 @@ import pytest
 
 from commands import schema as c
 from commands.client import Client
-from engine.evolve import fold
+from engine.core.evolve import fold
 from engine.keys import GROUP
 from engine.reducer import Reducer, _Deposed
 from engine.snapshot import load_world

@@ -22,14 +22,15 @@ import pytest
 import redis
 
 from commands import schema as c
+from commands.codec import CODEC
 from engine.errors import Conflict
+from engine.eventlog import BadEntry, read_records
 from engine.keys import Keys, keys_for
 from engine.snapshot import load_world
-from events.codec import CODEC
 from events.model import EventRecord
-from projections import cli
+from moor import readcli as cli
 from projections.audit import export_jsonl, import_jsonl, load_into, replay, verify
-from projections.stream import BadEntry, read_records, tail_id, watch
+from projections.stream import tail_id, watch
 from tests.unit.test_projections import A, B, Journal, scenario
 
 

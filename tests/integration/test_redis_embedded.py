@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from engine.redis_embedded import (
+from moor.embedded import (
     EmbeddedRedis,
     EmbeddedRedisError,
     data_root,
@@ -190,7 +190,7 @@ def test_running_server_is_found_by_its_socket_when_run_files_are_gone(root: Roo
 
 def test_concurrent_starts_share_one_server(root: Root) -> None:
     code = (
-        "import sys; from engine.redis_embedded import ensure_embedded as e; "
+        "import sys; from moor.embedded import ensure_embedded as e; "
         "print(e(sys.argv[1]).pid)"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from commands.client import Client
+from engine.core.evolve import fold
+from engine.core.state import status_of
 from engine.errors import Conflict, NotFound
-from engine.evolve import fold
 from engine.snapshot import load_world
-from engine.state import status_of
 from tests.harness import ReducerThread, SagaDriver, busybox, drive, seed
 from tests.harness import all_records as read_records
 

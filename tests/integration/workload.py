@@ -16,10 +16,10 @@ from typing import Any
 import msgspec
 
 from commands import schema as c
-from engine.decider import apply_command
-from engine.state import World
+from commands.codec import CODEC, CommandResult
+from engine.core.decider import apply_command
+from engine.core.state import World
 from events import model as e
-from events.codec import CODEC, CommandResult
 from events.specs import ContainerConfig, HostConfig, RestartPolicy
 from tests.harness import IMAGE_ID, SUBNET
 

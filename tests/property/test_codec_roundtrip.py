@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from commands import schema as c
+from commands.codec import CODEC, CommandResult
 from events import model as e
-from events.codec import CODEC, CommandResult
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 TEXT = st.text(max_size=12)

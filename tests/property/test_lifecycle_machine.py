@@ -1,7 +1,7 @@
 """A rule-based state machine over random commands AND worker reports, on a live World.
 
 Commands and reports (for the current, older and future generations, plus exact
-duplicates) go through `engine.decider.apply_command`, as the reducer does; every record is
+duplicates) go through `engine.core.decider.apply_command`, as the reducer does; every record is
 kept. After every step the invariants below must hold:
 
 (a) folding all records from scratch gives the live world;
@@ -35,11 +35,11 @@ from hypothesis.stateful import (
 )
 
 from commands import schema as c
-from engine.decider import Outcome, apply_command
-from engine.evolve import fold
-from engine.ipam import address_key
+from engine.core.decider import Outcome, apply_command
+from engine.core.evolve import fold
+from engine.core.ipam import address_key
+from engine.core.state import World, status_of
 from engine.snapshot import encode_world_parts, world_from_parts
-from engine.state import World, status_of
 from events import model as e
 from events.specs import ContainerConfig, HostConfig, ImageConfig, NetworkSpec, RestartPolicy
 

@@ -17,9 +17,9 @@ import fakeredis
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from api.app import build_app
-from api.context import ApiContext
 from commands.client import Client
+from moor.api.app import build_app
+from moor.api.context import ApiContext
 from tests.harness import ReducerThread, cleanup, fresh_keys, seed
 
 Check = Callable[[TestClient[Any, Any]], Awaitable[None]]

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from api.create import UnsupportedSetting, container_spec, create_warnings, is_unset
 from engine.errors import InvalidParameter
 from events.specs import PortBinding, RestartPolicy
+from moor.api.create import UnsupportedSetting, container_spec, create_warnings, is_unset
 
 # `docker run -d --name web -p 8080:80 busybox httpd -f -p 80` (docker CLI 28.2, API 1.50).
 CLI_BODY: dict[str, Any] = {

@@ -19,8 +19,8 @@ import msgspec
 import pytest
 
 from commands import schema as c
+from commands.codec import CODEC, CommandResult
 from events import model as e
-from events.codec import CODEC, CommandResult
 from events.specs import (
     ContainerConfig,
     Endpoint,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from api.server import build_parser as api_parser
-from commands.cli import build_parser
+from moor.api.server import build_parser as api_parser
+from moor.cli import build_parser
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.dev.yml"
 

@@ -14,11 +14,11 @@ import msgspec
 import pytest
 
 from commands import schema as c
-from engine.decider import Outcome, apply_command
-from engine.evolve import fold
-from engine.names import generate_name
-from engine.react import Job, react, resume
-from engine.state import World, status_of
+from engine.core.decider import Outcome, apply_command
+from engine.core.evolve import fold
+from engine.core.names import generate_name
+from engine.core.react import Job, react, resume
+from engine.core.state import World, status_of
 from events import model as e
 from events.specs import ContainerConfig, HostConfig, ImageConfig, NetworkSpec, RestartPolicy
 

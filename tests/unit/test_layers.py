@@ -1,10 +1,22 @@
-"""The import rule, checked on the source (ast), not by importing anything.
+"""The layer rules, checked by folder on the source (ast), not by importing anything.
 
-1. The pure core (events, the command schema, the decider, names/IPAM/validation, errors,
-   keys, and the pure projections) imports no infrastructure, no clock and no randomness:
-   not directly, and not through any project module it imports.
-2. Nothing outside `workers/` imports `workers` (the engine names jobs by dotted strings).
-   Tests and bench/ are exempt: they exercise and clean up the host side directly.
+The folders, bottom to top (docs/decisions/0003-layout.md):
+
+    events/                     pure facts and value types
+    commands/                   pure schema, options, the one codec   (commands/client/: I/O)
+    engine/core/                the pure decider
+    engine/                     the single writer's shell (Redis), keys, errors
+    projections/views/          pure read folds      projections/: their Redis runners
+    workers/                    host side effects (storage/, net/, proc/) and rq entry points
+    moor/                       every program and the wiring: CLI, up, API server, embedded Redis
+
+1. A pure folder imports no infrastructure, clock or randomness: not directly, and not
+   through any project module it imports.
+2. engine/ imports neither projections/, workers/ nor moor/.
+3. Nothing imports moor/ (the programs) but moor/ itself.
+4. Only workers/ and moor/ import workers/ (the engine names jobs by dotted strings).
+5. projections/ imports neither workers/ nor moor/.
+Tests and bench/ are exempt: they exercise and clean up the host side directly.
 """
 
 from __future__ import annotations
@@ -16,21 +28,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("engine", "commands", "events", "workers", "projections")
-FORBIDDEN = frozenset({"redis", "rq", "pyroute2", "time", "uuid", "logging", "random", "socket",
-                       "os", "subprocess", "workers", "importlib"})
-ENGINE_PURE = ("state", "decide", "evolve", "decider", "react", "names", "ipam", "validate",
-               "errors", "keys")
-PROJECTIONS_PURE = ("ps", "inspect", "feed")
+PACKAGES = ("events", "commands", "engine", "projections", "workers", "moor")
+PURE_FOLDERS = ("events", "commands", "engine/core", "projections/views")
+IO_SUBFOLDERS = ("commands/client",)  # the control plane's Redis client sits beside its schema
+FORBIDDEN = frozenset({"redis", "rq", "pyroute2", "aiohttp", "time", "uuid", "logging",
+                       "random", "socket", "os", "subprocess", "importlib", "secrets",
+                       "threading", "asyncio", "workers", "moor"})
+
+
+def module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def files_under(folder: str, exclude: tuple[str, ...] = ()) -> list[Path]:
+    return [p for p in sorted((ROOT / folder).rglob("*.py"))
+            if not any(p.is_relative_to(ROOT / x) for x in exclude)]
 
 
 def pure_modules() -> list[str]:
-    mods = [f"events.{p.stem}" for p in sorted((ROOT / "events").glob("*.py"))]
-    mods.append("commands.schema")
-    mods += [f"engine.{name}" for name in ENGINE_PURE]
-    mods += [f"projections.{name}" for name in PROJECTIONS_PURE
-             if (ROOT / "projections" / f"{name}.py").exists()]
-    return mods
+    return [module_of(p) for folder in PURE_FOLDERS for p in files_under(folder, IO_SUBFOLDERS)]
 
 
 def path_of(module: str) -> Path | None:
@@ -40,11 +57,6 @@ def path_of(module: str) -> Path | None:
         if candidate.exists():
             return candidate
     return None
-
-
-def module_of(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 @cache
@@ -66,7 +78,7 @@ def imports_of(module: str) -> tuple[str, ...]:
             else:
                 base = node.module or ""
             found.append(base)
-            # `from engine import names` imports the module engine.names
+            # `from engine.core import names` imports the module engine.core.names
             found += [f"{base}.{alias.name}" for alias in node.names
                       if path_of(f"{base}.{alias.name}") is not None]
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
@@ -92,31 +104,56 @@ def forbidden(name: str) -> bool:
     return name == "__import__" or name.split(".")[0] in FORBIDDEN
 
 
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
 @pytest.mark.parametrize("module", pure_modules())
-def test_pure_core_imports_no_infrastructure(module: str) -> None:
+def test_pure_folders_import_no_infrastructure(module: str) -> None:
     bad = {f"{where} imports {name}" for where, names in closure(module).items()
            for name in names if forbidden(name)}
     assert not bad, sorted(bad)
 
 
-def project_files_outside_workers() -> list[Path]:
-    files = sorted(ROOT.glob("*.py"))
-    for package in PACKAGES:
-        if package not in ("workers", "api"):  # api: a host daemon, like dockerd
-            files += sorted((ROOT / package).rglob("*.py"))
-    return files
+RULES = [  # (folder, packages it must not import, why)
+    ("engine", ("projections", "workers", "moor"), "the engine is below every reader and host"),
+    ("projections", ("workers", "moor"), "projections read the journal, never the host"),
+    ("events", ("commands", "engine", "projections", "workers", "moor"), "events are the bottom"),
+    ("commands", ("engine.core", "engine.reducer", "projections", "workers", "moor"),
+     "commands sit below the decider"),
+]
+for _package in PACKAGES:
+    if _package not in ("workers", "moor"):
+        RULES.append((_package, ("workers",), "the engine names jobs by dotted strings"))
+    if _package != "moor":
+        RULES.append((_package, ("moor",), "nothing imports the programs"))
 
 
-@pytest.mark.parametrize("path", project_files_outside_workers(),
-                         ids=lambda p: str(p.relative_to(ROOT)))
-def test_nothing_outside_workers_imports_workers(path: Path) -> None:
-    bad = [name for name in imports_of(module_of(path)) if name.split(".")[0] == "workers"]
-    assert not bad, f"{path.relative_to(ROOT)} imports {bad}; name jobs by dotted strings"
+def rule_cases() -> list[tuple[Path, tuple[str, ...], str]]:
+    return [(path, banned, why) for folder, banned, why in RULES for path in files_under(folder)]
+
+
+@pytest.mark.parametrize("path,banned,why", rule_cases(),
+                         ids=lambda v: str(v.relative_to(ROOT)) if isinstance(v, Path) else "")
+def test_folder_rules(path: Path, banned: tuple[str, ...], why: str) -> None:
+    bad = [name for name in imports_of(module_of(path))
+           if any(name == b or name.startswith(b + ".") for b in banned)]
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}: {why}"
+
+
+def test_every_source_file_is_in_a_layer() -> None:
+    # A new top-level package must be placed in a layer (and in this test) on purpose.
+    found = {p.name for p in ROOT.iterdir()
+             if p.is_dir() and (p / "__init__.py").exists() and p.name not in ("tests", "bench")}
+    assert found == set(PACKAGES)
 
 
 def test_the_rule_sees_what_it_should() -> None:
     # Guard the checker itself: it resolves `from x import y` submodules and follows them.
-    assert "engine.names" in imports_of("engine.decide")
-    assert "engine.errors" in closure("engine.decide")
+    assert "engine.core.names" in imports_of("engine.core.decide")
+    assert "engine.errors" in closure("engine.core.decide")
     assert forbidden("redis.client") and forbidden("os") and not forbidden("osmium")
-    assert len(pure_modules()) >= 16
+    assert "engine.core.decide" in pure_modules() and "commands.schema" in pure_modules()
+    assert "commands.client.session" not in pure_modules()
+    assert "projections.views.ps" in pure_modules() and "projections.stream" not in pure_modules()
+    assert len(rule_cases()) > 100

@@ -11,8 +11,8 @@ import pytest
 from engine.config import default_network
 from engine.errors import InvalidParameter
 from events import specs
-from workers import hostfiles
-from workers.netconf import (
+from workers.net import hostfiles
+from workers.net.netconf import (
     BridgeConfig,
     PortMapping,
     cid_from_netns_name,

@@ -1,6 +1,6 @@
 """Pure projections: ps, inspect, the docker-events feed, watch rows, replay/verify, export/import.
 
-Worlds are built by driving commands through `engine.decider.apply_command`, exactly as the
+Worlds are built by driving commands through `engine.core.decider.apply_command`, exactly as the
 reducer does, and the records it produces are kept with reducer-like stream ids.
 """
 
@@ -14,9 +14,9 @@ import msgspec
 import pytest
 
 from commands import schema as c
-from engine.decider import Outcome, apply_command
+from engine.core.decider import Outcome, apply_command
+from engine.core.state import World
 from engine.errors import InvalidParameter, NotFound
-from engine.state import World
 from events import model as e
 from events.specs import (
     ContainerConfig,
@@ -26,18 +26,18 @@ from events.specs import (
     PortBinding,
 )
 from projections.audit import export_jsonl, format_entry, import_jsonl, replay, verify
-from projections.changes import ChangeView, format_change
-from projections.feed import FeedState, docker_event, event_filter, feed, format_event
-from projections.filters import parse_filter_flags, parse_filters_json
-from projections.inspect import find_image, inspect_container, inspect_image
-from projections.points import (
+from projections.views.changes import ChangeView, format_change
+from projections.views.feed import FeedState, docker_event, event_filter, feed, format_event
+from projections.views.filters import parse_filter_flags, parse_filters_json
+from projections.views.inspect import find_image, inspect_container, inspect_image
+from projections.views.points import (
     ZERO_TIME,
     human_duration,
     parse_point,
     parse_time,
     rfc3339_nano,
 )
-from projections.ps import format_table, list_containers, table_row
+from projections.views.ps import format_table, list_containers, table_row
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S  # 2023-11-14T22:13:20Z

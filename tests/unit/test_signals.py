@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from events.signals import parse_signal, signal_name
-from workers.process import exit_code_of
+from workers.proc.process import exit_code_of
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

@@ -13,8 +13,8 @@ import pytest
 
 from engine.errors import InvalidParameter
 from tests.imagebuild import Entry, diff_id, layer_tar
-from workers import tarsafe
-from workers.tarsafe import ArchiveError, Limits, UnsafeArchive, extract_layer
+from workers.storage import tarsafe
+from workers.storage.tarsafe import ArchiveError, Limits, UnsafeArchive, extract_layer
 
 
 def extract(tmp_path: Path, entries: list[Entry], **kw: object) -> Path:

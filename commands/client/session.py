@@ -1,0 +1,239 @@
+"""The control-plane client: submit commands, wait for results and lifecycle outcomes.
+
+    client = Client(redis.Redis.from_url(url), keys_for())
+    cid = client.create(ContainerConfig(image="busybox", cmd=("sleep", "60")), name="web")
+    client.start("web")          # waits until running (or raises the start error)
+    client.remove("web", force=True)
+
+Errors are engine.errors classes carrying Docker's status and text.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis as redislib
+
+from commands import schema as c
+from commands.codec import CODEC, CommandResult
+from engine.errors import (
+    InvalidParameter,
+    MoorError,
+    NotModified,
+    Timeout,
+    Unavailable,
+    error_for_status,
+)
+from engine.keys import Keys
+from events import model as e
+from events.specs import ContainerConfig, HostConfig
+
+__all__ = ["Client", "Submitted", "new_container_id"]
+
+
+def new_container_id() -> str:
+    """Return 64 random hex chars whose short form is not all digits (as Docker does)."""
+    while True:
+        cid = secrets.token_hex(32)
+        if not cid[:12].isdigit():
+            return cid
+
+
+class Submitted:
+    """A command's result plus the events-stream id of its last event (a watch cursor)."""
+
+    def __init__(self, result: CommandResult, last_event_id: str) -> None:
+        self.result = result
+        self.last_event_id = last_event_id
+
+
+class Client:
+    """Submit commands to one shard and wait for what the reducer decided."""
+
+    def __init__(self, redis: Any, keys: Keys, *, actor: str = "moor", reason: str = "",
+                 timeout: float = 30.0) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.actor = actor
+        self.reason = reason
+        self.timeout = timeout
+
+    # --- the primitive ------------------------------------------------------------
+
+    def send(self, cmd: c.Command, *, container_id: str = "", command_id: str | None = None,
+             reason: str | None = None, causation_id: str = "", reply: bool = False) -> str:
+        """Append a command to the commands stream; return its id.
+
+        With `reply`, the reducer also pushes the result to the command's reply list,
+        which `wait_result` blocks on.
+        """
+        env = c.Envelope(command_id=command_id or uuid.uuid4().hex, container_id=container_id,
+                         issued_at=time.time_ns(), actor=self.actor,
+                         reason=self.reason if reason is None else reason,
+                         causation_id=causation_id, reply=reply)
+        try:
+            self.redis.xadd(self.keys.commands,
+                            {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)})
+        except redislib.ConnectionError as exc:
+            raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
+        return env.command_id
+
+    def submit(self, cmd: c.Command, *, container_id: str = "", command_id: str | None = None,
+               reason: str | None = None, timeout: float | None = None,
+               check: bool = True) -> Submitted:
+        """Append a command and block until the reducer's result arrives.
+
+        With `check`, a rejection raises its typed error (NotModified included).
+        """
+        command_id = self.send(cmd, container_id=container_id, command_id=command_id,
+                               reason=reason, reply=True)
+        submitted = self.wait_result(command_id, timeout)
+        if check and not submitted.result.ok:
+            raise error_for_status(submitted.result.status, submitted.result.message)
+        return submitted
+
+    def wait_result(self, command_id: str, timeout: float | None = None) -> Submitted:
+        """Block on the command's reply list (no polling); fall back to the stored result."""
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        key = self.keys.reply(command_id)
+        value = None
+        try:
+            while value is None:
+                left = deadline - time.monotonic()
+                # Short blocks: redis-py's default socket timeout (5 s) must not fire first.
+                reply = self.redis.blpop([key], timeout=min(max(left, 0.001), 2.0))
+                if reply:
+                    value = reply[1]
+                elif left <= 2.0:
+                    value = self.redis.hget(self.keys.done, command_id)
+                    break
+        except redislib.RedisError as exc:
+            raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
+        if value is None:
+            raise Timeout(f"no result for command {command_id} within {wait:g}s "
+                          "(is `moor reducer` running?)")
+        last, _, blob = value.partition(b" ")
+        return Submitted(CODEC.result(blob), last.decode())
+
+    # --- waiting for lifecycle outcomes -------------------------------------------
+
+    def wait_event(self, container_id: str, after: str, match: Callable[[e.Event], bool],
+                   timeout: float | None = None) -> tuple[str, e.EventRecord]:
+        """Block on the events stream after `after` until a matching event of the container."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        cursor = after or "0-0"
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"timed out waiting on container {container_id[:12]} "
+                              "(is `moor worker` running?)")
+            # Short blocks: a long one may outlast the connection's socket timeout.
+            try:
+                reply = self.redis.xread({self.keys.events: cursor}, count=500,
+                                         block=max(1, min(int(left * 1000), 2000)))
+            except redislib.RedisError as exc:
+                raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    cursor = entry_id
+                    record = CODEC.record(fields[b"d"])
+                    if record.meta.container_id == container_id and match(record.event):
+                        return entry_id.decode(), record
+
+    # --- control plane ------------------------------------------------------------
+
+    def define_network(self, spec: Any) -> CommandResult:
+        try:
+            return self.submit(c.DefineNetwork(network=spec)).result
+        except NotModified as exc:
+            return CommandResult(command_id="", ok=True, status=304, message=exc.message)
+
+    def register_image(self, **fields: Any) -> CommandResult:
+        return self.submit(c.RegisterImage(**fields)).result
+
+    def remove_image(self, ref: str, force: bool = False) -> CommandResult:
+        return self.submit(c.RemoveImage(ref=ref, force=force)).result
+
+    def create(self, config: ContainerConfig, host_config: HostConfig | None = None,
+               name: str = "", container_id: str | None = None) -> str:
+        """Create a container and return its id."""
+        cid = container_id or new_container_id()
+        self.submit(c.CreateContainer(name=name, config=config,
+                                      host_config=host_config or HostConfig()),
+                    container_id=cid)
+        return cid
+
+    def start(self, ref: str, wait: bool = True, timeout: float | None = None) -> str:
+        """Start; with `wait`, block until running and raise the start error if it failed."""
+        sub = self.submit(c.StartContainer(ref=ref))
+        if wait:
+            self._await_start(sub, e.ContainerStarted, timeout)
+        return sub.result.container_id
+
+    def _await_start(self, sub: Submitted, done: type, timeout: float | None) -> None:
+        """Block until `done` (or StartFailed, raised as Docker's start error)."""
+        _, record = self.wait_event(sub.result.container_id, sub.last_event_id,
+                                    lambda ev: isinstance(ev, done | e.StartFailed), timeout)
+        if isinstance(record.event, e.StartFailed):
+            raise _start_error(record.event)
+
+    def _stop_grace(self, timeout: int | None) -> float:
+        """How long a stop may take: its timeout (Docker's default 10 s) plus ours."""
+        return (timeout if timeout is not None and timeout >= 0 else 10) + self.timeout
+
+    def stop(self, ref: str, timeout: int | None = None, signal: str = "",
+             wait: bool = True) -> str:
+        """Stop (signal, then SIGKILL after the timeout); with `wait`, until it died."""
+        try:
+            sub = self.submit(c.StopContainer(ref=ref, timeout=timeout, signal=signal))
+        except NotModified:
+            return ref  # Docker's CLI treats 304 as success
+        cid = sub.result.container_id
+        if wait:
+            self.wait_event(cid, sub.last_event_id,
+                            lambda ev: isinstance(ev, e.ContainerDied | e.StartFailed),
+                            self._stop_grace(timeout))
+        return cid
+
+    def kill(self, ref: str, signal: str = "SIGKILL") -> str:
+        return self.submit(c.KillContainer(ref=ref, signal=signal)).result.container_id
+
+    def restart(self, ref: str, timeout: int | None = None, signal: str = "",
+                wait: bool = True) -> str:
+        sub = self.submit(c.RestartContainer(ref=ref, timeout=timeout, signal=signal))
+        if wait:
+            self._await_start(sub, e.ContainerRestarted, self._stop_grace(timeout))
+        return sub.result.container_id
+
+    def remove(self, ref: str, force: bool = False, wait: bool = True) -> str:
+        """Remove; with `wait`, block until destroyed (or raise the removal error)."""
+        sub = self.submit(c.RemoveContainer(ref=ref, force=force))
+        cid = sub.result.container_id
+        if wait:
+            _, record = self.wait_event(
+                cid, sub.last_event_id,
+                lambda ev: isinstance(ev, e.ContainerDestroyed | e.RemovalFailed))
+            if isinstance(record.event, e.RemovalFailed):
+                raise MoorError(f'cannot remove container "{ref}": {record.event.error}')
+        return cid
+
+    def rename(self, ref: str, new_name: str) -> str:
+        return self.submit(c.RenameContainer(ref=ref, new_name=new_name)).result.container_id
+
+    def report(self, container_id: str, report: c.Command, wait: bool = False) -> str:
+        """Append a worker/supervisor report for a container."""
+        if wait:
+            return self.submit(report, container_id=container_id, check=False).result.command_id
+        return self.send(report, container_id=container_id)
+
+
+def _start_error(event: e.StartFailed) -> MoorError:
+    # Docker: exec failures (126/127) are the user's fault (400), the rest are 500s.
+    if event.exit_code in (126, 127):
+        return InvalidParameter(event.error)
+    return MoorError(event.error)

@@ -1,0 +1,100 @@
+"""react(world, record) -> jobs, and resume(world) -> jobs owed after a restart. Pure.
+
+A job names a worker function by its dotted path (the engine never imports workers/)
+and carries only primitives. Job ids are deterministic, so re-issuing owed work after a
+crash enqueues the same job again rather than a second one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgspec
+
+from engine.core.state import Container, World
+from events import model as e
+
+__all__ = ["Job", "react", "resume", "start_plan"]
+
+_JOBS = "workers.jobs"
+
+
+class Job(NamedTuple):
+    """One side effect to perform on the container's host."""
+
+    func: str
+    job_id: str
+    kwargs: dict[str, Any]
+
+
+def start_plan(world: World, ctr: Container) -> dict[str, Any]:
+    """Return everything the worker needs to start this generation, as primitives."""
+    image = world.images.get(ctr.image_id)
+    network = None
+    if ctr.endpoint is not None:
+        spec = world.networks.get(ctr.endpoint.network)
+        network = msgspec.to_builtins(spec) if spec is not None else None
+    return {
+        "container_id": ctr.id,
+        "generation": ctr.generation,
+        "name": ctr.name,
+        "image_id": ctr.image_id,
+        "layers": list(image.layers) if image is not None else [],
+        "config": msgspec.to_builtins(ctr.config),
+        "host_config": msgspec.to_builtins(ctr.host_config),
+        "endpoint": msgspec.to_builtins(ctr.endpoint) if ctr.endpoint is not None else None,
+        "network": network,
+        "steps": list(ctr.saga),
+    }
+
+
+def _start_job(world: World, ctr: Container) -> Job:
+    return Job(f"{_JOBS}.start_container", f"start-{ctr.id}-{ctr.generation}",
+               {"plan": start_plan(world, ctr)})
+
+
+def _signal_job(ctr: Container, ev: e.SignalRequested, version: int) -> Job:
+    return Job(f"{_JOBS}.signal_container", f"signal-{ctr.id}-{version}",
+               {"container_id": ctr.id, "generation": ev.generation, "signal": ev.signal,
+                "timeout": ev.timeout, "purpose": ev.purpose})
+
+
+def _teardown_job(ctr: Container, generation: int) -> Job:
+    return Job(f"{_JOBS}.teardown_container", f"teardown-{ctr.id}-{generation}",
+               {"container_id": ctr.id, "generation": generation,
+                "ports": bool(ctr.host_config.port_bindings)})
+
+
+def _remove_job(ctr: Container) -> Job:
+    return Job(f"{_JOBS}.remove_container", f"remove-{ctr.id}",
+               {"container_id": ctr.id, "generation": ctr.generation,
+                "ports": bool(ctr.host_config.port_bindings)})
+
+
+def react(world: World, record: e.EventRecord) -> list[Job]:
+    """Return the jobs an event triggers; `world` is the state after the event."""
+    event = record.event
+    ctr = world.containers.get(record.meta.container_id)
+    if ctr is None:
+        return []
+    if isinstance(event, e.StartInitiated):
+        return [_start_job(world, ctr)]
+    if isinstance(event, e.SignalRequested):
+        return [_signal_job(ctr, event, record.meta.version)]
+    if isinstance(event, e.ContainerDied):
+        # A container dying on its way out is released by its removal job in one go.
+        return [] if ctr.dead else [_teardown_job(ctr, event.generation)]
+    if isinstance(event, e.ContainerMarkedDead):
+        return [_remove_job(ctr)]
+    return []
+
+
+def resume(world: World) -> list[Job]:
+    """Return the work owed by the state itself, re-issued at boot (same job ids)."""
+    jobs: list[Job] = []
+    for ctr in world.containers.values():
+        if ctr.dead and ctr.removal_in_progress:
+            jobs.append(_remove_job(ctr))
+        elif ctr.saga:
+            jobs.append(_start_job(world, ctr))
+    return jobs

@@ -1,0 +1,341 @@
+"""`moor` subcommands of the read side: ps, inspect, watch, events, replay, export, import.
+
+Each handler reads Redis through the stream/snapshot adapters, calls the pure projections,
+and prints a human table by default or JSON with `--format json`. Handlers return the exit
+code; errors print Docker's `Error response from daemon: <message>` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from engine.core.state import World
+from engine.errors import InvalidParameter, MoorError, NotFound
+from engine.eventlog import BadEntry, read_records
+from engine.keys import Keys
+from events.model import EventRecord
+from projections.audit import format_entry, replay, verify
+from projections.journal import export_jsonl, import_jsonl, load_into
+from projections.stream import load_live, watch
+from projections.views.changes import ChangeView, format_change
+from projections.views.feed import FeedState, event_filter, feed, format_event
+from projections.views.filters import parse_filter_flags
+from projections.views.inspect import find_container, find_image, inspect_container, inspect_image
+from projections.views.points import Point, id_key, parse_point
+from projections.views.ps import format_table, list_containers
+
+__all__ = ["GetRedis", "register", "follow_changes"]
+
+GetRedis = Callable[[], tuple[Any, Keys]]
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _fail(message: str) -> None:
+    print(f"Error response from daemon: {message}", file=sys.stderr)
+
+
+def _guarded(handler: Handler) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except MoorError as err:
+            _fail(err.message)
+            return err.exit_code
+        except KeyboardInterrupt:
+            return 0
+        except BrokenPipeError:
+            return 0
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def _warn_bad(bad: BadEntry) -> None:
+    print(f"warning: skipped {bad}", file=sys.stderr)
+
+
+def _json_line(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+# --- ps / inspect -----------------------------------------------------------------------
+
+def _ps(get: GetRedis, args: argparse.Namespace) -> int:
+    redis, keys = get()
+    world, _ = load_live(redis, keys)
+    limit = 1 if args.latest else args.last
+    items = list_containers(world, args.all, parse_filter_flags(args.filter), limit,
+                            now_ns=time.time_ns())
+    if args.quiet:
+        for item in items:
+            print(item["Id"] if args.no_trunc else item["Id"][:12])
+    elif args.format == "json":
+        for item in items:
+            _json_line(item)
+    else:
+        print(format_table(items, time.time_ns(), no_trunc=args.no_trunc))
+    return 0
+
+
+def _inspect(get: GetRedis, args: argparse.Namespace) -> int:
+    redis, keys = get()
+    world, _ = load_live(redis, keys)
+    docs: list[dict[str, Any]] = []
+    failed = False
+    for ref in args.refs:
+        try:
+            if args.type == "image":
+                docs.append(inspect_image(world, find_image(world, ref)))
+            else:
+                docs.append(inspect_container(world, find_container(world, ref), time.time_ns()))
+        except (NotFound, InvalidParameter) as err:
+            _fail(err.message)
+            failed = True
+    print(json.dumps(docs, indent=4, ensure_ascii=False))
+    return 1 if failed else 0
+
+
+# --- watch / events -----------------------------------------------------------------------
+
+def _since_key(point: Point) -> tuple[int, int]:
+    # An id is a resume cursor (strictly after it); a time includes its own ms.
+    if point.stream_id is not None:
+        ms, seq = id_key(point.stream_id, upper=True)
+        return (ms, seq + 1)
+    return point.key(upper=False)
+
+
+def follow_changes(redis: Any, keys: Keys, since: Point | None, *, container: str = "",
+                   types: Iterable[str] = (), block_ms: int = 1000,
+                   stop: Callable[[], bool] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield watch rows from `since` (None = from now on), following the stream forever."""
+    types = tuple(types)
+    if since is None:
+        world, checkpoint = load_live(redis, keys)
+        view = ChangeView(world, container, types)
+        cursor = checkpoint
+        history = read_records(redis, keys, start=f"({checkpoint}", on_bad=_warn_bad)
+        first: tuple[int, int] | None = None  # catch up quietly to the tail
+    else:
+        view = ChangeView(None, container, types)
+        cursor = "0-0"
+        history = read_records(redis, keys, on_bad=_warn_bad)
+        first = _since_key(since)
+    for stream_id, record in history:
+        cursor = stream_id
+        row = view.apply(stream_id, record, show=first is not None and id_key(stream_id) >= first)
+        if row is not None:
+            yield row
+    for stream_id, record in watch(redis, keys, cursor, block_ms=block_ms, stop=stop,
+                                   on_bad=_warn_bad):
+        row = view.apply(stream_id, record)
+        if row is not None:
+            yield row
+
+
+def _watch(get: GetRedis, args: argparse.Namespace) -> int:
+    redis, keys = get()
+    since = parse_point(args.since, time.time_ns()) if args.since else None
+    for row in follow_changes(redis, keys, since, container=args.container or "",
+                              types=args.type or ()):
+        if args.format == "json":
+            _json_line(row)
+        else:
+            print(format_change(row), flush=True)
+    return 0
+
+
+def _tracked(records: Iterable[tuple[str, EventRecord]], cursor: list[str]
+             ) -> Iterator[tuple[str, EventRecord]]:
+    for stream_id, record in records:
+        cursor[0] = stream_id
+        yield stream_id, record
+
+
+def _print_event(args: argparse.Namespace, ev: dict[str, Any]) -> None:
+    if args.format == "json":
+        _json_line(ev)
+    else:
+        print(format_event(ev), flush=True)
+
+
+def _events(get: GetRedis, args: argparse.Namespace) -> int:
+    now = time.time_ns()
+    since = parse_point(args.since, now) if args.since else None
+    until = parse_point(args.until, now) if args.until else None
+    if since and until and since.key(upper=False) > until.key(upper=True):
+        raise InvalidParameter(f"`since` ({args.since}) cannot be after `until` ({args.until})")
+    filters = parse_filter_flags(args.filter)
+    event_filter(filters)  # validate before touching Redis
+    redis, keys = get()
+    cursor = ["0-0"]
+    if since is None and until is None:
+        # Only what happens from now on: start at the snapshot, fold the rest quietly.
+        world, checkpoint = load_live(redis, keys)
+        state = FeedState.from_world(world)
+        cursor[0] = checkpoint
+        history = read_records(redis, keys, start=f"({checkpoint}", on_bad=_warn_bad)
+        first: tuple[int, int] | None = None
+    else:
+        # Names and images of old events need the whole fold, shown from `since` on.
+        state = FeedState()
+        first = _since_key(since) if since else (0, 0)
+        history = read_records(redis, keys, end=until.end_bound() if until else "+",
+                               on_bad=_warn_bad)
+
+    def shown(stream_id: str) -> bool:
+        return first is not None and id_key(stream_id) >= first
+
+    for _, ev in feed(_tracked(history, cursor), state, filters, shown):
+        _print_event(args, ev)
+    if until is not None and (until.ns is None or until.ns <= time.time_ns()):
+        return 0
+    # Follow new events, forever or (like Docker) until a future --until time.
+    deadline = until.ns if until is not None else None
+
+    def past_deadline() -> bool:
+        return deadline is not None and time.time_ns() > deadline
+
+    end_key = until.key(upper=True) if until else None
+    # Short blocks when a deadline is set, so the command ends soon after it.
+    live = watch(redis, keys, cursor[0], block_ms=200 if deadline else 1000,
+                 stop=past_deadline, on_bad=_warn_bad)
+    for stream_id, ev in feed(live, state, filters):
+        if end_key is not None and id_key(stream_id) > end_key:
+            break
+        _print_event(args, ev)
+    return 0
+
+
+# --- replay / export / import ---------------------------------------------------------------
+
+def _replay(get: GetRedis, args: argparse.Namespace) -> int:
+    until = parse_point(args.until, time.time_ns()) if args.until else None
+    if args.verify and until is not None:
+        raise InvalidParameter("--verify compares the whole journal with the live state; "
+                               "drop --until")
+    bad: list[BadEntry] = []
+    live: World | None = None
+    checkpoint = "+"
+    if args.verify or not args.file:
+        redis, keys = get()
+        if args.verify:
+            live, checkpoint = load_live(redis, keys)
+    if args.file:
+        with open(args.file, encoding="utf-8") as fp:
+            world, timeline = replay(import_jsonl(fp, on_bad=bad.append),
+                                     until.stream_id if until else None,
+                                     until.ns if until else None)
+    else:
+        records = read_records(redis, keys, end=checkpoint if args.verify else "+",
+                               on_bad=bad.append)
+        world, timeline = replay(records, until.stream_id if until else None,
+                                 until.ns if until else None)
+    for entry in timeline:
+        if args.format == "json":
+            _json_line(entry.as_dict())
+        else:
+            print(format_entry(entry))
+    for item in bad:
+        _warn_bad(item)
+    if live is None:
+        return 1 if bad else 0
+    diffs = verify(world, live)
+    if args.format == "json":
+        _json_line({"verify": {"ok": not diffs, "checkpoint": checkpoint,
+                               "differences": diffs}})
+    elif diffs:
+        print(f"verify: {len(diffs)} difference(s) between the replay and the live state:")
+        for line in diffs:
+            print(f"  {line}")
+    else:
+        print(f"verify: OK: the replay of {len(timeline)} events equals the live state "
+              f"at {checkpoint}")
+    return 1 if diffs or bad else 0
+
+
+def _export(get: GetRedis, args: argparse.Namespace) -> int:
+    redis, keys = get()
+    bad: list[BadEntry] = []
+    records = read_records(redis, keys, on_bad=bad.append)
+    if args.output and args.output != "-":
+        with open(args.output, "w", encoding="utf-8") as fp:
+            count = export_jsonl(records, fp)
+        print(f"exported {count} events to {args.output}", file=sys.stderr)
+    else:
+        export_jsonl(records, sys.stdout)
+    for item in bad:
+        _warn_bad(item)
+    return 1 if bad else 0  # an export that skipped entries is not a faithful copy
+
+
+def _import(get: GetRedis, args: argparse.Namespace) -> int:
+    bad: list[BadEntry] = []
+    with open(args.file, encoding="utf-8") as fp:
+        records = list(import_jsonl(fp, on_bad=bad.append))
+    for item in bad:
+        print(f"error: {args.file}: {item}", file=sys.stderr)
+    if bad and not args.skip_bad:
+        print(f"nothing imported: {len(bad)} bad line(s); fix them or pass --skip-bad",
+              file=sys.stderr)
+        return 1
+    redis, keys = get()
+    result = load_into(redis, keys, records)
+    print(f"imported {result.loaded} events into {keys.events}; checkpoint {result.last_id}")
+    return 0
+
+
+# --- registration -----------------------------------------------------------------------------
+
+def register(subparsers: Any, get_redis_and_keys: GetRedis) -> None:
+    """Add the read-side subcommands; each sets `func(args) -> exit code`."""
+    def add(name: str, fn: Callable[[GetRedis, argparse.Namespace], int],
+            help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text,
+                                                                description=help_text)
+        parser.set_defaults(func=_guarded(lambda args: fn(get_redis_and_keys, args)))
+        return parser
+
+    p = add("ps", _ps, "List containers")
+    p.add_argument("-a", "--all", action="store_true", help="show all containers")
+    p.add_argument("-q", "--quiet", action="store_true", help="only display container ids")
+    p.add_argument("-n", "--last", type=int, default=None, help="show n last created")
+    p.add_argument("-l", "--latest", action="store_true", help="show the latest created")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-trunc", action="store_true", help="do not truncate output")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = add("inspect", _inspect, "Show containers' (or images') Docker inspect documents")
+    p.add_argument("refs", nargs="+", metavar="NAME|ID")
+    p.add_argument("--type", choices=("container", "image"), default="container")
+    p.add_argument("-f", "--format", choices=("json",), default="json")
+
+    p = add("watch", _watch, "Print each state change as it happens")
+    p.add_argument("--since", help="stream id (after it) or time: unix s, RFC3339, 10m")
+    p.add_argument("--container", help="container id prefix or name")
+    p.add_argument("--type", action="append", default=[], metavar="EVENT_TYPE")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = add("events", _events, "Print docker-events-shaped events")
+    p.add_argument("--since", help="stream id or time: unix s, RFC3339, 10m")
+    p.add_argument("--until", help="stream id or time; stop there")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = add("replay", _replay, "Replay the journal with the reducer's evolve; print the timeline")
+    p.add_argument("--until", help="stream id or time (inclusive)")
+    p.add_argument("--file", help="replay an export (JSON Lines) instead of Redis")
+    p.add_argument("--verify", action="store_true",
+                   help="compare with the live state; exit 1 on any difference")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = add("export", _export, "Write the events stream as JSON Lines")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+
+    p = add("import", _import, "Load an export into an empty events stream and rebuild state")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--skip-bad", action="store_true", help="import despite bad lines")

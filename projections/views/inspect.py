@@ -1,0 +1,178 @@
+"""Docker-shaped inspect documents (`GET /containers/{id}/json`, `GET /images/{id}/json`).
+
+Pure: everything comes from the World. Times are RFC3339Nano in UTC, zero as Go's zero time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.core import names
+from engine.core.state import Container, Image, World, status_of
+from engine.errors import NotFound
+from projections.views.points import rfc3339_nano
+from projections.views.shape import (
+    network_endpoints,
+    path_and_args,
+    port_bindings,
+    port_key,
+    published_ports,
+)
+
+__all__ = ["find_container", "find_image", "inspect_container", "inspect_image"]
+
+
+def find_container(world: World, ref: str) -> Container:
+    """Resolve a name, full id or unique id prefix (Docker's lookup order) or raise 404."""
+    return names.resolve(world, ref)
+
+
+def find_image(world: World, ref: str) -> Image:
+    """Resolve a tag, full id or unique id prefix to an image or raise 404."""
+    try:
+        return world.images[names.resolve_image(world, ref)]
+    except NotFound:
+        raise NotFound(f"No such image: {ref}") from None
+
+
+def _state(ctr: Container) -> dict[str, Any]:
+    return {
+        "Status": status_of(ctr),
+        "Running": ctr.running,
+        "Paused": ctr.paused,
+        "Restarting": ctr.restarting,
+        "OOMKilled": ctr.oom_killed,
+        "Dead": ctr.dead,
+        "Pid": ctr.pid,
+        "ExitCode": ctr.exit_code,
+        "Error": ctr.error,
+        "StartedAt": rfc3339_nano(ctr.started_at),
+        "FinishedAt": rfc3339_nano(ctr.finished_at),
+    }
+
+
+def _host_config(ctr: Container) -> dict[str, Any]:
+    host = ctr.host_config
+    return {
+        "NetworkMode": host.network_mode,
+        "PortBindings": port_bindings(ctr),
+        "RestartPolicy": {"Name": host.restart_policy.name or "no",
+                          "MaximumRetryCount": host.restart_policy.maximum_retry_count},
+        "AutoRemove": host.auto_remove,
+        "Memory": host.memory,
+        "PidsLimit": host.pids_limit or None,  # Docker reports "no limit" as null
+        "NanoCpus": host.nano_cpus,
+    }
+
+
+def _config(ctr: Container) -> dict[str, Any]:
+    cfg = ctr.config
+    doc: dict[str, Any] = {
+        "Hostname": cfg.hostname or ctr.id[:12],
+        "Domainname": "",
+        "User": cfg.user,
+        "AttachStdin": False,
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "Tty": cfg.tty,
+        "OpenStdin": False,
+        "StdinOnce": False,
+        "Env": list(cfg.env),
+        "Cmd": list(cfg.cmd) if cfg.cmd is not None else None,
+        "Image": ctr.image,
+        "WorkingDir": cfg.working_dir,
+        "Entrypoint": list(cfg.entrypoint) if cfg.entrypoint is not None else None,
+        "Labels": dict(cfg.labels),
+    }
+    # Docker omits these three when unset (omitempty).
+    if cfg.exposed_ports:
+        doc["ExposedPorts"] = {port_key(p): {} for p in cfg.exposed_ports}
+    if cfg.stop_signal:
+        doc["StopSignal"] = cfg.stop_signal
+    if cfg.stop_timeout is not None:
+        doc["StopTimeout"] = cfg.stop_timeout
+    return doc
+
+
+def _network_settings(world: World, ctr: Container) -> dict[str, Any]:
+    networks = network_endpoints(world, ctr)
+    # The deprecated top-level address fields describe the default bridge only.
+    bridge = networks.get("bridge", {})
+    sandbox_key = ctr.sandbox_key
+    return {
+        "SandboxID": sandbox_key.rsplit("/", 1)[-1] if sandbox_key else "",
+        "SandboxKey": sandbox_key,
+        "Ports": published_ports(ctr),
+        "EndpointID": bridge.get("EndpointID", ""),
+        "Gateway": bridge.get("Gateway", ""),
+        "IPAddress": bridge.get("IPAddress", ""),
+        "IPPrefixLen": bridge.get("IPPrefixLen", 0),
+        "MacAddress": bridge.get("MacAddress", ""),
+        "Networks": networks,
+    }
+
+
+def inspect_container(world: World, ctr: Container, now_ns: int = 0) -> dict[str, Any]:
+    """Return the Docker inspect document of a container.
+
+    `now_ns` is accepted for callers that pass the clock; no field is relative to it yet.
+    """
+    path, args = path_and_args(ctr)
+    return {
+        "Id": ctr.id,
+        "Created": rfc3339_nano(ctr.created),
+        "Path": path,
+        "Args": args,
+        "State": _state(ctr),
+        "Image": ctr.image_id,
+        "ResolvConfPath": "",
+        "HostnamePath": "",
+        "HostsPath": "",
+        "LogPath": "",
+        "Name": f"/{ctr.name}",
+        "RestartCount": ctr.restart_count,
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "HostConfig": _host_config(ctr),
+        "Mounts": [],
+        "Config": _config(ctr),
+        "NetworkSettings": _network_settings(world, ctr),
+    }
+
+
+def _image_created_ns(created: int) -> int:
+    # The image's unit is not pinned down by its writers: small values are seconds.
+    return created * 1_000_000_000 if 0 < created < 10**12 else created
+
+
+def inspect_image(world: World, image: Image) -> dict[str, Any]:
+    """Return the Docker inspect document of an image."""
+    cfg = image.config
+    config: dict[str, Any] = {
+        "User": cfg.user,
+        "Env": list(cfg.env),
+        "Cmd": list(cfg.cmd) if cfg.cmd is not None else None,
+        "Entrypoint": list(cfg.entrypoint) if cfg.entrypoint is not None else None,
+        "WorkingDir": cfg.working_dir,
+        "Labels": dict(cfg.labels) or None,
+    }
+    if cfg.exposed_ports:
+        config["ExposedPorts"] = {port_key(p): {} for p in cfg.exposed_ports}
+    if cfg.stop_signal:
+        config["StopSignal"] = cfg.stop_signal
+    return {
+        "Id": image.id,
+        "RepoTags": list(image.repo_tags),
+        "RepoDigests": [],
+        "Parent": "",
+        "Comment": "",
+        "Created": rfc3339_nano(_image_created_ns(image.created)),
+        "Config": config,
+        "Os": "linux",
+        "Size": image.size,
+        "RootFS": {"Type": "layers", "Layers": list(image.layers)},
+        "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
+    }

@@ -1,0 +1,250 @@
+"""Become the container: what its PID 1 does between fork and execve, and the error pipe.
+
+The supervisor forks this process (C) into a fresh pid namespace; ``run``
+joins the cgroup and network namespace, unshares mount/uts/ipc, mounts the
+rootfs and pivots into it, sets the hostname, drops to the user and execs.
+Everything that can fail is resolved before forking where it can be
+(``resolve_user``, ``environment``); the rest reports through a close-on-exec
+pipe: EOF without data means execve happened, otherwise the pipe carries
+Docker's exit code and text, which ``await_exec`` turns into a ``SpawnError``.
+
+After ``pivot_root`` no module may be imported lazily (the host's Python is
+out of reach), so everything used there is imported at the top.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import signal
+import stat
+from typing import NamedTuple, NoReturn
+
+from engine.errors import MoorError
+from workers import nsutil
+from workers.proc import cgroups
+
+__all__ = [
+    "DEFAULT_PATH", "InitPlan", "SpawnError", "User", "await_exec", "environment", "errno_text",
+    "exit_code_for_errno", "resolve_user", "run",
+]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_FAILURE_LIMIT = 4000  # bytes of error text on the pipe; a pipe write this small is atomic
+
+# SIG_IGN survives execve: the program gets default dispositions and no mask.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                  signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN,
+                  signal.SIGTTOU, signal.SIGTSTP)
+
+
+class SpawnError(MoorError):
+    """The process could not be started.
+
+    ``container_exit_code`` is Docker's (126 not executable, 127 not found,
+    128 anything else); 126/127 are the caller's fault (HTTP 400), the rest
+    internal (500). ``exit_code`` stays the CLI's, as for every MoorError.
+    """
+
+    def __init__(self, container_exit_code: int, message: str) -> None:
+        """Carry Docker's exit code and error text."""
+        super().__init__(message)
+        self.container_exit_code = container_exit_code
+        self.status = 400 if container_exit_code in (126, 127) else 500
+
+    def __reduce__(self) -> tuple[type[SpawnError], tuple[int, str]]:
+        """Pickle with both arguments (the default passes only the message)."""
+        return type(self), (self.container_exit_code, self.message)
+
+
+class User(NamedTuple):
+    """A resolved user: ids, supplementary groups and home directory."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+
+class InitPlan(NamedTuple):
+    """Everything C needs, resolved in the caller before any fork."""
+
+    container_id: str
+    rootfs: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    user: User
+    working_dir: str
+    hostname: str
+    binds: tuple[tuple[str, str, bool], ...]  # (host source, container target, read-only)
+
+
+def exit_code_for_errno(err: int) -> int:
+    """Map a start failure's errno to Docker's exit code."""
+    if err in (errno.ENOENT, errno.ENOTDIR):
+        return 127
+    if err in (errno.EACCES, errno.EISDIR):
+        return 126
+    return 128
+
+
+def errno_text(err: int) -> str:
+    """Return the errno's text as Go (and so Docker) spells it: lower case."""
+    text = os.strerror(err)
+    return text[:1].lower() + text[1:]
+
+
+def _db(rootfs: str, path: str) -> list[list[str]]:
+    """Read a colon-separated database (passwd, group) from inside the rootfs."""
+    try:
+        with open(nsutil.resolve_in_root(rootfs, path), encoding="utf-8",
+                  errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if ":" in line]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def resolve_user(rootfs: str, spec: str) -> User:
+    """Resolve "user[:group]" (names or ids) against the rootfs as runc does."""
+    name, _, group = (spec or "0").partition(":")
+    uid, gid, home, login = 0, 0, "/", ""
+    entry = next((e for e in _db(rootfs, "/etc/passwd") if len(e) >= 6 and
+                  (e[0] == name or (name.isdigit() and e[2] == name))), None)
+    if entry is not None:
+        login, uid, gid, home = entry[0], int(entry[2]), int(entry[3]), entry[5] or "/"
+    elif name.isdigit():
+        uid = int(name)
+    else:
+        raise SpawnError(128, f"unable to find user {name}: no matching entries in passwd file")
+    groups = _db(rootfs, "/etc/group")
+    extra: tuple[int, ...] = ()
+    if group:
+        match = next((g for g in groups if len(g) >= 3 and
+                      (g[0] == group or (group.isdigit() and g[2] == group))), None)
+        if match is not None:
+            gid = int(match[2])
+        elif group.isdigit():
+            gid = int(group)
+        else:
+            raise SpawnError(
+                128, f"unable to find group {group}: no matching entries in group file")
+    elif login:
+        extra = tuple(int(g[2]) for g in groups
+                      if len(g) >= 4 and login in g[3].split(",") and g[2].isdigit())
+    return User(uid, gid, tuple(dict.fromkeys((gid, *extra))), home)
+
+
+def environment(spec_env: tuple[str, ...], hostname: str, user: User) -> dict[str, str]:
+    """Build the process environment as dockerd and runc do; the spec's Env wins."""
+    env = {"PATH": DEFAULT_PATH}
+    if hostname:
+        env["HOSTNAME"] = hostname
+    for item in spec_env:
+        key, sep, value = item.partition("=")
+        if sep and key:
+            env[key] = value
+    env.setdefault("HOME", user.home)  # as runc does
+    return env
+
+
+def _lookup(name: str, path_env: str) -> str:
+    """Find the executable as Go's exec.LookPath does (runc's behaviour)."""
+    if "/" in name:
+        try:
+            st = os.stat(name)
+        except OSError as e:
+            err = e.errno or 0
+            raise SpawnError(exit_code_for_errno(err),
+                             f'exec: "{name}": stat {name}: {errno_text(err)}') from None
+        if stat.S_ISDIR(st.st_mode) or not st.st_mode & 0o111:
+            raise SpawnError(126, f'exec: "{name}": permission denied')
+        return name
+    for directory in path_env.split(":"):
+        candidate = (directory or ".") + "/" + name
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) and st.st_mode & 0o111:
+            return candidate
+    raise SpawnError(127, f'exec: "{name}": executable file not found in $PATH')
+
+
+def _enter(plan: InitPlan, netns_fd: int) -> None:
+    """Enter the container's namespaces and rootfs, drop to the user and execve."""
+    stage = "join cgroup"
+    try:
+        cgroups.join_cgroup(plan.container_id, 0)  # before pivoting: /sys is the host's
+        if netns_fd >= 0:
+            stage = "join network namespace"
+            nsutil.setns(netns_fd, nsutil.CLONE_NEWNET)
+            os.close(netns_fd)
+        stage = "unshare"
+        nsutil.unshare(nsutil.CLONE_NEWNS | nsutil.CLONE_NEWUTS | nsutil.CLONE_NEWIPC)
+        stage = "prepare rootfs"
+        nsutil.setup_rootfs(plan.rootfs, plan.binds)
+        stage = "pivot_root"
+        nsutil.pivot_into(plan.rootfs)
+        if plan.hostname:
+            stage = "sethostname"
+            nsutil.sethostname(plan.hostname)
+        workdir = plan.working_dir or "/"
+        stage = f'mkdir cwd ("{workdir}")'
+        os.makedirs(workdir, 0o755, exist_ok=True)
+        stage = "set user"
+        os.setgroups(list(plan.user.groups))
+        os.setgid(plan.user.gid)
+        os.setuid(plan.user.uid)
+        stage = f'chdir to cwd ("{workdir}") set in config.json failed'
+        os.chdir(workdir)
+        stage = "exec"
+        path = _lookup(plan.argv[0], plan.env.get("PATH", DEFAULT_PATH))
+        try:
+            os.execve(path, list(plan.argv), plan.env)
+        except OSError as e:
+            err = e.errno or 0
+            raise SpawnError(exit_code_for_errno(err), f"exec {path}: {errno_text(err)}") from None
+    except OSError as e:
+        err = e.errno or 0
+        raise SpawnError(exit_code_for_errno(err), f"{stage}: {errno_text(err)}") from None
+
+
+def run(plan: InitPlan, netns_fd: int, stdout_w: int, stderr_w: int, exec_w: int) -> NoReturn:
+    """Be C: set up stdio and signals, enter the container and exec; report failure on exec_w."""
+    code, message = 128, "container init failed"
+    try:
+        gc.disable()  # the caller's objects must not be finalized here (fd reuse)
+        os.setsid()
+        nsutil.set_pdeathsig(signal.SIGKILL)  # a dead supervisor could not record the exit
+        signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours
+        for sig in _RESET_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        null = os.open("/dev/null", os.O_RDONLY)
+        for fd, target in ((null, 0), (stdout_w, 1), (stderr_w, 2)):
+            os.dup2(fd, target)
+        nsutil.close_fds_except({0, 1, 2, exec_w, netns_fd})
+        _enter(plan, netns_fd)
+    except SpawnError as e:
+        code, message = e.container_exit_code, e.message
+    except BaseException as e:  # noqa: B036 - nothing may unwind into the caller's stack
+        message = f"container init failed: {e!r}"
+    try:
+        os.write(exec_w, f"{code}\0{message}".encode(errors="replace")[:_FAILURE_LIMIT])
+    finally:
+        os._exit(code)
+
+
+def await_exec(exec_r: int) -> SpawnError | None:
+    """Wait until C has exec'd (None) or failed (its error); closes exec_r."""
+    chunks = []
+    try:
+        while chunk := os.read(exec_r, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(exec_r)
+    if not chunks:
+        return None
+    code, _, message = b"".join(chunks).decode(errors="replace").partition("\0")
+    return SpawnError(int(code), message)
