@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterable
 
 from commands import schema as c
-from engine.state import World
+from commands.codec import CODEC
+from engine.core.state import World
 from events import model as e
-from events.codec import CODEC
 
 __all__ = ["RestartTimers"]
 

@@ -14,6 +14,7 @@ import pytest
 
 from engine.core.names import normalize_image_ref
 from engine.errors import Conflict, Internal, InvalidParameter, NotFound
+from events.specs import ImageConfig
 from tests.conftest import missing_capability
 from tests.imagebuild import (
     Entry,
@@ -96,7 +97,7 @@ def test_valid_tag_checks_docker_grammar_and_agrees_with_the_engine() -> None:
 
 
 def _created(when: str) -> int:
-    config = images.ImageConfig()
+    config = ImageConfig()
     info = images.ImageInfo(id="", repo_tags=(), layers=(), created=when, size=0, config=config)
     return images.created_ns(info)
 
@@ -124,7 +125,7 @@ def test_errors_carry_dockers_classes() -> None:
 
 def test_import_busybox_rootfs(store: str, busybox: str, tmp_path: Path) -> None:
     tar = busybox_rootfs_tar(str(tmp_path / "rootfs.tar"), busybox)
-    cfg = images.ImageConfig(cmd=("/bin/sh",), exposed_ports=("80/tcp",), labels={"a": "b"})
+    cfg = ImageConfig(cmd=("/bin/sh",), exposed_ports=("80/tcp",), labels={"a": "b"})
     info = images.import_rootfs(store, tar, "busybox", config=cfg, created="2024-01-01T00:00:00Z")
     assert info.repo_tags == ("busybox:latest",)
     assert info.id.startswith("sha256:") and len(info.layers) == 1
