@@ -6,8 +6,12 @@ The envelope (ids, time, actor, cause) is kept apart from the payload.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import msgspec
 
+from events import saga
+from events.runs import ExitStatus
 from events.specs import ContainerConfig, HostConfig, ImageConfig, NetworkSpec
 
 __all__ = [
@@ -31,6 +35,8 @@ __all__ = [
     "ReportStepFailed",
     "RestartContainer",
     "ResumeRestart",
+    "SAGA_REPORTS",
+    "SagaReport",
     "StartContainer",
     "StopContainer",
     "REPORT_TYPES",
@@ -119,23 +125,29 @@ class RenameContainer(_Command, tag="RenameContainer"):
 
 
 # --- worker and supervisor reports (container id in the envelope) -----------------
+# A saga report names the start step it completes (`completes`, not on the wire): the
+# decider accepts it only while that step is the next one awaited.
 
 class ReportMounted(_Command, tag="ReportMounted"):
+    completes: ClassVar[str] = saga.MOUNT
     generation: int
     rootfs: str = ""
 
 
 class ReportSandbox(_Command, tag="ReportSandbox"):
+    completes: ClassVar[str] = saga.SANDBOX
     generation: int
     sandbox_key: str = ""
 
 
 class ReportEndpoint(_Command, tag="ReportEndpoint"):
+    completes: ClassVar[str] = saga.ENDPOINT
     generation: int
     endpoint_id: str = ""
 
 
 class ReportProcessStarted(_Command, tag="ReportProcessStarted"):
+    completes: ClassVar[str] = saga.SPAWN
     generation: int
     pid: int
     started_at: int
@@ -146,6 +158,12 @@ class ReportProcessExited(_Command, tag="ReportProcessExited"):
     exit_code: int
     finished_at: int
     oom_killed: bool = False
+
+    @classmethod
+    def of(cls, generation: int, status: ExitStatus) -> ReportProcessExited:
+        """Return the report of a run's recorded exit (by its supervisor, or by reconcile)."""
+        return cls(generation=generation, exit_code=status.exit_code,
+                   finished_at=status.finished_at_ns, oom_killed=status.oom_killed)
 
 
 class ReportStepFailed(_Command, tag="ReportStepFailed"):
@@ -184,6 +202,12 @@ Report = (
     | ReportStepFailed
     | ReportRemoved
     | ReportDrift
+)
+
+SagaReport = ReportMounted | ReportSandbox | ReportEndpoint | ReportProcessStarted
+
+SAGA_REPORTS: tuple[type[SagaReport], ...] = (
+    ReportMounted, ReportSandbox, ReportEndpoint, ReportProcessStarted,
 )
 
 REPORT_TYPES: tuple[type, ...] = (

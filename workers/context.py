@@ -16,8 +16,9 @@ from commands import schema as c
 from commands.client import Client
 from engine.core.state import Container
 from engine.keys import Keys
+from workers.proc.spec import ExitReport
 
-__all__ = ["HostContext", "configure", "current"]
+__all__ = ["HostContext", "configure", "current", "exit_command_id"]
 
 _CONTAINER = msgspec.msgpack.Decoder(Container)
 
@@ -48,16 +49,21 @@ class HostContext:
     def container_dir(self, container_id: str) -> str:
         return os.path.join(self.root, "containers", container_id)
 
-    def exit_report_templates(self, container_id: str, generation: int) -> dict[str, Any]:
-        """Return the supervisor's templates for the ProcessExited command entry."""
-        env = msgspec.to_builtins(c.Envelope(
-            command_id=f"exit-{container_id}-{generation}", container_id=container_id,
-            issued_at=1, actor=f"supervisor@{self.host}"))
-        env["issued_at"] = "$now_ns"
-        cmd = {"type": "ReportProcessExited", "generation": generation,
-               "exit_code": "$exit_code", "finished_at": "$finished_at_ns",
-               "oom_killed": "$oom_killed"}
-        return {"env": env, "cmd": cmd}
+    def exit_report(self, container_id: str, generation: int) -> ExitReport:
+        """Return where and as whom a supervisor reports this generation's exit."""
+        return ExitReport(redis_url=self.redis_url, stream=self.keys.commands,
+                          container_id=container_id, generation=generation,
+                          command_id=exit_command_id(container_id, generation),
+                          actor=f"supervisor@{self.host}")
+
+
+def exit_command_id(container_id: str, generation: int) -> str:
+    """Return the command id of a generation's exit report, the same from every reporter.
+
+    The supervisor reports the exit; reconcile reports it when the supervisor could not.
+    Should both get through, the reducer drops the second by this id.
+    """
+    return f"exit-{container_id}-{generation}"
 
 
 _CURRENT: HostContext | None = None

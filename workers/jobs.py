@@ -1,4 +1,7 @@
-"""rq entry points: thin, primitive arguments only (the engine names them by string)."""
+"""rq entry points: thin, primitive arguments only (the engine names them by string).
+
+The start plan arrives as the primitives rq's JSON gives back and is typed here, once.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from commands.codec import CODEC
 from workers import saga
 from workers.context import current
 from workers.proc import process
@@ -29,8 +33,9 @@ def _timed(what: str, cid: str) -> Iterator[None]:
 
 
 def start_container(plan: dict[str, Any]) -> None:
-    with _timed("start", plan["container_id"]):
-        saga.start(current(), plan)
+    start = CODEC.plan(plan)
+    with _timed("start", start.container_id):
+        saga.start(current(), start)
 
 
 def signal_container(container_id: str, generation: int, signal: int, timeout: int | None,

@@ -18,7 +18,8 @@ from engine.core.react import resume
 from engine.core.state import Container
 from engine.outbox import JobOutbox
 from engine.snapshot import load_world
-from workers.context import HostContext
+from events.runs import ExitStatus
+from workers.context import HostContext, exit_command_id
 from workers.net import network, portmap
 from workers.proc import process
 from workers.saga import release_runtime
@@ -27,8 +28,6 @@ from workers.storage import rootfs
 __all__ = ["reconcile"]
 
 log = logging.getLogger("moorage.reconcile")
-
-_UNKNOWN_EXIT = 255  # Docker's exit code when the status was lost
 
 
 def _state_dir(ctx: HostContext, cid: str) -> str:
@@ -66,14 +65,13 @@ def reconcile(ctx: HostContext) -> list[dict[str, Any]]:
         cid = ctr.id
         state_dir = _state_dir(ctx, cid)
         if ctr.running and not process.is_alive(state_dir):
-            status = process.read_exit(state_dir)
-            code = status.exit_code if status is not None else _UNKNOWN_EXIT
-            finished = status.finished_at_ns if status is not None else time.time_ns()
+            status = process.read_exit(state_dir) or ExitStatus(
+                exit_code=process.UNKNOWN_EXIT, finished_at_ns=time.time_ns())
             # Same command id as the supervisor's own report: a repeat is dropped.
-            ctx.report(cid, c.ReportProcessExited(
-                generation=ctr.generation, exit_code=code, finished_at=finished,
-                oom_killed=bool(status and status.oom_killed)), f"exit-{cid}-{ctr.generation}")
-            _drift(ctx, cid, ctr, "process", f"exit not reported; reported {code}", findings)
+            ctx.report(cid, c.ReportProcessExited.of(ctr.generation, status),
+                       exit_command_id(cid, ctr.generation))
+            _drift(ctx, cid, ctr, "process", f"exit not reported; reported {status.exit_code}",
+                   findings)
             continue
         live = ctr.running or bool(ctr.saga)
         if ctr.running and ctr.host_config.network_mode == "bridge" and cid not in sandboxes:

@@ -1,8 +1,9 @@
 """The host side of the lifecycle: the start saga, signals, teardown and removal.
 
 Every step is an ensure/release pair named from the container id, so a retried job
-redoes nothing twice and undoing is always safe. A start reports each step as it
-completes; on failure it undoes what it did, in reverse, and reports the failed step.
+redoes nothing twice and undoing is always safe. A start performs the steps in the
+saga's order (`events.saga`), reports each as it completes; on failure it undoes what
+it did, in reverse, and reports the failed step.
 """
 
 from __future__ import annotations
@@ -13,19 +14,17 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
-
-import msgspec
 
 from commands import schema as c
-from engine.core.state import saga_steps
-from engine.errors import MoorError
-from events.specs import ContainerConfig, HostConfig, NetworkSpec
+from engine.errors import Internal, MoorError
+from events.saga import ENDPOINT, MOUNT, REMOVE, SANDBOX, SPAWN, StartPlan, saga_steps
+from events.specs import HostConfig
 from workers.context import HostContext
 from workers.net import network, portmap
 from workers.net.hostfiles import write_hostfiles
 from workers.net.netconf import BridgeConfig, from_port_bindings
-from workers.proc import supervisor
+from workers.proc.spawn import spawn
+from workers.proc.spec import BindMount, Limits, ProcessSpec
 from workers.storage import images, rootfs
 
 __all__ = ["forget_bridges", "release_runtime", "remove", "signal", "start", "teardown"]
@@ -38,9 +37,9 @@ def _paths(ctx: HostContext, cid: str) -> tuple[str, str, str]:
     return cdir, os.path.join(cdir, "state"), os.path.join(cdir, f"{cid}-json.log")
 
 
-def _limits(host: HostConfig) -> supervisor.Limits:
-    return supervisor.Limits(memory=host.memory or None, pids=host.pids_limit or None,
-                             nano_cpus=host.nano_cpus or None)
+def _limits(host: HostConfig) -> Limits:
+    return Limits(memory=host.memory or None, pids=host.pids_limit or None,
+                  nano_cpus=host.nano_cpus or None)
 
 
 class _Undo:
@@ -84,88 +83,115 @@ def forget_bridges() -> None:
     _BRIDGES_READY.clear()
 
 
-def start(ctx: HostContext, plan: dict[str, Any]) -> None:
+class _Start:
+    """One start in progress: its plan, what its steps produced, and how to undo them."""
+
+    def __init__(self, ctx: HostContext, plan: StartPlan) -> None:
+        self.ctx = ctx
+        self.plan = plan
+        self.cid = plan.container_id
+        self.gen = plan.generation
+        self.undo = _Undo()
+        self.rootfs = ""  # the merged overlay, once mounted
+        self.netns: str | None = None  # the sandbox; None keeps the host's network
+        self.ip: str | None = None  # the endpoint's address
+
+
+def _mount(run: _Start) -> tuple[c.SagaReport, str]:
+    """Mount the overlay rootfs: the container's RW layer over the image's layers."""
+    ctx, cid = run.ctx, run.cid
+    lowers = images.dirs_of_layers(ctx.root, run.plan.layers)
+    rootfs.ensure_rw_layer(ctx.root, cid)
+    run.rootfs = rootfs.ensure_mounted(ctx.root, cid, lowers)
+    run.undo.push(MOUNT, lambda: rootfs.release_mount(ctx.root, cid))
+    return c.ReportMounted(generation=run.gen, rootfs=run.rootfs), f"mount-{cid}-{run.gen}"
+
+
+def _sandbox(run: _Start) -> tuple[c.SagaReport, str]:
+    """Create the container's network namespace."""
+    cid = run.cid
+    run.netns = network.ensure_sandbox(cid)
+    run.undo.push(SANDBOX, lambda: network.release_sandbox(cid))
+    return (c.ReportSandbox(generation=run.gen, sandbox_key=run.netns),
+            f"sandbox-{cid}-{run.gen}")
+
+
+def _endpoint(run: _Start) -> tuple[c.SagaReport, str]:
+    """Connect the sandbox to its bridge (veth, address, routes) and publish its ports."""
+    cid, endpoint, spec = run.cid, run.plan.endpoint, run.plan.network
+    if endpoint is None or spec is None:
+        raise Internal(f"the start plan of container {cid} has no endpoint to connect")
+    cfg = BridgeConfig.from_network_spec(spec)
+    _ensure_bridge_once(cfg)
+    args = (cid, cfg, endpoint.ip_address, endpoint.prefix_len, endpoint.gateway,
+            endpoint.mac_address or None)
+    try:
+        info = network.ensure_endpoint(*args)
+    except network.BridgeMissing:  # gone or down since it was last ensured
+        _ensure_bridge_once(cfg, force=True)
+        info = network.ensure_endpoint(*args)
+    run.undo.push(ENDPOINT, lambda: network.release_endpoint(cid))
+    run.ip = info.ip_address
+    bindings = from_port_bindings(run.plan.host_config.port_bindings)
+    if bindings:
+        portmap.ensure_ports(cid, run.ip, bindings, cfg)
+        run.undo.push("ports", lambda: portmap.release_ports(cid))
+    return (c.ReportEndpoint(generation=run.gen, endpoint_id=info.veth),
+            f"endpoint-{cid}-{run.gen}")
+
+
+def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
+    """Write the container's host files and start its process under a supervisor."""
+    ctx, cid, config = run.ctx, run.cid, run.plan.config
+    cdir, state_dir, log_path = _paths(ctx, cid)
+    files = write_hostfiles(cdir, cid, run.ip, config.hostname)
+    mounts = (BindMount(source=files.hosts, target="/etc/hosts"),
+              BindMount(source=files.hostname, target="/etc/hostname"),
+              BindMount(source=files.resolv_conf, target="/etc/resolv.conf"))
+    spec = ProcessSpec(
+        container_id=cid, rootfs=run.rootfs,
+        argv=(*(config.entrypoint or ()), *(config.cmd or ())), state_dir=state_dir,
+        log_path=log_path, env=config.env, working_dir=config.working_dir or "/",
+        user=config.user, hostname=config.hostname or cid[:12], netns=run.netns,
+        limits=_limits(run.plan.host_config), mounts=mounts,
+        report=ctx.exit_report(cid, run.gen))
+    result = spawn(spec)
+    return (c.ReportProcessStarted(generation=run.gen, pid=result.pid,
+                                   started_at=result.started_at_ns),
+            f"started-{cid}-{run.gen}")
+
+
+# How each step is performed; the order is the saga's (events.saga.saga_steps).
+_STEPS: dict[str, Callable[[_Start], tuple[c.SagaReport, str]]] = {
+    MOUNT: _mount,
+    SANDBOX: _sandbox,
+    ENDPOINT: _endpoint,
+    SPAWN: _spawn,
+}
+
+
+def start(ctx: HostContext, plan: StartPlan) -> None:
     """Run the start saga for one generation, reporting each step still owed.
 
-    Every resource the network mode needs is ensured, not only those of the steps still
-    owed: a start re-issued after a killed worker owes only the later steps, yet its
-    process must still join the sandbox and find its endpoint. Ensuring is idempotent,
-    and a step already reported is not reported again.
+    Every step of the network mode is performed, not only those still owed: a start
+    re-issued after a killed worker owes only the later steps, yet its process must still
+    join the sandbox and find its endpoint. Ensuring is idempotent, and a step already
+    reported is not reported again.
     """
-    cid, gen = plan["container_id"], plan["generation"]
+    cid, gen = plan.container_id, plan.generation
     current = ctx.container(cid)
     if current is None or current.generation != gen or not current.saga:
         log.info("start %s gen %s is no longer owed; skipped", cid[:12], gen)
         return
-    owed = set(plan["steps"])
-    # The plan travels as primitives; typed again here, once.
-    config = msgspec.convert(plan["config"], ContainerConfig)
-    host = msgspec.convert(plan["host_config"], HostConfig)
-    steps = saga_steps(host.network_mode)
-    cdir, state_dir, log_path = _paths(ctx, cid)
-    undo = _Undo()
-
-    def report(name: str, cmd: c.Command, command_id: str) -> None:
-        if name in owed:
-            ctx.report(cid, cmd, command_id)
-
-    step = "mount"
+    run = _Start(ctx, plan)
+    step = MOUNT
     try:
-        lowers = images.dirs_of_layers(ctx.root, plan["layers"])
-        rootfs.ensure_rw_layer(ctx.root, cid)
-        merged = rootfs.ensure_mounted(ctx.root, cid, lowers)
-        undo.push("mount", lambda: rootfs.release_mount(ctx.root, cid))
-        report("mount", c.ReportMounted(generation=gen, rootfs=merged), f"mount-{cid}-{gen}")
-
-        netns: str | None = None
-        ip: str | None = None
-        if "sandbox" in steps:
-            step = "sandbox"
-            netns = network.ensure_sandbox(cid)
-            undo.push("sandbox", lambda: network.release_sandbox(cid))
-            report("sandbox", c.ReportSandbox(generation=gen, sandbox_key=netns),
-                   f"sandbox-{cid}-{gen}")
-        if "endpoint" in steps:
-            step = "endpoint"
-            endpoint = plan["endpoint"]
-            cfg = BridgeConfig.from_network_spec(NetworkSpec(**plan["network"]))
-            _ensure_bridge_once(cfg)
-            args = (cid, cfg, endpoint["ip_address"], endpoint["prefix_len"],
-                    endpoint["gateway"], endpoint.get("mac_address") or None)
-            try:
-                info = network.ensure_endpoint(*args)
-            except network.BridgeMissing:  # gone or down since it was last ensured
-                _ensure_bridge_once(cfg, force=True)
-                info = network.ensure_endpoint(*args)
-            undo.push("endpoint", lambda: network.release_endpoint(cid))
-            ip = info.ip_address
-            bindings = from_port_bindings(host.port_bindings)
-            if bindings:
-                portmap.ensure_ports(cid, ip, bindings, cfg)
-                undo.push("ports", lambda: portmap.release_ports(cid))
-            report("endpoint", c.ReportEndpoint(generation=gen, endpoint_id=info.veth),
-                   f"endpoint-{cid}-{gen}")
-
-        step = "spawn"
-        files = write_hostfiles(cdir, cid, ip, config.hostname)
-        mounts = (supervisor.BindMount(source=files.hosts, target="/etc/hosts"),
-                  supervisor.BindMount(source=files.hostname, target="/etc/hostname"),
-                  supervisor.BindMount(source=files.resolv_conf, target="/etc/resolv.conf"))
-        spec = supervisor.ProcessSpec(
-            container_id=cid, rootfs=merged,
-            argv=(*(config.entrypoint or ()), *(config.cmd or ())), state_dir=state_dir,
-            log_path=log_path, env=config.env, working_dir=config.working_dir or "/",
-            user=config.user, hostname=config.hostname or cid[:12], netns=netns,
-            limits=_limits(host), mounts=mounts,
-            report=supervisor.Report(redis_url=ctx.redis_url, stream=ctx.keys.commands,
-                                     exit_field="", encoding="msgpack",
-                                     templates=ctx.exit_report_templates(cid, gen)))
-        result = supervisor.spawn(spec)
-        ctx.report(cid, c.ReportProcessStarted(generation=gen, pid=result.pid,
-                                               started_at=result.started_at_ns),
-                   f"started-{cid}-{gen}")
+        for step in saga_steps(plan.host_config.network_mode):
+            report, command_id = _STEPS[step](run)
+            if step in plan.steps:
+                ctx.report(cid, report, command_id)
     except Exception as exc:
-        undo.run()
+        run.undo.run()
         code = getattr(exc, "container_exit_code", None) or 128
         message = exc.message if isinstance(exc, MoorError) else f"{type(exc).__name__}: {exc}"
         log.warning("start %s gen %s failed at %s: %s", cid[:12], gen, step, message)
@@ -214,7 +240,7 @@ def remove(ctx: HostContext, cid: str, generation: int, ports: bool = True) -> N
         shutil.rmtree(ctx.container_dir(cid), ignore_errors=True)
     except Exception as exc:
         message = exc.message if isinstance(exc, MoorError) else str(exc)
-        ctx.report(cid, c.ReportStepFailed(generation=generation, step="remove",
+        ctx.report(cid, c.ReportStepFailed(generation=generation, step=REMOVE,
                                            error=message), uuid.uuid4().hex)
         return
     ctx.report(cid, c.ReportRemoved(generation=generation), f"removed-{cid}-{generation}")

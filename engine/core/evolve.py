@@ -12,8 +12,9 @@ from typing import Any
 from msgspec.structs import replace
 
 from engine.core.ipam import address_key
-from engine.core.state import Container, Image, World, saga_steps
+from engine.core.state import Container, Image, World
 from events import model as e
+from events import saga
 
 __all__ = ["evolve", "fold"]
 
@@ -123,7 +124,8 @@ def _start_initiated(world: World, ctr: Container, ev: e.StartInitiated) -> dict
     _release_address(world, ctr)
     if ev.endpoint is not None:
         world.addresses[address_key(ev.endpoint.network, ev.endpoint.ip_address)] = ctr.id
-    changes = {"generation": ev.generation, "saga": saga_steps(ctr.host_config.network_mode),
+    changes = {"generation": ev.generation,
+               "saga": saga.saga_steps(ctr.host_config.network_mode),
                "endpoint": ev.endpoint, "connected": False, "restart_pending": False,
                "restart_attempt": ev.restart, "stop_pending": False, "manually_stopped": False,
                "sandbox_key": "", "rootfs": "", "restart_due": 0}
@@ -139,15 +141,15 @@ def _advance(ctr: Container, step: str) -> tuple[str, ...]:
 
 
 def _rootfs_mounted(world: World, ctr: Container, ev: e.RootfsMounted) -> dict[str, Any]:
-    return {"saga": _advance(ctr, "mount"), "rootfs": ev.rootfs}
+    return {"saga": _advance(ctr, saga.MOUNT), "rootfs": ev.rootfs}
 
 
 def _sandbox_created(world: World, ctr: Container, ev: e.SandboxCreated) -> dict[str, Any]:
-    return {"saga": _advance(ctr, "sandbox"), "sandbox_key": ev.sandbox_key}
+    return {"saga": _advance(ctr, saga.SANDBOX), "sandbox_key": ev.sandbox_key}
 
 
 def _network_connected(world: World, ctr: Container, ev: e.NetworkConnected) -> dict[str, Any]:
-    return {"saga": _advance(ctr, "endpoint"), "endpoint": ev.endpoint, "connected": True}
+    return {"saga": _advance(ctr, saga.ENDPOINT), "endpoint": ev.endpoint, "connected": True}
 
 
 def _started(world: World, ctr: Container, ev: e.ContainerStarted) -> dict[str, Any]:

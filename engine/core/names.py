@@ -8,8 +8,10 @@ import re
 from engine.core.state import Container, World
 from engine.errors import InvalidParameter, NotFound
 
-__all__ = ["generate_name", "normalize_image_ref", "resolve", "resolve_image", "valid_name"]
+__all__ = ["generate_name", "is_full_id", "normalize_image_ref", "resolve", "resolve_image",
+           "valid_name"]
 
+_HEX = frozenset("0123456789abcdef")
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
 _ADJECTIVES = (
@@ -24,6 +26,11 @@ _SURNAMES = (
     "turing", "volta", "wiles", "yalow", "zuse", "bohr", "dirac", "fermi", "gauss",
     "hamilton", "jemison", "knuth", "lamarr", "meitner", "newton", "ohm", "planck",
 )
+
+
+def is_full_id(value: str) -> bool:
+    """Tell whether value is a full id: 64 lowercase hex digits (containers, image digests)."""
+    return len(value) == 64 and not set(value) - _HEX
 
 
 def valid_name(name: str) -> str:

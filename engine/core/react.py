@@ -1,18 +1,20 @@
 """react(world, record) -> jobs, and resume(world) -> jobs owed after a restart. Pure.
 
 A job names a worker function by its dotted path (the engine never imports workers/)
-and carries only primitives. Job ids are deterministic, so re-issuing owed work after a
-crash enqueues the same job again rather than a second one.
+and carries only primitives (rq serializes its arguments as JSON): the start plan, a
+`StartPlan`, is handed over as the codec's primitives and typed back once by the worker.
+Job ids are deterministic, so re-issuing owed work after a crash enqueues the same job
+again rather than a second one.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import msgspec
-
+from commands.codec import CODEC
 from engine.core.state import Container, World
 from events import model as e
+from events.saga import StartPlan
 
 __all__ = ["Job", "react", "resume", "start_plan"]
 
@@ -27,30 +29,19 @@ class Job(NamedTuple):
     kwargs: dict[str, Any]
 
 
-def start_plan(world: World, ctr: Container) -> dict[str, Any]:
-    """Return everything the worker needs to start this generation, as primitives."""
+def start_plan(world: World, ctr: Container) -> StartPlan:
+    """Return everything the worker needs to start this generation (the steps still owed)."""
     image = world.images.get(ctr.image_id)
-    network = None
-    if ctr.endpoint is not None:
-        spec = world.networks.get(ctr.endpoint.network)
-        network = msgspec.to_builtins(spec) if spec is not None else None
-    return {
-        "container_id": ctr.id,
-        "generation": ctr.generation,
-        "name": ctr.name,
-        "image_id": ctr.image_id,
-        "layers": list(image.layers) if image is not None else [],
-        "config": msgspec.to_builtins(ctr.config),
-        "host_config": msgspec.to_builtins(ctr.host_config),
-        "endpoint": msgspec.to_builtins(ctr.endpoint) if ctr.endpoint is not None else None,
-        "network": network,
-        "steps": list(ctr.saga),
-    }
+    network = world.networks.get(ctr.endpoint.network) if ctr.endpoint is not None else None
+    return StartPlan(container_id=ctr.id, generation=ctr.generation, name=ctr.name,
+                     image_id=ctr.image_id, layers=image.layers if image is not None else (),
+                     config=ctr.config, host_config=ctr.host_config, endpoint=ctr.endpoint,
+                     network=network, steps=ctr.saga)
 
 
 def _start_job(world: World, ctr: Container) -> Job:
     return Job(f"{_JOBS}.start_container", f"start-{ctr.id}-{ctr.generation}",
-               {"plan": start_plan(world, ctr)})
+               {"plan": CODEC.primitives(start_plan(world, ctr))})
 
 
 def _signal_job(ctr: Container, ev: e.SignalRequested, version: int) -> Job:

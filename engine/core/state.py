@@ -11,18 +11,7 @@ import msgspec
 
 from events.specs import ContainerConfig, Endpoint, HostConfig, ImageConfig, NetworkSpec
 
-__all__ = ["Container", "Image", "World", "saga_steps", "status_of"]
-
-_SAGAS = {
-    "bridge": ("mount", "sandbox", "endpoint", "spawn"),
-    "none": ("mount", "sandbox", "spawn"),
-    "host": ("mount", "spawn"),
-}
-
-
-def saga_steps(network_mode: str) -> tuple[str, ...]:
-    """Return the start saga's steps for a network mode (user networks join like bridge)."""
-    return _SAGAS.get(network_mode, _SAGAS["bridge"])
+__all__ = ["Container", "Image", "World", "status_of"]
 
 
 class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -54,7 +43,7 @@ class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, g
     restart_due: int = 0  # when the back-off ends (unix ns); 0 when none is pending
     # the current start attempt (saga) and what is owed to it
     generation: int = 0
-    saga: tuple[str, ...] = ()  # steps still awaited, in order; () = no start in flight
+    saga: tuple[str, ...] = ()  # steps still awaited, in order (events.saga); () = none
     restart_pending: bool = False  # a manual restart was asked: start again after the exit
     restart_attempt: bool = False  # this start is a restart: record ContainerRestarted
     stop_pending: bool = False  # a stop was asked: record ContainerStopped at the exit
@@ -96,7 +85,10 @@ class World(msgspec.Struct, kw_only=True):
 
 
 def status_of(c: Container) -> str:
-    """Return Docker's State.Status string with Docker's precedence."""
+    """Return Docker's State.Status string with Docker's precedence.
+
+    The one home of that precedence: `ps`'s human Status text formats what this returns.
+    """
     if c.running:
         if c.paused:
             return "paused"

@@ -30,23 +30,26 @@ _NS = 1_000_000_000
 
 
 def human_status(ctr: Container, now_ns: int) -> str:
-    """Return Docker's human Status ("Up 3 minutes", "Exited (0) 5 seconds ago", ...)."""
-    if ctr.running:
-        if ctr.paused:
-            return f"Up {human_duration(now_ns - ctr.started_at)} (Paused)"
-        if ctr.restarting:
-            return (f"Restarting ({ctr.exit_code}) "
-                    f"{human_duration(now_ns - ctr.finished_at)} ago")
+    """Return Docker's human Status ("Up 3 minutes", "Exited (0) 5 seconds ago", ...).
+
+    The state comes from `status_of` (the one home of Docker's precedence); this only
+    words it.
+    """
+    status = status_of(ctr)
+    if status == "running":
         return f"Up {human_duration(now_ns - ctr.started_at)}"
-    if ctr.removal_in_progress:
-        return "Removal In Progress"
-    if ctr.dead:
-        return "Dead"
-    if ctr.started_at == 0:
-        return "Created"
-    if ctr.finished_at == 0:
+    if status == "paused":
+        return f"Up {human_duration(now_ns - ctr.started_at)} (Paused)"
+    if status == "restarting":
+        return f"Restarting ({ctr.exit_code}) {human_duration(now_ns - ctr.finished_at)} ago"
+    if status in _FIXED_TEXT:
+        return _FIXED_TEXT[status]
+    if ctr.finished_at == 0:  # exited, yet no finish time: Docker shows nothing
         return ""
     return f"Exited ({ctr.exit_code}) {human_duration(now_ns - ctr.finished_at)} ago"
+
+
+_FIXED_TEXT = {"removing": "Removal In Progress", "dead": "Dead", "created": "Created"}
 
 
 def _ports_list(ctr: Container) -> list[dict[str, Any]]:

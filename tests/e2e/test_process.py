@@ -25,20 +25,14 @@ import msgspec
 import pytest
 import redis
 
+from commands import schema as c
+from commands.codec import CODEC
 from engine.errors import MoorError
 from tests.conftest import RedisServer, free_port, missing_capability, start_redis
 from workers.proc import cgroups, process, stopper
 from workers.proc.logs import parse_time, read_logs
-from workers.proc.supervisor import (
-    SUPERVISOR_LOG,
-    BindMount,
-    Limits,
-    ProcessSpec,
-    Report,
-    SpawnError,
-    SpawnResult,
-    spawn,
-)
+from workers.proc.spawn import SpawnError, SpawnResult, spawn
+from workers.proc.spec import BindMount, ExitReport, Limits, ProcessSpec
 
 pytestmark = pytest.mark.privileged
 BUSYBOX = "/bin/busybox"
@@ -210,7 +204,7 @@ def _exit_after(spec: ProcessSpec, started: float, timeout: float = 5) -> float:
 
 
 def _supervisor_log(spec: ProcessSpec) -> str:
-    return Path(spec.state_dir, SUPERVISOR_LOG).read_text()
+    return Path(spec.state_dir, process.SUPERVISOR_LOG).read_text()
 
 
 def test_request_stop_returns_at_once_and_the_supervisor_sigkills(make_spec: Make) -> None:
@@ -366,6 +360,25 @@ def test_restart_reuses_the_state_dir_at_once(make_spec: Make) -> None:
     assert wait_exit(spec).pid == second.pid
 
 
+def _ps_cmd(pid: int) -> str:
+    return subprocess.run(["ps", "-o", "cmd=", "-p", str(pid)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_supervisor_is_named_after_its_container(make_spec: Make) -> None:
+    # ps tells a supervisor from the worker that forked it: killing one kills its container.
+    spec = make_spec("sleep", "1000")
+    result = spawn(spec)
+    title = f"moor-supervisor {spec.container_id[:12]}"
+    cmdline = Path(f"/proc/{result.supervisor_pid}/cmdline").read_bytes()
+    assert cmdline.rstrip(b"\0") == title.encode()
+    assert _ps_cmd(result.supervisor_pid) == title
+    assert _ps_cmd(result.pid) == "sleep 1000"  # the container shows its own command
+    # The environment stays readable: operators and tests find an engine's processes there.
+    assert b"PATH=" in Path(f"/proc/{result.supervisor_pid}/environ").read_bytes()
+    assert process.stop_container(spec.state_dir, "KILL", timeout=1) == 137
+
+
 def test_supervisor_ignores_termination_signals(make_spec: Make) -> None:
     spec = make_spec("sleep", "1000")
     result = spawn(spec)
@@ -389,7 +402,8 @@ _CALLER = """
 import os, sys, msgspec
 from workers import nsutil
 from workers.proc.process import reap_children
-from workers.proc.supervisor import ProcessSpec, spawn
+from workers.proc.spawn import spawn
+from workers.proc.spec import ProcessSpec
 if sys.argv[2] == "subreaper":
     nsutil.set_child_subreaper()
 spec = msgspec.json.decode(sys.argv[1].encode(), type=ProcessSpec)
@@ -592,23 +606,22 @@ def test_reports_the_exit_to_redis(make_spec: Make, redis_server: RedisServer,
     client = redis.Redis.from_url(redis_server.url)
     _note_syncs(monkeypatch, tmp_path / "synced")
     try:
-        spec = make_spec("sh", "-c", "exit 5", report=Report(
-            redis_url=redis_server.url, stream=stream,
-            fields={"type": "ProcessExited", "command_id": f"exit-{run_id}"},
-            encoding="msgpack", templates={"cmd": {
-                "type": "ReportProcessExited", "generation": 3, "exit_code": "$exit_code",
-                "finished_at": "$finished_at_ns", "oom_killed": "$oom_killed",
-                "note": "$not-a-fact"}}))
+        spec = make_spec("sh", "-c", "exit 5")
+        spec = msgspec.structs.replace(spec, report=ExitReport(
+            redis_url=redis_server.url, stream=stream, container_id=spec.container_id,
+            generation=3, command_id=f"exit-{run_id}", actor="supervisor@test"))
         result = spawn(spec)
         status = wait_exit(spec)
         [entry] = _entries(client, stream)
-        assert entry[b"type"] == b"ProcessExited"
-        assert entry[b"command_id"] == f"exit-{run_id}".encode()
-        reported = json.loads(entry[b"exit"])
-        assert (reported["exit_code"], reported["pid"]) == (5, result.pid)
-        assert msgspec.msgpack.decode(entry[b"cmd"]) == {
-            "type": "ReportProcessExited", "generation": 3, "exit_code": 5,
-            "finished_at": status.finished_at_ns, "oom_killed": False, "note": "$not-a-fact"}
+        # The entry the reducer reads: an envelope and a command, by the one codec.
+        assert set(entry) == {b"env", b"cmd"}
+        env = CODEC.envelope(entry[b"env"])
+        assert (env.command_id, env.container_id, env.actor) == (
+            f"exit-{run_id}", spec.container_id, "supervisor@test")
+        assert status.finished_at_ns <= env.issued_at <= time.time_ns()
+        assert (status.exit_code, status.pid) == (5, result.pid)
+        assert CODEC.command(entry[b"cmd"]) == c.ReportProcessExited(
+            generation=3, exit_code=5, finished_at=status.finished_at_ns, oom_killed=False)
         assert Path(spec.state_dir, process.REPORTED_FILE).read_text() == \
             f"{result.started_at_ns}\n"
         # Redis took the exit at once: exit.json was not fsynced (Redis is the record).
@@ -623,7 +636,10 @@ def test_report_retries_until_redis_comes_up(make_spec: Make, run_id: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    spec = make_spec("true", report=Report(redis_url=url, stream=f"moort{run_id}:commands"))
+    spec = make_spec("true")
+    spec = msgspec.structs.replace(spec, report=ExitReport(
+        redis_url=url, stream=f"moort{run_id}:commands", container_id=spec.container_id,
+        generation=1, command_id=f"exit-{run_id}"))
     _note_syncs(monkeypatch, tmp_path / "synced")
     spawn(spec)
     assert _wait(lambda: process.read_exit(spec.state_dir) is not None, 5)
@@ -640,7 +656,8 @@ def test_report_retries_until_redis_comes_up(make_spec: Make, run_id: str,
         client = redis.Redis.from_url(url)
         [entry] = _entries(client, f"moort{run_id}:commands")
         client.close()
-        assert json.loads(entry[b"exit"])["exit_code"] == status.exit_code == 0
+        assert CODEC.command(entry[b"cmd"]) == c.ReportProcessExited(
+            generation=1, exit_code=0, finished_at=status.finished_at_ns)
         assert (tmp_path / "synced").read_text() == spec.state_dir + "\n"
     finally:
         server.kill(signal.SIGTERM)

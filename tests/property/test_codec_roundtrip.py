@@ -1,4 +1,5 @@
-"""Round trips through CODEC: every envelope, command, record and result decodes to itself.
+"""Round trips through CODEC: every envelope, command, record, result and host hand-off
+decodes to itself.
 
 `hypothesis.strategies.from_type` does not know msgspec Structs, so strategies are built
 here from each Struct's field types (the handful of types our schema uses), which also
@@ -14,10 +15,13 @@ from typing import Any
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rq.serializers import JSONSerializer
 
 from commands import schema as c
 from commands.codec import CODEC, CommandResult
 from events import model as e
+from events import runs
+from events.saga import StartPlan
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 TEXT = st.text(max_size=12)
@@ -63,6 +67,7 @@ COMMANDS = union_strategy(c.Command)
 EVENTS = union_strategy(e.Event)
 RECORDS = st.builds(e.EventRecord, meta=struct_strategy(e.EventMeta), event=EVENTS)
 RESULTS = struct_strategy(CommandResult)
+PLANS = struct_strategy(StartPlan)
 
 
 @SETTINGS
@@ -98,6 +103,24 @@ def test_record_round_trip_json(record: e.EventRecord) -> None:
 @given(RESULTS)
 def test_result_round_trip(result: CommandResult) -> None:
     assert CODEC.result(CODEC.encode(result)) == result
+
+
+@SETTINGS
+@given(PLANS)
+def test_start_plan_round_trip_through_rq(plan: StartPlan) -> None:
+    # The engine hands the worker primitives, rq dumps and loads them as JSON.
+    carried = JSONSerializer.loads(JSONSerializer.dumps({"plan": CODEC.primitives(plan)}))
+    assert CODEC.plan(carried["plan"]) == plan
+
+
+@SETTINGS
+@given(union_strategy(runs.SpawnReply), struct_strategy(runs.ExitStatus),
+       struct_strategy(runs.StopRequest))
+def test_supervisor_files_and_replies_round_trip(reply: Any, status: runs.ExitStatus,
+                                                 stop: runs.StopRequest) -> None:
+    assert CODEC.spawn_reply(CODEC.json(reply)) == reply
+    assert CODEC.exit_status(CODEC.json(status)) == status
+    assert CODEC.stop_request(CODEC.json(stop)) == stop
 
 
 @settings(max_examples=100, deadline=None)

@@ -41,6 +41,7 @@ from engine.core.ipam import address_key
 from engine.core.state import World, status_of
 from engine.snapshot import encode_world_parts, world_from_parts
 from events import model as e
+from events import saga
 from events.specs import ContainerConfig, HostConfig, ImageConfig, NetworkSpec, RestartPolicy
 
 IDS = tuple(f"{('ab', 'cd', 'ef')[i % 3]}{i:062x}" for i in range(12))  # shared prefixes
@@ -65,10 +66,9 @@ NETWORKS = (
                                         bridge="br-tiny")),
 )
 MODES = ("bridge", "bridge", "bridge", "none", "host", "tiny", "tiny", "missing")
-STEPS = ("mount", "sandbox", "endpoint", "spawn", "remove")
+STEPS = (*saga.STEPS, saga.REMOVE)  # what a ReportStepFailed may name
 SIGNALS = ("SIGKILL", "SIGTERM", "HUP", "BOGUS", "")
-SAGA_REPORTS = {"mount": c.ReportMounted, "sandbox": c.ReportSandbox,
-                "endpoint": c.ReportEndpoint, "spawn": c.ReportProcessStarted}
+SAGA_REPORTS = {report.completes: report for report in c.SAGA_REPORTS}
 QUIET = (e.CommandRejected, e.ReportIgnored)
 
 
@@ -91,11 +91,11 @@ def snapshot_round_trip(world: World) -> World:
 
 def saga_report(step: str, generation: int, n: int) -> Any:
     """Return the report a worker sends when a saga step succeeded."""
-    if step == "mount":
+    if step == saga.MOUNT:
         return c.ReportMounted(generation=generation, rootfs=f"/rootfs/{n}")
-    if step == "sandbox":
+    if step == saga.SANDBOX:
         return c.ReportSandbox(generation=generation, sandbox_key=f"/netns/{n}")
-    if step == "endpoint":
+    if step == saga.ENDPOINT:
         return c.ReportEndpoint(generation=generation, endpoint_id=f"ep-{n}")
     return c.ReportProcessStarted(generation=generation, pid=1000 + n, started_at=n)
 

@@ -1,9 +1,12 @@
 """Golden files: bytes written once per tag must decode to the same value forever.
 
 Every event tag and every command tag has a checked-in msgpack file (events also a JSON
-file, the export format) under `tests/unit/golden/`. The normal run only decodes them and
-compares with the value built here. A new tag without a golden file fails the run; write
-its file with `MOOR_REGEN_GOLDEN=1 python -m pytest tests/unit/test_codec_golden.py`.
+file, the export format) under `tests/unit/golden/`, and every host hand-off (the start
+plan, the supervisor's spawn replies, exit.json and stop.json, in `events.saga` and
+`events.runs`) a JSON file under `golden/host/`, decoded the way its reader does. The
+normal run only decodes them and compares with the value built here. A new tag (or
+hand-off) without a golden file fails the run; write its file with
+`MOOR_REGEN_GOLDEN=1 python -m pytest tests/unit/test_codec_golden.py`.
 Regeneration only writes files that are missing: a shipped file is never rewritten, since
 its whole point is to hold the bytes an older writer produced.
 """
@@ -12,15 +15,18 @@ from __future__ import annotations
 
 import os
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from rq.serializers import JSONSerializer
 
 from commands import schema as c
 from commands.codec import CODEC, CommandResult
 from events import model as e
+from events import runs, saga
 from events.specs import (
     ContainerConfig,
     Endpoint,
@@ -120,6 +126,31 @@ COMMANDS: dict[str, c.Command] = {
     "ReportDrift": c.ReportDrift(resource="netns", detail="sandbox missing", generation=3),
 }
 
+# The host hand-offs, by Struct name: the value, and how its reader decodes the file.
+HANDOFFS: dict[str, tuple[Any, Callable[[bytes], Any]]] = {
+    # An rq job's argument: rq's JSONSerializer loads it, the worker types it (CODEC.plan).
+    "StartPlan": (saga.StartPlan(container_id=CID, generation=2, name="web",
+                                 image_id=IMAGE_ID, layers=("sha256:" + "ab" * 32,),
+                                 config=CONFIG, host_config=HOST, endpoint=ENDPOINT,
+                                 network=NETWORK, steps=("endpoint", "spawn")),
+                  lambda data: CODEC.plan(JSONSerializer.loads(data))),
+    "SpawnResult": (runs.SpawnResult(pid=4242, supervisor_pid=4241,
+                                     started_at_ns=1_700_000_000_000_000_017),
+                    CODEC.spawn_reply),
+    "SpawnFailure": (runs.SpawnFailure(container_exit_code=127,
+                                       message="exec: \"nope\": executable file not found "
+                                               "in $PATH"),
+                     CODEC.spawn_reply),
+    "ExitStatus": (runs.ExitStatus(exit_code=137, signal=9, oom_killed=True, pid=4242,
+                                   started_at_ns=1_700_000_000_000_000_017,
+                                   finished_at_ns=1_700_000_000_000_000_018,
+                                   error="killed"),
+                   CODEC.exit_status),
+    "StopRequest": (runs.StopRequest(signal=15, deadline_ns=123_456_789_000,
+                                     started_at_ns=1_700_000_000_000_000_017),
+                    CODEC.stop_request),
+}
+
 ENVELOPE = c.Envelope(command_id="cmd-0001", container_id=CID, issued_at=1_700_000_000_123,
                       actor="cli:root", reason="user", causation_id="cmd-0000",
                       correlation_id="corr-1", schema=1, reply=True)
@@ -147,6 +178,8 @@ def golden_files() -> dict[Path, bytes]:
         files[GOLDEN / "events" / f"{tag}.json"] = CODEC.json(record_for(tag)) + b"\n"
     for tag, cmd in COMMANDS.items():
         files[GOLDEN / "commands" / f"{tag}.msgpack"] = CODEC.encode(cmd)
+    for name, (value, _) in HANDOFFS.items():
+        files[GOLDEN / "host" / f"{name}.json"] = CODEC.json(value) + b"\n"
     files[GOLDEN / "envelope.msgpack"] = CODEC.encode(ENVELOPE)
     files[GOLDEN / "result.msgpack"] = CODEC.encode(RESULT)
     return files
@@ -189,6 +222,25 @@ def test_event_golden_json(tag: str) -> None:
 @pytest.mark.parametrize("tag", sorted(COMMANDS))
 def test_command_golden_msgpack(tag: str) -> None:
     assert CODEC.command(read(GOLDEN / "commands" / f"{tag}.msgpack")) == COMMANDS[tag]
+
+
+@pytest.mark.parametrize("name", sorted(HANDOFFS))
+def test_handoff_golden_json(name: str) -> None:
+    value, decode = HANDOFFS[name]
+    assert decode(read(GOLDEN / "host" / f"{name}.json")) == value
+
+
+def handoff_structs() -> set[str]:
+    """Return the Structs the host hand-off modules define (their wire types)."""
+    return {name for module in (saga, runs) for name in module.__all__
+            if isinstance(getattr(module, name), type)
+            and issubclass(getattr(module, name), msgspec.Struct)}
+
+
+def test_every_handoff_has_a_golden() -> None:
+    assert set(HANDOFFS) == handoff_structs()
+    assert {p.stem for p in (GOLDEN / "host").glob("*.json")} == handoff_structs()
+    assert tags_of(runs.SpawnReply) == {"SpawnResult", "SpawnFailure"}
 
 
 def test_envelope_golden() -> None:
@@ -238,7 +290,7 @@ def defaulted_fields(value: Any, path: str = "") -> list[str]:
 def test_golden_values_use_every_field() -> None:
     # A golden built from defaults would not notice a field's wire name changing.
     values = (*EVENTS.values(), *COMMANDS.values(), ENVELOPE, RESULT,
-              record_for("ContainerStopped"))
+              record_for("ContainerStopped"), *(value for value, _ in HANDOFFS.values()))
     assert [f for v in values for f in defaulted_fields(v)] == []
 
 

@@ -8,16 +8,18 @@ rejection. Every `then` also checks that replaying the records rebuilds the live
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgspec
 import pytest
 
 from commands import schema as c
+from commands.codec import CODEC
 from engine.core.decider import Outcome, apply_command
 from engine.core.evolve import fold
 from engine.core.names import generate_name
-from engine.core.react import Job, react, resume
+from engine.core.react import Job, react, resume, start_plan
 from engine.core.state import World, status_of
 from events import model as e
 from events.specs import ContainerConfig, HostConfig, ImageConfig, NetworkSpec, RestartPolicy
@@ -988,11 +990,16 @@ def test_react_job_ids_are_deterministic() -> None:
         f"start-{A}-1", f"signal-{A}-{versions[0]}", f"teardown-{A}-1", f"start-{A}-2",
         f"signal-{A}-{versions[1]}", f"teardown-{A}-2", f"remove-{A}"]
     assert first[0].func == "workers.jobs.start_container"
-    plan = first[0].kwargs["plan"]
-    assert (plan["generation"], plan["endpoint"]["ip_address"]) == (1, EP)
-    assert plan["steps"] == ["mount", "sandbox", "endpoint", "spawn"]
-    assert plan["network"]["subnet"] == "172.17.0.0/16"
-    msgspec.json.encode([j.kwargs for j in first])  # primitives only
+    # Primitives only: the kwargs survive rq's JSON, and the worker types the plan back.
+    kwargs = json.loads(json.dumps([j.kwargs for j in first]))
+    plan = CODEC.plan(kwargs[0]["plan"])
+    at_start = given(create(), start())
+    assert plan == start_plan(at_start.world, at_start.world.containers[A])
+    assert (plan.container_id, plan.name, plan.image_id) == (A, "web", IMAGE_ID)
+    assert plan.config.cmd == ("sh",) and plan.host_config.network_mode == "bridge"
+    assert (plan.generation, plan.endpoint and plan.endpoint.ip_address) == (1, EP)
+    assert plan.steps == ("mount", "sandbox", "endpoint", "spawn")
+    assert plan.network is not None and plan.network.subnet == "172.17.0.0/16"
 
 
 def test_react_signal_job_carries_the_request() -> None:
@@ -1007,7 +1014,7 @@ def test_resume_reissues_the_same_start_job() -> None:
     (first,) = jobs_of(scenario)
     assert (owed.func, owed.job_id) == (first.func, first.job_id) == (
         "workers.jobs.start_container", f"start-{A}-1")
-    assert owed.kwargs["plan"]["steps"] == ["sandbox", "endpoint", "spawn"]
+    assert CODEC.plan(owed.kwargs["plan"]).steps == ("sandbox", "endpoint", "spawn")
     assert resume(fold(scenario.records)) == resume(scenario.world)
 
 

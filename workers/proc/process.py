@@ -5,11 +5,12 @@ The supervisor keeps these files in the container's state dir:
 ``supervisor.pid``  ``"<pid> <start ticks>"`` of the supervisor while it lives.
 ``pid``             ``"<pid> <start ticks> <started_at ns>"`` of the container
                     process (host pid) while it runs.
-``exit.json``       the ``ExitStatus`` once the process is gone, written atomically
+``exit.json``       the ``ExitStatus`` (``events.runs``) once the process is gone, atomically
                     after the cgroup was released; fsynced unless its report reached
                     Redis at the first attempt (then Redis holds the exit).
 ``exit.reported``   ``"<started_at ns>"`` of the run whose exit reached Redis.
-``stop.json``       the ``StopRequest`` of a stop in progress: when to SIGKILL.
+``stop.json``       the ``StopRequest`` (``events.runs``) of a stop in progress: when to
+                    SIGKILL.
 ``supervisor.log``  the supervisor's own diagnostics.
 
 Start ticks are field 22 of ``/proc/<pid>/stat``: a pid is trusted only while
@@ -32,11 +33,14 @@ import time
 
 import msgspec
 
+from commands.codec import CODEC
+from events.runs import ExitStatus, StopRequest
 from events.signals import parse_signal
 from workers import nsutil
 
 __all__ = [
-    "EXIT_FILE", "PID_FILE", "REPORTED_FILE", "STOP_FILE", "SUPERVISOR_PID_FILE", "WAKE_SIGNAL",
+    "EXIT_FILE", "PID_FILE", "REPORTED_FILE", "STOP_FILE", "SUPERVISOR_LOG", "SUPERVISOR_PID_FILE",
+    "UNKNOWN_EXIT", "WAKE_SIGNAL",
     "ExitStatus", "ProcRef", "StopRequest", "exit_code_of", "is_alive", "read_exit",
     "read_pid_file", "read_stop_request", "reap_children", "request_stop", "signal_container",
     "start_ticks", "stop_container", "supervisor_alive", "sync_exit", "track_child", "write_exit",
@@ -48,21 +52,10 @@ SUPERVISOR_PID_FILE = "supervisor.pid"
 EXIT_FILE = "exit.json"
 REPORTED_FILE = "exit.reported"
 STOP_FILE = "stop.json"
+SUPERVISOR_LOG = "supervisor.log"
 WAKE_SIGNAL = signal.SIGUSR1  # tells the supervisor to read stop.json
 UNKNOWN_EXIT = 255  # Docker's exit code when the status was lost
 KILL_WAIT = 10.0  # Docker waits this long for an exit after SIGKILL
-
-
-class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """How one run of the container process ended."""
-
-    exit_code: int
-    signal: int | None = None  # the signal that killed it, if any
-    oom_killed: bool = False
-    pid: int = 0
-    started_at_ns: int = 0
-    finished_at_ns: int = 0
-    error: str | None = None  # set when the process never started (exec failed)
 
 
 class ProcRef(msgspec.Struct, frozen=True):
@@ -73,17 +66,6 @@ class ProcRef(msgspec.Struct, frozen=True):
     started_at_ns: int = 0
 
 
-class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """A stop in progress: SIGKILL the run once deadline_ns passes if it still runs."""
-
-    signal: int  # what was sent first (for the supervisor's log)
-    deadline_ns: int  # CLOCK_MONOTONIC (time.monotonic_ns), the same in every process
-    started_at_ns: int  # the run it applies to, as in the pid file: a later run ignores it
-
-
-_encoder = msgspec.json.Encoder()
-_exit_decoder = msgspec.json.Decoder(ExitStatus)
-_stop_decoder = msgspec.json.Decoder(StopRequest)
 
 
 def exit_code_of(wait_status: int) -> tuple[int, int | None]:
@@ -168,7 +150,7 @@ def write_exit(state_dir: str, status: ExitStatus, durable: bool = True) -> None
     The supervisor writes it without fsync when the exit is about to reach Redis anyway,
     and makes it durable with ``sync_exit`` when that report fails.
     """
-    _atomic_write(os.path.join(state_dir, EXIT_FILE), _encoder.encode(status) + b"\n",
+    _atomic_write(os.path.join(state_dir, EXIT_FILE), CODEC.json(status) + b"\n",
                   durable=durable)
 
 
@@ -186,21 +168,21 @@ def read_exit(state_dir: str) -> ExitStatus | None:
     """Return the recorded exit status, None if the process has not exited."""
     try:
         with open(os.path.join(state_dir, EXIT_FILE), "rb") as f:
-            return _exit_decoder.decode(f.read())
+            return CODEC.exit_status(f.read())
     except FileNotFoundError:
         return None
 
 
 def write_stop_request(state_dir: str, request: StopRequest) -> None:
     """Record a stop in progress atomically (not durably: it dies with the process anyway)."""
-    _atomic_write(os.path.join(state_dir, STOP_FILE), _encoder.encode(request) + b"\n")
+    _atomic_write(os.path.join(state_dir, STOP_FILE), CODEC.json(request) + b"\n")
 
 
 def read_stop_request(state_dir: str) -> StopRequest | None:
     """Return the recorded stop request, None when there is none (or it is unreadable)."""
     try:
         with open(os.path.join(state_dir, STOP_FILE), "rb") as f:
-            return _stop_decoder.decode(f.read())
+            return CODEC.stop_request(f.read())
     except (FileNotFoundError, msgspec.DecodeError):
         return None
 

@@ -1,4 +1,4 @@
-"""Start a container process under a detached per-container supervisor.
+"""Be the supervisor (B): the detached parent of one container process, until it exits.
 
 The process tree, like containerd-shim or conmon::
 
@@ -9,18 +9,18 @@ The process tree, like containerd-shim or conmon::
                                              cgroup, netns, mount/uts/ipc, pivot_root, user, execve
                                              (``workers.proc.init``)
 
-A caller that is a child subreaper (as the worker should be) would adopt B
-when A exits, so it forks B directly. Forking from the caller instead of
-re-executing Python is the fast path. B tells the caller "started" or
-"failed" in one JSON message; C's close-on-exec pipe tells B whether execve
-happened or why not (``init.await_exec``); C's stdout/stderr go through B into
-a json-file log.
+The caller's side (forking A or B, idempotence, the previous run) is
+``workers.proc.spawn``. B names itself ``moor-supervisor <short id>`` (``ps``), so an
+operator can tell it from the worker: killing a supervisor kills its container. B tells
+the caller "started" or "failed" in one ``SpawnReply`` (``events.runs``); C's
+close-on-exec pipe tells B whether execve happened or why not (``init.await_exec``);
+C's stdout/stderr go through B into a json-file log.
 
 After the process exits, B releases the cgroup, writes ``exit.json`` (see
-``workers.proc.process``), XADDs the exit to Redis when ``spec.report`` asks for it
-(retrying until Redis accepts; exit.json is fsynced only if the first attempt
-fails, or when there is no report at all), then exits. A start that fails before execve
-is reported to the caller only, which raises ``SpawnError``.
+``workers.proc.process``), appends a ``ReportProcessExited`` command to Redis when
+``spec.report`` asks for it (retrying until Redis accepts; exit.json is fsynced only if
+the first attempt fails, or when there is no report at all), then exits. A start that
+fails before execve is reported to the caller only, which raises ``SpawnError``.
 
 While the process runs, B also owns a stop's escalation: ``process.request_stop``
 signals the container, writes ``stop.json`` and wakes B with SIGUSR1; B then
@@ -30,108 +30,28 @@ SIGKILLs the process if it outlives the deadline (``workers.proc.stopper``).
 from __future__ import annotations
 
 import fcntl
-import gc
 import inspect
 import math
 import os
 import select
 import signal
 import time
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
-import msgspec
-
+from commands import schema as c
+from commands.codec import CODEC
+from events.runs import ExitStatus, SpawnFailure, SpawnReply, SpawnResult
 from events.signals import signal_name
 from workers import nsutil
 from workers.proc import cgroups, init, process, stopper
 from workers.proc.init import SpawnError
 from workers.proc.logs import JsonFileWriter
+from workers.proc.spec import ExitReport, ProcessSpec
+from workers.proc.title import set_title, supervisor_title
 
-__all__ = [
-    "BindMount", "Limits", "ProcessSpec", "Report", "SpawnError", "SpawnResult", "report_fields",
-    "spawn",
-]
+__all__ = ["STDIO_GRACE", "report_entry", "supervise"]
 
 STDIO_GRACE = 2.0  # Docker waits this long for stdio to drain after the exit
-SUPERVISOR_LOG = "supervisor.log"
-
-
-class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """cgroup limits with Docker's meaning (bytes, count, 1e-9 CPUs)."""
-
-    memory: int | None = None
-    memory_swap: int | None = None
-    pids: int | None = None
-    nano_cpus: int | None = None
-
-
-class BindMount(msgspec.Struct, frozen=True, kw_only=True):
-    """A host path bound into the container (resolv.conf, hosts, volumes)."""
-
-    source: str
-    target: str
-    readonly: bool = False
-
-
-class Report(msgspec.Struct, frozen=True, kw_only=True):
-    """Where and what the supervisor XADDs once the process has exited.
-
-    The entry holds ``fields`` verbatim, the ExitStatus as JSON under
-    ``exit_field`` (unless empty), and each of ``templates`` encoded with
-    ``encoding``, after replacing every string value that names an exit fact
-    ("$exit_code", "$signal", "$oom_killed", "$pid", "$started_at_ns",
-    "$finished_at_ns", "$now_ns") with its value. Templates let the engine get
-    its own command envelope without the supervisor importing it. Put a
-    deterministic command id in the entry: a retry after a lost reply appends
-    it twice, and the reducer drops the duplicate by that id.
-    """
-
-    redis_url: str
-    stream: str
-    fields: dict[str, str] = {}
-    exit_field: str = "exit"
-    templates: dict[str, dict[str, Any]] = {}
-    encoding: Literal["json", "msgpack"] = "json"
-
-
-class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything needed to run one container process.
-
-    ``netns`` is the path of the network namespace to join; None keeps the
-    host's network (network mode host). ``user`` is "uid[:gid]" or names,
-    resolved through the rootfs's /etc/passwd and /etc/group.
-    """
-
-    container_id: str
-    rootfs: str
-    argv: tuple[str, ...]
-    state_dir: str
-    log_path: str
-    env: tuple[str, ...] = ()
-    working_dir: str = "/"
-    user: str = ""
-    hostname: str = ""
-    netns: str | None = None
-    limits: Limits = msgspec.field(default_factory=Limits)
-    mounts: tuple[BindMount, ...] = ()
-    report: Report | None = None
-
-
-class SpawnResult(msgspec.Struct, frozen=True):
-    """The running process: host pid, its supervisor's pid, when it started."""
-
-    pid: int
-    supervisor_pid: int
-    started_at_ns: int
-
-
-# --- B: the supervisor ---
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _pump(run: _Started, escalation: stopper.Escalation) -> None:
@@ -186,31 +106,14 @@ def _copy(fd: int, stream: str, writer: JsonFileWriter) -> bool:
     return bool(data)
 
 
-def _render(template: Any, facts: dict[str, Any]) -> Any:
-    """Replace "$fact" strings anywhere in template by the facts' values."""
-    if isinstance(template, str):
-        return facts.get(template, template) if template.startswith("$") else template
-    if isinstance(template, dict):
-        return {k: _render(v, facts) for k, v in template.items()}
-    if isinstance(template, list):
-        return [_render(v, facts) for v in template]
-    return template
+def report_entry(report: ExitReport, status: ExitStatus) -> dict[str, bytes]:
+    """Build the commands-stream entry that reports the exit: envelope and command."""
+    env = c.Envelope(command_id=report.command_id, container_id=report.container_id,
+                     issued_at=time.time_ns(), actor=report.actor)
+    return CODEC.entry(env, c.ReportProcessExited.of(report.generation, status))
 
 
-def report_fields(report: Report, status: process.ExitStatus) -> dict[str, str | bytes]:
-    """Build the stream entry that reports status."""
-    fields: dict[str, str | bytes] = dict(report.fields)
-    if report.exit_field:
-        fields[report.exit_field] = msgspec.json.encode(status)
-    facts = {f"${name}": value for name, value in msgspec.structs.asdict(status).items()}
-    facts["$now_ns"] = time.time_ns()
-    encode = msgspec.msgpack.encode if report.encoding == "msgpack" else msgspec.json.encode
-    for name, template in report.templates.items():
-        fields[name] = encode(_render(template, facts))
-    return fields
-
-
-def _report_client(report: Report) -> Any:
+def _report_client(report: ExitReport) -> Any:
     """Build (not connect) the client the exit goes out on, while the process still runs.
 
     Its first command connects; CLIENT SETINFO is skipped (two round trips of ~1 ms each
@@ -226,7 +129,7 @@ def _report_client(report: Report) -> Any:
     return redis.Redis.from_url(report.redis_url, **kwargs)
 
 
-def _report(report: Report, status: process.ExitStatus, state_dir: str,
+def _report(report: ExitReport, status: ExitStatus, state_dir: str,
             client: Any = None) -> None:
     """XADD the exit to Redis, retrying with backoff until it is accepted.
 
@@ -236,7 +139,7 @@ def _report(report: Report, status: process.ExitStatus, state_dir: str,
     """
     import redis
 
-    fields = report_fields(report, status)
+    fields = report_entry(report, status)
     delay = 0.05
     synced = False
     while True:
@@ -324,13 +227,13 @@ def _start(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int,
         for fd in (stdout_r, stderr_r, writer.fd):
             os.close(fd)
         _release(spec.container_id)
-        process.write_exit(state, process.ExitStatus(exit_code=failure.container_exit_code,
-                                                     error=failure.message))
+        process.write_exit(state, ExitStatus(exit_code=failure.container_exit_code,
+                                             error=failure.message))
         return None
     ticks = process.start_ticks(pid) or 0
     process.write_pid_file(os.path.join(state, process.PID_FILE),
                            process.ProcRef(pid, ticks, started_at))
-    _tell(status_w, SpawnResult(pid, me, started_at))
+    _tell(status_w, SpawnResult(pid=pid, supervisor_pid=me, started_at_ns=started_at))
     return _Started(pid, started_at, stdout_r, stderr_r, writer)
 
 
@@ -342,17 +245,18 @@ def _release(cid: str) -> None:
         _say(f"release cgroup failed: {e}")  # the reconciler retries it
 
 
-def _tell(status_w: int, message: object) -> None:
+def _tell(status_w: int, message: SpawnReply) -> None:
     """Answer the caller; if it died meanwhile, supervise all the same."""
     try:
-        os.write(status_w, msgspec.json.encode(message))
+        os.write(status_w, CODEC.json(message))
     except OSError as e:
         _say(f"caller gone: {e}")
 
 
 def _tell_failure(status_w: int, error: SpawnError) -> None:
     """Tell the caller why the process did not start."""
-    _tell(status_w, {"container_exit_code": error.container_exit_code, "message": error.message})
+    _tell(status_w, SpawnFailure(container_exit_code=error.container_exit_code,
+                                 message=error.message))
 
 
 def _watch(spec: ProcessSpec, run: _Started, wake_fd: int) -> None:
@@ -371,7 +275,7 @@ def _watch(spec: ProcessSpec, run: _Started, wake_fd: int) -> None:
     _, wait_status = os.waitpid(run.pid, 0)
     finished_at = time.time_ns()
     code, sig = process.exit_code_of(wait_status)
-    status = process.ExitStatus(
+    status = ExitStatus(
         exit_code=code, signal=sig, oom_killed=cgroups.oom_killed(spec.container_id),
         pid=run.pid, started_at_ns=run.started_at_ns, finished_at_ns=finished_at)
     _release(spec.container_id)
@@ -385,8 +289,9 @@ def _watch(spec: ProcessSpec, run: _Started, wake_fd: int) -> None:
             f.write(f"{run.started_at_ns}\n")  # names the run it reports
 
 
-def _supervise(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int, status_w: int) -> None:
-    """Run B: detach from the caller's descriptors and signals, start C, watch it."""
+def supervise(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int, status_w: int) -> None:
+    """Run B: name it, detach from the caller's descriptors and signals, start C, watch it."""
+    set_title(supervisor_title(spec.container_id))
     me = os.getpid()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE,
                 process.WAKE_SIGNAL):
@@ -397,7 +302,7 @@ def _supervise(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int, status_w: 
     status_w, netns_fd = _above_stdio(status_w), _above_stdio(netns_fd)
     nsutil.close_fds_except({status_w, netns_fd})
     os.open("/dev/null", os.O_RDONLY)  # becomes fd 0
-    log = os.open(os.path.join(spec.state_dir, SUPERVISOR_LOG),
+    log = os.open(os.path.join(spec.state_dir, process.SUPERVISOR_LOG),
                   os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)  # becomes fd 1
     os.dup2(log, 2)
     # Before supervisor.pid names us: request_stop may send the wake-up signal from then on.
@@ -422,132 +327,3 @@ def _supervise(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int, status_w: 
         _remove_if_mine(sup_file, me)
 
 
-# --- the caller ---
-
-def _running(state_dir: str) -> SpawnResult | None:
-    """Describe the run already going on in state_dir, if any."""
-    ref = process.read_pid_file(os.path.join(state_dir, process.PID_FILE))
-    sup = process.read_pid_file(os.path.join(state_dir, process.SUPERVISOR_PID_FILE))
-    if ref is None or sup is None or not process.is_alive(state_dir) \
-            or not process.supervisor_alive(state_dir):
-        return None
-    return SpawnResult(ref.pid, sup.pid, ref.started_at_ns)
-
-
-def _await_previous(state_dir: str, timeout: float = 5.0) -> SpawnResult | None:
-    """Return the live run in state_dir, or wait until a finished one has recorded its exit.
-
-    The previous supervisor frees the cgroup before writing exit.json; starting
-    earlier would let it kill the new process.
-    """
-    deadline = time.monotonic() + timeout
-    while (running := _running(state_dir)) is None and process.supervisor_alive(state_dir) \
-            and process.read_exit(state_dir) is None:
-        if time.monotonic() > deadline:
-            raise SpawnError(128, f"the previous supervisor of {state_dir} has not recorded "
-                                  "its exit yet")
-        time.sleep(0.005)
-    return running
-
-
-def _kill_supervisor(state_dir: str) -> None:
-    """SIGKILL a hung supervisor; its container follows through PDEATHSIG."""
-    ref = process.read_pid_file(os.path.join(state_dir, process.SUPERVISOR_PID_FILE))
-    if ref is not None and process.supervisor_alive(state_dir):
-        os.kill(ref.pid, signal.SIGKILL)
-
-
-def _plan(spec: ProcessSpec) -> init.InitPlan:
-    """Resolve everything C needs that can be resolved before forking."""
-    user = init.resolve_user(spec.rootfs, spec.user)
-    return init.InitPlan(
-        container_id=spec.container_id, rootfs=spec.rootfs, argv=spec.argv,
-        env=init.environment(spec.env, spec.hostname, user), user=user,
-        working_dir=spec.working_dir, hostname=spec.hostname,
-        binds=tuple((m.source, m.target, m.readonly) for m in spec.mounts))
-
-
-def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
-    """Start the container process under a new supervisor; return once it has exec'd.
-
-    The supervisor is detached by a double fork; when the caller is a child
-    subreaper, orphans come back to it anyway, so the supervisor is forked
-    directly (one fork of the caller's address space less) and the caller
-    reaps it (``process.reap_children``). Idempotent: when state_dir already
-    holds a live run, that run is returned. Raises SpawnError (container exit
-    code 126/127/128, Docker's text) if the process cannot start.
-    """
-    process.reap_children()
-    spec = msgspec.convert(msgspec.to_builtins(spec), ProcessSpec)  # validates a dict-built spec
-    if not spec.argv:
-        raise SpawnError(128, "no command specified")
-    running = _await_previous(spec.state_dir)
-    if running is not None:
-        return running
-    os.makedirs(spec.state_dir, exist_ok=True)
-    for name in (process.EXIT_FILE, process.REPORTED_FILE, process.STOP_FILE):
-        try:
-            os.unlink(os.path.join(spec.state_dir, name))
-        except FileNotFoundError:
-            pass
-    plan = _plan(spec)
-    lim = spec.limits
-    try:
-        cgroups.ensure_cgroup(spec.container_id, memory=lim.memory, pids=lim.pids,
-                              nano_cpus=lim.nano_cpus, memory_swap=lim.memory_swap)
-    except (OSError, ValueError) as e:
-        raise SpawnError(128, f"cgroup {spec.container_id}: {e}") from e
-    netns_fd = -1
-    if spec.netns is not None:
-        try:
-            netns_fd = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            cgroups.release_cgroup(spec.container_id)
-            raise SpawnError(128, f"open network namespace {spec.netns}: "
-                                  f"{init.errno_text(e.errno or 0)}") from e
-    # A subreaper would adopt B anyway once A exited: fork B directly, one fork less.
-    direct = nsutil.is_child_subreaper()
-    status_r = status_w = -1
-    try:
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        child = os.fork()
-        if child == 0:  # A, then B (or B at once): never return into the caller's stack
-            try:
-                gc.freeze()  # keep the caller's garbage (and its fds) out of our collections
-                os.close(status_r)
-                os.setsid()
-                if direct or os.fork() == 0:
-                    _supervise(spec, plan, netns_fd, status_w)
-            except BaseException as e:  # noqa: B036
-                os.write(2, f"moorage supervisor failed: {e!r}\n".encode(errors="replace"))
-            finally:
-                os._exit(0)
-    except OSError as e:
-        for fd in (status_r, status_w):
-            if fd >= 0:
-                os.close(fd)
-        cgroups.release_cgroup(spec.container_id)
-        raise SpawnError(128, f"start supervisor: {e}") from e
-    finally:
-        if netns_fd >= 0:
-            os.close(netns_fd)
-    os.close(status_w)
-    try:
-        ready, _, _ = select.select([status_r], [], [], timeout)
-        reply = _read_all(status_r) if ready else b""
-    finally:
-        os.close(status_r)
-        if direct:
-            process.track_child(child)
-        else:
-            os.waitpid(child, 0)  # A is long gone by now: reaping it here costs no wait
-    if not reply:
-        _kill_supervisor(spec.state_dir)
-        cgroups.release_cgroup(spec.container_id)
-        why = "timed out" if not ready else "exited"
-        raise SpawnError(128, f"supervisor {why} before the process started (see "
-                              f"{os.path.join(spec.state_dir, SUPERVISOR_LOG)})")
-    message = msgspec.json.decode(reply)
-    if "pid" in message:
-        return msgspec.convert(message, SpawnResult)
-    raise SpawnError(int(message["container_exit_code"]), str(message["message"]))

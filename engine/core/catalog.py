@@ -1,0 +1,74 @@
+"""Decide the engine-wide facts: networks and images (Docker's guards and texts).
+
+Handlers of `engine.core.decide`: each returns (container id, events) or raises an
+`engine.errors` class, which decide records as a CommandRejected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from commands import schema as c
+from engine.core import names
+from engine.core.state import World
+from engine.errors import Conflict, InvalidParameter, NotModified
+from events import model as e
+
+__all__ = ["define_network", "register_image", "remove_image"]
+
+
+def define_network(world: World, env: c.Envelope,
+                   cmd: c.DefineNetwork) -> tuple[str, list[e.Event]]:
+    spec = cmd.network
+    try:
+        net = ipaddress.IPv4Network(spec.subnet)
+        gateway = ipaddress.IPv4Address(spec.gateway)
+    except ValueError as exc:
+        raise InvalidParameter(f"invalid network config: {exc}") from None
+    if gateway not in net or net.prefixlen > 30:
+        raise InvalidParameter(f"invalid network config: gateway {gateway} not usable in {net}")
+    existing = world.networks.get(spec.name)
+    if existing == spec:
+        raise NotModified(f"network {spec.name} is already defined")
+    if existing is not None:
+        raise Conflict(f"network with name {spec.name} already exists")
+    return "", [e.NetworkDefined(network=spec)]
+
+
+def register_image(world: World, env: c.Envelope,
+                   cmd: c.RegisterImage) -> tuple[str, list[e.Event]]:
+    if not cmd.image_id.startswith("sha256:") or not names.is_full_id(cmd.image_id[7:]):
+        raise InvalidParameter(f"invalid image id: {cmd.image_id}")
+    tags = tuple(dict.fromkeys(names.normalize_image_ref(t) for t in cmd.repo_tags))
+    known = world.images.get(cmd.image_id)
+    if known is not None:
+        tags = tuple(dict.fromkeys((*known.repo_tags, *tags)))
+    return "", [e.ImageRegistered(image_id=cmd.image_id, repo_tags=tags, config=cmd.config,
+                                  layers=cmd.layers, size=cmd.size, created=cmd.created)]
+
+
+def remove_image(world: World, env: c.Envelope, cmd: c.RemoveImage) -> tuple[str, list[e.Event]]:
+    image_id = names.resolve_image(world, cmd.ref)
+    image = world.images[image_id]
+    tag = names.normalize_image_ref(cmd.ref)
+    if tag in image.repo_tags and len(image.repo_tags) > 1:
+        return "", [e.ImageRemoved(image_id=image_id, untagged=(tag,), deleted=False)]
+    # Sorted, so the container named in the message never depends on dict order.
+    users = sorted((x for x in world.containers.values() if x.image_id == image_id),
+                   key=lambda x: (x.created, x.id))
+    short = image_id[7:19]
+    if users and tag in image.repo_tags:
+        # By reference, Docker refuses untagging a used image unless forced.
+        if not cmd.force:
+            raise Conflict(f'conflict: unable to remove repository reference "{cmd.ref}" '
+                           f"(must force) - container {users[0].id[:12]} is using its "
+                           f"referenced image {short}")
+        return "", [e.ImageRemoved(image_id=image_id, untagged=(tag,), deleted=False)]
+    running = [x for x in users if x.running or x.starting]
+    if running:
+        raise Conflict(f"conflict: unable to delete {short} (cannot be forced) - image is "
+                       f"being used by running container {running[0].id[:12]}")
+    if users and not cmd.force:
+        raise Conflict(f"conflict: unable to delete {short} (must be forced) - image is "
+                       f"being used by stopped container {users[0].id[:12]}")
+    return "", [e.ImageRemoved(image_id=image_id, untagged=image.repo_tags, deleted=not users)]

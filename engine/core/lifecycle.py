@@ -1,0 +1,185 @@
+"""Decide the control plane's container commands: create, start, stop, kill, restart, rm, rename.
+
+Handlers of `engine.core.decide` with Docker's guards and error texts, and the helpers
+the reports' handlers share with them (starting a generation, the back-off state).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from commands import schema as c
+from engine.core import names
+from engine.core.ipam import allocate
+from engine.core.state import Container, World
+from engine.core.validate import merge_image_config, validate_create
+from engine.errors import Conflict, Internal, InvalidParameter, MoorError, NotFound, NotModified
+from events import model as e
+from events.signals import parse_signal
+from events.specs import Endpoint
+
+__all__ = [
+    "begin_start", "create", "endpoint_for", "in_backoff", "kill", "remove", "rename", "restart",
+    "start", "stop",
+]
+
+_SIGKILL = 9
+_SIGTERM = 15
+_DEFAULT_STOP_TIMEOUT = 10
+
+
+def create(world: World, env: c.Envelope, cmd: c.CreateContainer) -> tuple[str, list[e.Event]]:
+    cid = env.container_id
+    if not names.is_full_id(cid):
+        raise InvalidParameter(f"invalid container id: {cid!r} (64 lowercase hex expected)")
+    if cid in world.containers or cid in world.destroyed:
+        raise Conflict(f"container id {cid} is already in use")
+    host = cmd.host_config
+    mode = host.network_mode or "bridge"
+    if mode == "default":
+        mode = "bridge"
+    policy = msgspec.structs.replace(host.restart_policy, name=host.restart_policy.name or "no")
+    host = msgspec.structs.replace(host, network_mode=mode, restart_policy=policy)
+    validate_create(world, cmd.config, host)
+    image_id = names.resolve_image(world, cmd.config.image)
+    config = merge_image_config(cmd.config, world.images[image_id])
+    if not config.hostname:
+        config = msgspec.structs.replace(config, hostname=cid[:12])
+    # A generated name can fall back to the short id, which a user may already hold.
+    name = names.valid_name(cmd.name) if cmd.name else names.generate_name(cid, world.names)
+    _check_name_free(world, name)
+    return cid, [e.ContainerCreated(name=name, image=cmd.config.image, image_id=image_id,
+                                    config=config, host_config=host, created=env.issued_at)]
+
+
+def _check_name_free(world: World, name: str) -> None:
+    """Raise Docker's name conflict when another container holds the name."""
+    holder = world.names.get(name)
+    if holder is not None:
+        raise Conflict(
+            f'Conflict. The container name "/{name}" is already in use by container '
+            f'"{holder}". You have to remove (or rename) that container to be able to '
+            "reuse that name."
+        )
+
+
+def endpoint_for(world: World, ctr: Container) -> Endpoint | None:
+    """Reserve the container's address on its network (None for network modes none, host)."""
+    mode = ctr.host_config.network_mode
+    if mode in ("none", "host"):
+        return None
+    spec = world.networks.get(mode)
+    if spec is None:
+        raise NotFound(f"network {mode} not found")
+    return allocate(world, spec, ctr.id)
+
+
+def begin_start(world: World, ctr: Container, restart: bool) -> e.StartInitiated:
+    """Start the container's next generation on request (a restart's start included)."""
+    return e.StartInitiated(generation=ctr.generation + 1, endpoint=endpoint_for(world, ctr),
+                            manual=True, restart=restart)
+
+
+def in_backoff(ctr: Container) -> bool:
+    """Tell whether a policy restart is waiting out its back-off: no process, nothing starting."""
+    return ctr.restarting and not ctr.saga
+
+
+def start(world: World, env: c.Envelope, cmd: c.StartContainer) -> tuple[str, list[e.Event]]:
+    ctr = names.resolve(world, cmd.ref)
+    if ctr.paused:
+        raise Conflict("cannot start a paused container, try unpause instead")
+    if ctr.running or ctr.starting:
+        raise NotModified("container is already running")
+    if ctr.removal_in_progress or ctr.dead:
+        raise Conflict("container is marked for removal and cannot be started")
+    return ctr.id, [begin_start(world, ctr, restart=False)]
+
+
+def _stop_signal(ctr: Container, requested: str) -> int:
+    try:
+        return parse_signal(requested or ctr.config.stop_signal or _SIGTERM)
+    except ValueError as exc:
+        raise InvalidParameter(str(exc)) from None
+
+
+def _stop_timeout(ctr: Container, requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    if ctr.config.stop_timeout is not None:
+        return ctr.config.stop_timeout
+    return _DEFAULT_STOP_TIMEOUT
+
+
+def stop(world: World, env: c.Envelope, cmd: c.StopContainer) -> tuple[str, list[e.Event]]:
+    ctr = names.resolve(world, cmd.ref)
+    if not (ctr.running or ctr.starting):
+        raise NotModified("container is already stopped")
+    if in_backoff(ctr):
+        return ctr.id, [e.ContainerStopped(generation=ctr.generation)]  # Docker: `stop` only
+    return ctr.id, [e.SignalRequested(generation=ctr.generation,
+                                      signal=_stop_signal(ctr, cmd.signal), purpose="stop",
+                                      timeout=_stop_timeout(ctr, cmd.timeout))]
+
+
+def kill(world: World, env: c.Envelope, cmd: c.KillContainer) -> tuple[str, list[e.Event]]:
+    ctr = names.resolve(world, cmd.ref)
+    try:
+        sig = parse_signal(cmd.signal or "SIGKILL")
+    except ValueError as exc:
+        raise InvalidParameter(str(exc)) from None
+    if not (ctr.running or ctr.starting):
+        raise Conflict(f"cannot kill container: {cmd.ref}: container {ctr.id} is not running")
+    if in_backoff(ctr):
+        # Docker delivers no signal in back-off: cancelling the restart stops it.
+        return ctr.id, [e.ContainerStopped(generation=ctr.generation)]
+    return ctr.id, [e.SignalRequested(generation=ctr.generation, signal=sig, purpose="kill")]
+
+
+def restart(world: World, env: c.Envelope, cmd: c.RestartContainer) -> tuple[str, list[e.Event]]:
+    ctr = names.resolve(world, cmd.ref)
+    try:
+        if ctr.removal_in_progress or ctr.dead:
+            raise Conflict("container is marked for removal and cannot be started")
+        if (ctr.running or ctr.starting) and not in_backoff(ctr):
+            return ctr.id, [e.SignalRequested(
+                generation=ctr.generation, signal=_stop_signal(ctr, cmd.signal),
+                purpose="restart", timeout=_stop_timeout(ctr, cmd.timeout))]
+        return ctr.id, [begin_start(world, ctr, restart=True)]
+    except MoorError as err:
+        # Docker loses the class of every restart failure: always a 500.
+        raise Internal(f"Cannot restart container {cmd.ref}: {err.message}") from None
+
+
+def remove(world: World, env: c.Envelope, cmd: c.RemoveContainer) -> tuple[str, list[e.Event]]:
+    ctr = names.resolve(world, cmd.ref)
+    if ctr.removal_in_progress:
+        raise Conflict(f"removal of container {cmd.ref} is already in progress")
+    if ctr.running or ctr.starting:
+        if not cmd.force:
+            if ctr.paused:
+                raise Conflict(f'cannot remove container "{cmd.ref}": container is paused and '
+                               "must be unpaused first")
+            state = "restarting" if ctr.restarting else "running"
+            raise Conflict(f'cannot remove container "{cmd.ref}": container is {state}: stop '
+                           "the container before removing or force remove")
+        if in_backoff(ctr):
+            return ctr.id, [e.RemovalStarted(force=True), e.ContainerMarkedDead()]
+        return ctr.id, [e.RemovalStarted(force=True),
+                        e.SignalRequested(generation=ctr.generation, signal=_SIGKILL,
+                                          purpose="remove")]
+    return ctr.id, [e.RemovalStarted(force=cmd.force), e.ContainerMarkedDead()]
+
+
+def rename(world: World, env: c.Envelope, cmd: c.RenameContainer) -> tuple[str, list[e.Event]]:
+    ctr = names.resolve(world, cmd.ref)
+    if not cmd.new_name:
+        raise InvalidParameter("Neither old nor new names may be empty")
+    new = names.valid_name(cmd.new_name)
+    if new == ctr.name:
+        raise InvalidParameter("Renaming a container with the same name as its current name")
+    try:
+        _check_name_free(world, new)
+    except Conflict as err:
+        raise Conflict(f"Error when allocating new name: {err.message}") from None
+    return ctr.id, [e.ContainerRenamed(old_name=ctr.name, new_name=new)]

@@ -1,0 +1,35 @@
+"""Docker's restart manager: whether an exit restarts the container, and after what back-off.
+
+The back-off starts at 100 ms and doubles up to a minute; a run of 10 s or more resets
+it. Any signal sent through the engine (stop, kill, restart) cancels the manager.
+"""
+
+from __future__ import annotations
+
+from engine.core.state import Container
+from events import model as e
+
+__all__ = ["policy_restart"]
+
+_BACKOFF_FIRST_MS = 100
+_BACKOFF_MAX_MS = 60_000
+_BACKOFF_RESET_NS = 10 * 1_000_000_000
+
+
+def policy_restart(ctr: Container, exit_code: int, started_at: int,
+                   finished_at: int) -> e.RestartScheduled | None:
+    """Apply the restart policy to an exit (Docker's restart manager, §5): the restart, if any."""
+    policy = ctr.host_config.restart_policy
+    if policy.name in ("", "no") or ctr.manually_stopped:
+        return None  # any signal sent through the engine cancels the manager, as in Docker
+    if policy.name == "on-failure" and (exit_code == 0 or (
+            policy.maximum_retry_count and ctr.restart_count >= policy.maximum_retry_count)):
+        return None
+    ran = finished_at - started_at
+    if ctr.restart_delay_ms == 0 or ran >= _BACKOFF_RESET_NS:
+        delay = _BACKOFF_FIRST_MS
+    else:
+        delay = min(ctr.restart_delay_ms * 2, _BACKOFF_MAX_MS)
+    return e.RestartScheduled(generation=ctr.generation, delay_ms=delay,
+                              restart_count=ctr.restart_count + 1,
+                              due=finished_at + delay * 1_000_000)

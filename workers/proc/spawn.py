@@ -1,0 +1,160 @@
+"""Start a container process under a detached per-container supervisor: the caller's side.
+
+``spawn`` forks the supervisor (``workers.proc.supervisor``, which draws the process
+tree), waits for its one reply and returns the running process, or raises
+``SpawnError``. It is idempotent: a live run in the state dir is returned as is, and a
+finished one must have recorded its exit before the next run starts.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import signal
+import time
+
+from commands.codec import CODEC
+from events.runs import SpawnFailure, SpawnResult
+from workers import nsutil
+from workers.proc import cgroups, init, process
+from workers.proc.init import SpawnError
+from workers.proc.spec import ProcessSpec
+from workers.proc.supervisor import supervise
+
+__all__ = ["SpawnError", "SpawnResult", "spawn"]
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _running(state_dir: str) -> SpawnResult | None:
+    """Describe the run already going on in state_dir, if any."""
+    ref = process.read_pid_file(os.path.join(state_dir, process.PID_FILE))
+    sup = process.read_pid_file(os.path.join(state_dir, process.SUPERVISOR_PID_FILE))
+    if ref is None or sup is None or not process.is_alive(state_dir) \
+            or not process.supervisor_alive(state_dir):
+        return None
+    return SpawnResult(pid=ref.pid, supervisor_pid=sup.pid, started_at_ns=ref.started_at_ns)
+
+
+def _await_previous(state_dir: str, timeout: float = 5.0) -> SpawnResult | None:
+    """Return the live run in state_dir, or wait until a finished one has recorded its exit.
+
+    The previous supervisor frees the cgroup before writing exit.json; starting
+    earlier would let it kill the new process.
+    """
+    deadline = time.monotonic() + timeout
+    while (running := _running(state_dir)) is None and process.supervisor_alive(state_dir) \
+            and process.read_exit(state_dir) is None:
+        if time.monotonic() > deadline:
+            raise SpawnError(128, f"the previous supervisor of {state_dir} has not recorded "
+                                  "its exit yet")
+        time.sleep(0.005)
+    return running
+
+
+def _kill_supervisor(state_dir: str) -> None:
+    """SIGKILL a hung supervisor; its container follows through PDEATHSIG."""
+    ref = process.read_pid_file(os.path.join(state_dir, process.SUPERVISOR_PID_FILE))
+    if ref is not None and process.supervisor_alive(state_dir):
+        os.kill(ref.pid, signal.SIGKILL)
+
+
+def _plan(spec: ProcessSpec) -> init.InitPlan:
+    """Resolve everything C needs that can be resolved before forking."""
+    user = init.resolve_user(spec.rootfs, spec.user)
+    return init.InitPlan(
+        container_id=spec.container_id, rootfs=spec.rootfs, argv=spec.argv,
+        env=init.environment(spec.env, spec.hostname, user), user=user,
+        working_dir=spec.working_dir, hostname=spec.hostname,
+        binds=tuple((m.source, m.target, m.readonly) for m in spec.mounts))
+
+
+def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
+    """Start the container process under a new supervisor; return once it has exec'd.
+
+    The supervisor is detached by a double fork; when the caller is a child
+    subreaper, orphans come back to it anyway, so the supervisor is forked
+    directly (one fork of the caller's address space less) and the caller
+    reaps it (``process.reap_children``). Idempotent: when state_dir already
+    holds a live run, that run is returned. Raises SpawnError (container exit
+    code 126/127/128, Docker's text) if the process cannot start.
+    """
+    process.reap_children()
+    if not spec.argv:
+        raise SpawnError(128, "no command specified")
+    running = _await_previous(spec.state_dir)
+    if running is not None:
+        return running
+    os.makedirs(spec.state_dir, exist_ok=True)
+    for name in (process.EXIT_FILE, process.REPORTED_FILE, process.STOP_FILE):
+        try:
+            os.unlink(os.path.join(spec.state_dir, name))
+        except FileNotFoundError:
+            pass
+    plan = _plan(spec)
+    lim = spec.limits
+    try:
+        cgroups.ensure_cgroup(spec.container_id, memory=lim.memory, pids=lim.pids,
+                              nano_cpus=lim.nano_cpus, memory_swap=lim.memory_swap)
+    except (OSError, ValueError) as e:
+        raise SpawnError(128, f"cgroup {spec.container_id}: {e}") from e
+    netns_fd = -1
+    if spec.netns is not None:
+        try:
+            netns_fd = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            cgroups.release_cgroup(spec.container_id)
+            raise SpawnError(128, f"open network namespace {spec.netns}: "
+                                  f"{init.errno_text(e.errno or 0)}") from e
+    # A subreaper would adopt B anyway once A exited: fork B directly, one fork less.
+    direct = nsutil.is_child_subreaper()
+    status_r = status_w = -1
+    try:
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        child = os.fork()
+        if child == 0:  # A, then B (or B at once): never return into the caller's stack
+            try:
+                gc.freeze()  # keep the caller's garbage (and its fds) out of our collections
+                os.close(status_r)
+                os.setsid()
+                if direct or os.fork() == 0:
+                    supervise(spec, plan, netns_fd, status_w)
+            except BaseException as e:  # noqa: B036
+                os.write(2, f"moorage supervisor failed: {e!r}\n".encode(errors="replace"))
+            finally:
+                os._exit(0)
+    except OSError as e:
+        for fd in (status_r, status_w):
+            if fd >= 0:
+                os.close(fd)
+        cgroups.release_cgroup(spec.container_id)
+        raise SpawnError(128, f"start supervisor: {e}") from e
+    finally:
+        if netns_fd >= 0:
+            os.close(netns_fd)
+    os.close(status_w)
+    try:
+        ready, _, _ = select.select([status_r], [], [], timeout)
+        reply = _read_all(status_r) if ready else b""
+    finally:
+        os.close(status_r)
+        if direct:
+            process.track_child(child)
+        else:
+            os.waitpid(child, 0)  # A is long gone by now: reaping it here costs no wait
+    if not reply:
+        _kill_supervisor(spec.state_dir)
+        cgroups.release_cgroup(spec.container_id)
+        why = "timed out" if not ready else "exited"
+        raise SpawnError(128, f"supervisor {why} before the process started (see "
+                              f"{os.path.join(spec.state_dir, process.SUPERVISOR_LOG)})")
+    answer = CODEC.spawn_reply(reply)
+    if isinstance(answer, SpawnFailure):
+        raise SpawnError(answer.container_exit_code, answer.message)
+    return answer

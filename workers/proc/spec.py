@@ -1,0 +1,71 @@
+"""What a supervisor is given: the process to run, its limits and mounts, where to report.
+
+The worker builds a `ProcessSpec` from the typed `StartPlan` and hands it to
+`workers.proc.spawn.spawn`; the supervisor it forks receives the same objects (a fork
+copies them: nothing is encoded on the way).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["BindMount", "ExitReport", "Limits", "ProcessSpec"]
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """cgroup limits with Docker's meaning (bytes, count, 1e-9 CPUs)."""
+
+    memory: int | None = None
+    memory_swap: int | None = None
+    pids: int | None = None
+    nano_cpus: int | None = None
+
+
+class BindMount(msgspec.Struct, frozen=True, kw_only=True):
+    """A host path bound into the container (resolv.conf, hosts, volumes)."""
+
+    source: str
+    target: str
+    readonly: bool = False
+
+
+class ExitReport(msgspec.Struct, frozen=True, kw_only=True):
+    """Where, and under which envelope, the supervisor reports the exit to the engine.
+
+    Once the process has exited, the supervisor appends a `ReportProcessExited` command
+    for `generation` to `stream`, encoded by the one codec, with an envelope naming
+    `command_id`, `container_id` and `actor` (issued when the exit is reported). Make the
+    command id deterministic: a retry after a lost reply appends the entry twice, and the
+    reducer drops the repeat by that id.
+    """
+
+    redis_url: str
+    stream: str
+    container_id: str
+    generation: int
+    command_id: str
+    actor: str = "supervisor"
+
+
+class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything needed to run one container process.
+
+    ``netns`` is the path of the network namespace to join; None keeps the
+    host's network (network mode host). ``user`` is "uid[:gid]" or names,
+    resolved through the rootfs's /etc/passwd and /etc/group. Without a
+    ``report``, the exit is only recorded in the state dir (exit.json).
+    """
+
+    container_id: str
+    rootfs: str
+    argv: tuple[str, ...]
+    state_dir: str
+    log_path: str
+    env: tuple[str, ...] = ()
+    working_dir: str = "/"
+    user: str = ""
+    hostname: str = ""
+    netns: str | None = None
+    limits: Limits = msgspec.field(default_factory=Limits)
+    mounts: tuple[BindMount, ...] = ()
+    report: ExitReport | None = None
