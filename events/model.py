@@ -138,6 +138,9 @@ class SignalRequested(_Event, tag="SignalRequested"):
     signal: int
     purpose: str  # "stop" | "kill" | "remove" | "restart"
     timeout: int | None = None
+    # Whether it cancels the restart policy (Docker's ExitOnNext). Records decided before
+    # this field existed treated every signal as cancelling: the default keeps their fold.
+    cancels_restart: bool = True
 
 
 class NetworkDisconnected(_Event, tag="NetworkDisconnected"):
@@ -159,6 +162,13 @@ class ContainerDied(_Event, tag="ContainerDied"):
 
 class ContainerStopped(_Event, tag="ContainerStopped"):
     generation: int
+
+
+class RestartFailed(_Event, tag="RestartFailed"):
+    """A policy restart could not begin (e.g. no free address): the container stops."""
+
+    generation: int
+    error: str
 
 
 class RemovalStarted(_Event, tag="RemovalStarted"):
@@ -220,6 +230,7 @@ Event = (
     | ContainerOOMKilled
     | ContainerDied
     | ContainerStopped
+    | RestartFailed
     | RemovalStarted
     | ContainerMarkedDead
     | RemovalFailed

@@ -193,12 +193,20 @@ class Client:
             sub = self.submit(c.StopContainer(ref=ref, timeout=timeout, signal=signal))
         except NotModified:
             return ref  # Docker's CLI treats 304 as success
-        cid = sub.result.container_id
         if wait:
-            self.wait_event(cid, sub.last_event_id,
-                            lambda ev: isinstance(ev, e.ContainerDied | e.StartFailed),
-                            self._stop_grace(timeout))
-        return cid
+            self.wait_exit(sub, self._stop_grace(timeout))
+        return sub.result.container_id
+
+    def wait_exit(self, sub: Submitted, timeout: float | None = None) -> None:
+        """Block until a stop or kill `sub` took effect: the process died (or never started).
+
+        A container waiting out a restart back-off has no process: the decision itself
+        stops it (ContainerStopped, no ContainerDied), so there is nothing to wait for.
+        """
+        if _STOPPED_AT_ONCE & set(sub.result.events):
+            return
+        self.wait_event(sub.result.container_id, sub.last_event_id,
+                        lambda ev: isinstance(ev, e.ContainerDied | e.StartFailed), timeout)
 
     def kill(self, ref: str, signal: str = "SIGKILL") -> str:
         return self.submit(c.KillContainer(ref=ref, signal=signal)).result.container_id
@@ -230,6 +238,9 @@ class Client:
         if wait:
             return self.submit(report, container_id=container_id, check=False).result.command_id
         return self.send(report, container_id=container_id)
+
+
+_STOPPED_AT_ONCE = frozenset({"ContainerStopped", "ContainerDied"})
 
 
 def _start_error(event: e.StartFailed) -> MoorError:

@@ -128,7 +128,7 @@ def _start_initiated(world: World, ctr: Container, ev: e.StartInitiated) -> dict
                "saga": saga.saga_steps(ctr.host_config.network_mode),
                "endpoint": ev.endpoint, "connected": False, "restart_pending": False,
                "restart_attempt": ev.restart, "stop_pending": False, "manually_stopped": False,
-               "sandbox_key": "", "rootfs": "", "restart_due": 0}
+               "restart_cancelled": False, "sandbox_key": "", "rootfs": "", "restart_due": 0}
     if ev.manual:
         # A manual start replaces the restart manager: count and back-off start over.
         changes |= {"restart_count": 0, "restart_delay_ms": 0, "running": False,
@@ -172,6 +172,8 @@ def _start_failed(world: World, ctr: Container, ev: e.StartFailed) -> dict[str, 
 
 def _signal_requested(world: World, ctr: Container, ev: e.SignalRequested) -> dict[str, Any]:
     changes: dict[str, Any] = {"manually_stopped": True}
+    if ev.cancels_restart:
+        changes["restart_cancelled"] = True
     if ev.purpose == "stop":
         changes["stop_pending"] = True
     elif ev.purpose == "restart":
@@ -196,10 +198,14 @@ def _died(world: World, ctr: Container, ev: e.ContainerDied) -> dict[str, Any]:
             "oom_killed": ctr.oom_killed or ev.oom_killed}
 
 
+def _restart_failed(world: World, ctr: Container, ev: e.RestartFailed) -> dict[str, Any]:
+    return {"running": False, "restarting": False, "restart_due": 0, "error": ev.error}
+
+
 def _stopped(world: World, ctr: Container, ev: e.ContainerStopped) -> dict[str, Any]:
     if ctr.restarting and not ctr.saga:  # a stop during the back-off cancels the restart
         return {"stop_pending": False, "running": False, "restarting": False,
-                "restart_due": 0, "manually_stopped": True}
+                "restart_due": 0, "manually_stopped": True, "restart_cancelled": True}
     return {"stop_pending": False}
 
 
@@ -238,6 +244,7 @@ _CONTAINER: dict[type, Callable[[World, Container, Any], dict[str, Any]]] = {
     e.ContainerOOMKilled: _oom,
     e.ContainerDied: _died,
     e.ContainerStopped: _stopped,
+    e.RestartFailed: _restart_failed,
     e.RestartScheduled: _restart_scheduled,
     e.RemovalStarted: _removal_started,
     e.ContainerMarkedDead: _marked_dead,

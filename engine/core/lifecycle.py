@@ -19,8 +19,8 @@ from events.signals import parse_signal
 from events.specs import Endpoint
 
 __all__ = [
-    "begin_start", "create", "endpoint_for", "in_backoff", "kill", "remove", "rename", "restart",
-    "start", "stop",
+    "begin_start", "cancels_restart", "configured_stop_signal", "create", "endpoint_for",
+    "in_backoff", "kill", "remove", "rename", "restart", "start", "stop",
 ]
 
 _SIGKILL = 9
@@ -97,10 +97,44 @@ def start(world: World, env: c.Envelope, cmd: c.StartContainer) -> tuple[str, li
 
 
 def _stop_signal(ctr: Container, requested: str) -> int:
+    """Return the signal a stop sends: the one asked for, else the container's own."""
+    if requested:
+        try:
+            return parse_signal(requested)
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from None
+    return configured_stop_signal(ctr) or _SIGTERM
+
+
+def configured_stop_signal(ctr: Container) -> int | None:
+    """Return the container's StopSignal (its own or its image's), None when it has none.
+
+    One that does not parse counts as SIGTERM, as Docker's StopSignal() falls back: an
+    image with a bad STOPSIGNAL must not make its containers unstoppable.
+    """
+    if not ctr.config.stop_signal:
+        return None
     try:
-        return parse_signal(requested or ctr.config.stop_signal or _SIGTERM)
-    except ValueError as exc:
-        raise InvalidParameter(str(exc)) from None
+        return parse_signal(ctr.config.stop_signal)
+    except ValueError:
+        return _SIGTERM
+
+
+def cancels_restart(ctr: Container, sig: int) -> bool:
+    """Tell whether a signal sent through the engine cancels the restart policy (§2).
+
+    Docker cancels it ("exit on next") for SIGKILL, for the configured StopSignal, and for
+    any signal when none is configured; every signal still marks the container manually
+    stopped (which only unless-stopped consults).
+    """
+    configured = configured_stop_signal(ctr)
+    return sig == _SIGKILL or configured is None or sig == configured
+
+
+def _signal(ctr: Container, sig: int, purpose: str, timeout: int | None = None
+            ) -> e.SignalRequested:
+    return e.SignalRequested(generation=ctr.generation, signal=sig, purpose=purpose,
+                             timeout=timeout, cancels_restart=cancels_restart(ctr, sig))
 
 
 def _stop_timeout(ctr: Container, requested: int | None) -> int:
@@ -117,9 +151,8 @@ def stop(world: World, env: c.Envelope, cmd: c.StopContainer) -> tuple[str, list
         raise NotModified("container is already stopped")
     if in_backoff(ctr):
         return ctr.id, [e.ContainerStopped(generation=ctr.generation)]  # Docker: `stop` only
-    return ctr.id, [e.SignalRequested(generation=ctr.generation,
-                                      signal=_stop_signal(ctr, cmd.signal), purpose="stop",
-                                      timeout=_stop_timeout(ctr, cmd.timeout))]
+    return ctr.id, [_signal(ctr, _stop_signal(ctr, cmd.signal), "stop",
+                            _stop_timeout(ctr, cmd.timeout))]
 
 
 def kill(world: World, env: c.Envelope, cmd: c.KillContainer) -> tuple[str, list[e.Event]]:
@@ -133,7 +166,7 @@ def kill(world: World, env: c.Envelope, cmd: c.KillContainer) -> tuple[str, list
     if in_backoff(ctr):
         # Docker delivers no signal in back-off: cancelling the restart stops it.
         return ctr.id, [e.ContainerStopped(generation=ctr.generation)]
-    return ctr.id, [e.SignalRequested(generation=ctr.generation, signal=sig, purpose="kill")]
+    return ctr.id, [_signal(ctr, sig, "kill")]
 
 
 def restart(world: World, env: c.Envelope, cmd: c.RestartContainer) -> tuple[str, list[e.Event]]:
@@ -142,9 +175,8 @@ def restart(world: World, env: c.Envelope, cmd: c.RestartContainer) -> tuple[str
         if ctr.removal_in_progress or ctr.dead:
             raise Conflict("container is marked for removal and cannot be started")
         if (ctr.running or ctr.starting) and not in_backoff(ctr):
-            return ctr.id, [e.SignalRequested(
-                generation=ctr.generation, signal=_stop_signal(ctr, cmd.signal),
-                purpose="restart", timeout=_stop_timeout(ctr, cmd.timeout))]
+            return ctr.id, [_signal(ctr, _stop_signal(ctr, cmd.signal), "restart",
+                                    _stop_timeout(ctr, cmd.timeout))]
         return ctr.id, [begin_start(world, ctr, restart=True)]
     except MoorError as err:
         # Docker loses the class of every restart failure: always a 500.
@@ -166,8 +198,7 @@ def remove(world: World, env: c.Envelope, cmd: c.RemoveContainer) -> tuple[str, 
         if in_backoff(ctr):
             return ctr.id, [e.RemovalStarted(force=True), e.ContainerMarkedDead()]
         return ctr.id, [e.RemovalStarted(force=True),
-                        e.SignalRequested(generation=ctr.generation, signal=_SIGKILL,
-                                          purpose="remove")]
+                        _signal(ctr, _SIGKILL, "remove")]
     return ctr.id, [e.RemovalStarted(force=cmd.force), e.ContainerMarkedDead()]
 
 

@@ -1,7 +1,9 @@
 """Docker's restart manager: whether an exit restarts the container, and after what back-off.
 
 The back-off starts at 100 ms and doubles up to a minute; a run of 10 s or more resets
-it. Any signal sent through the engine (stop, kill, restart) cancels the manager.
+it. A cancelling signal (engine.core.lifecycle.cancels_restart) ends every policy; any
+signal sent through the engine marks the container manually stopped, which only
+unless-stopped heeds.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ def policy_restart(ctr: Container, exit_code: int, started_at: int,
                    finished_at: int) -> e.RestartScheduled | None:
     """Apply the restart policy to an exit (Docker's restart manager, §5): the restart, if any."""
     policy = ctr.host_config.restart_policy
-    if policy.name in ("", "no") or ctr.manually_stopped:
-        return None  # any signal sent through the engine cancels the manager, as in Docker
+    if policy.name in ("", "no") or ctr.restart_cancelled:
+        return None
+    if policy.name == "unless-stopped" and ctr.manually_stopped:
+        return None
     if policy.name == "on-failure" and (exit_code == 0 or (
             policy.maximum_retry_count and ctr.restart_count >= policy.maximum_retry_count)):
         return None

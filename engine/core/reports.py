@@ -15,6 +15,7 @@ from commands import schema as c
 from engine.core.lifecycle import begin_start, endpoint_for, in_backoff
 from engine.core.policy import policy_restart
 from engine.core.state import Container, World
+from engine.errors import MoorError
 from events import model as e
 from events import saga
 
@@ -104,8 +105,16 @@ def resume_restart(world: World, env: c.Envelope,
         return ctr.id, [_ignored(cmd, "no restart pending")]
     if ctr.removal_in_progress or ctr.dead:
         return ctr.id, [_ignored(cmd, "container is marked for removal")]
-    return ctr.id, [e.StartInitiated(generation=ctr.generation + 1,
-                                     endpoint=endpoint_for(world, ctr), manual=False)]
+    try:
+        endpoint = endpoint_for(world, ctr)
+    except MoorError as err:
+        # Docker's restart manager gives up on a failed start: SetStopped, AutoRemove if set.
+        events: list[e.Event] = [e.RestartFailed(generation=ctr.generation, error=err.message)]
+        if ctr.host_config.auto_remove:
+            events += [e.RemovalStarted(force=True), e.ContainerMarkedDead()]
+        return ctr.id, events
+    return ctr.id, [e.StartInitiated(generation=ctr.generation + 1, endpoint=endpoint,
+                                     manual=False)]
 
 
 def failed(world: World, env: c.Envelope, cmd: c.ReportStepFailed) -> tuple[str, list[e.Event]]:

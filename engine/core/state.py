@@ -38,7 +38,8 @@ class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, g
     started_at: int = 0
     finished_at: int = 0
     restart_count: int = 0
-    manually_stopped: bool = False
+    manually_stopped: bool = False  # a signal was sent through the engine (unless-stopped)
+    restart_cancelled: bool = False  # a cancelling signal was sent (every policy)
     restart_delay_ms: int = 0  # the restart policy's current back-off (0: none yet)
     restart_due: int = 0  # when the back-off ends (unix ns); 0 when none is pending
     # the current start attempt (saga) and what is owed to it

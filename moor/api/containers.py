@@ -91,8 +91,7 @@ def _stop(client: Client, ref: str, timeout: int | None, signal: str) -> None:
     grace = (timeout if timeout is not None and timeout >= 0 else 10) + client.timeout
     if timeout is not None and timeout < 0:
         grace = 24 * 3600.0  # a negative timeout waits for the exit forever
-    client.wait_event(sub.result.container_id, sub.last_event_id,
-                      lambda ev: isinstance(ev, e.ContainerDied | e.StartFailed), grace)
+    client.wait_exit(sub, grace)
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -129,8 +128,7 @@ def _kill(client: Client, ref: str, signal: str) -> None:
     if number != _SIGKILL:
         return  # other signals are only delivered, as in dockerd
     try:
-        client.wait_event(sub.result.container_id, sub.last_event_id,
-                          lambda ev: isinstance(ev, e.ContainerDied | e.StartFailed), _KILL_WAIT)
+        client.wait_exit(sub, _KILL_WAIT)
     except Timeout:
         raise Internal("tried to kill container, but did not receive an exit event") from None
 

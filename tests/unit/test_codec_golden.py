@@ -79,12 +79,14 @@ EVENTS: dict[str, e.Event] = {
     "ContainerRestarted": e.ContainerRestarted(generation=2),
     "StartFailed": e.StartFailed(generation=2, step="spawn", error="exec: no such file",
                                  exit_code=127),
-    "SignalRequested": e.SignalRequested(generation=2, signal=15, purpose="stop", timeout=10),
+    "SignalRequested": e.SignalRequested(generation=2, signal=15, purpose="stop", timeout=10,
+                                         cancels_restart=False),
     "NetworkDisconnected": e.NetworkDisconnected(generation=2, network="backend"),
     "ContainerOOMKilled": e.ContainerOOMKilled(generation=2),
     "ContainerDied": e.ContainerDied(generation=2, exit_code=137, finished_at=18,
                                      oom_killed=True, error="killed"),
     "ContainerStopped": e.ContainerStopped(generation=2),
+    "RestartFailed": e.RestartFailed(generation=2, error="no available addresses on this pool"),
     "RemovalStarted": e.RemovalStarted(force=True),
     "ContainerMarkedDead": e.ContainerMarkedDead(),
     "RemovalFailed": e.RemovalFailed(error="device or resource busy"),
@@ -217,6 +219,23 @@ def test_event_golden_msgpack(tag: str) -> None:
 @pytest.mark.parametrize("tag", sorted(EVENTS))
 def test_event_golden_json(tag: str) -> None:
     assert CODEC.record_json(read(GOLDEN / "events" / f"{tag}.json")) == record_for(tag)
+
+
+# Records as an earlier release wrote them: they must keep decoding to the same fact, the
+# fields added since taking their defaults (schema evolution: new fields get defaults).
+LEGACY: dict[str, e.Event] = {
+    "SignalRequested-v1": e.SignalRequested(generation=2, signal=15, purpose="stop",
+                                            timeout=10, cancels_restart=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY))
+def test_legacy_event_goldens_still_decode(name: str) -> None:
+    tag = name.partition("-")[0]
+    meta = record_for(tag).meta
+    for suffix, decode in ((".msgpack", CODEC.record), (".json", CODEC.record_json)):
+        record = decode(read(GOLDEN / "legacy" / f"{name}{suffix}"))
+        assert record == e.EventRecord(meta=meta, event=LEGACY[name])
 
 
 @pytest.mark.parametrize("tag", sorted(COMMANDS))

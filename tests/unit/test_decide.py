@@ -457,7 +457,9 @@ def test_stop_timeout_from_config() -> None:
 def test_stop_request_overrides_config() -> None:
     given(*running(stop_signal="SIGINT", stop_timeout=3)).when(
         stop(signal="HUP", timeout=0)).then(
-        e.SignalRequested(generation=1, signal=1, purpose="stop", timeout=0))
+        # not the configured StopSignal: the restart policy is not cancelled (§2)
+        e.SignalRequested(generation=1, signal=1, purpose="stop", timeout=0,
+                          cancels_restart=False))
 
 
 def test_stop_invalid_signal() -> None:
