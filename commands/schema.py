@@ -16,9 +16,11 @@ from events.specs import ContainerConfig, HostConfig, ImageConfig, NetworkSpec
 
 __all__ = [
     "Command",
+    "CompactLog",
     "CreateContainer",
     "DefineNetwork",
     "Envelope",
+    "exit_command_id",
     "KillContainer",
     "RegisterImage",
     "RemoveContainer",
@@ -158,12 +160,25 @@ class ReportProcessExited(_Command, tag="ReportProcessExited"):
     exit_code: int
     finished_at: int
     oom_killed: bool = False
+    pid: int = 0  # the process that exited (0: unknown, or a report from before pids)
 
     @classmethod
     def of(cls, generation: int, status: ExitStatus) -> ReportProcessExited:
         """Return the report of a run's recorded exit (by its supervisor, or by reconcile)."""
         return cls(generation=generation, exit_code=status.exit_code,
-                   finished_at=status.finished_at_ns, oom_killed=status.oom_killed)
+                   finished_at=status.finished_at_ns, oom_killed=status.oom_killed,
+                   pid=status.pid)
+
+
+def exit_command_id(container_id: str, generation: int, pid: int) -> str:
+    """Return the command id of one process's exit report, the same from every reporter.
+
+    It names the fact: which container, which start, which process. The supervisor
+    reports the exit; reconcile, a signal job or a re-run start report it when the
+    supervisor could not. Should several get through, the reducer drops the repeats by
+    this id; a report about another process can never be taken for this one.
+    """
+    return f"exit-{container_id}-{generation}-{pid}"
 
 
 class ReportStepFailed(_Command, tag="ReportStepFailed"):
@@ -183,6 +198,16 @@ class ResumeRestart(_Command, tag="ResumeRestart"):
     """The back-off of a policy restart is over (appended by the reducer's timer)."""
 
     generation: int
+
+
+class CompactLog(_Command, tag="CompactLog"):
+    """Forget settled commands (and their dedupe marks) older than `retain_ms` (`moor compact`).
+
+    The cut-off is the command's own issued-at minus `retain_ms`, so the decision needs no
+    clock; the reducer's shell trims after recording the fact.
+    """
+
+    retain_ms: int
 
 
 class ReportDrift(_Command, tag="ReportDrift"):
@@ -235,4 +260,5 @@ Command = (
     | ReportRemoved
     | ReportDrift
     | ResumeRestart
+    | CompactLog
 )

@@ -164,6 +164,17 @@ class ContainerStopped(_Event, tag="ContainerStopped"):
     generation: int
 
 
+class LogCompacted(_Event, tag="LogCompacted"):
+    """Commands settled before `cutoff_ms` (unix ms), and their dedupe marks, may go.
+
+    The journal itself is never trimmed: this records who compacted the inbox, and when,
+    so an audit can tell a forgotten command id from one never sent.
+    """
+
+    cutoff_ms: int
+    retain_ms: int
+
+
 class RestartFailed(_Event, tag="RestartFailed"):
     """A policy restart could not begin (e.g. no free address): the container stops."""
 
@@ -231,6 +242,7 @@ Event = (
     | ContainerDied
     | ContainerStopped
     | RestartFailed
+    | LogCompacted
     | RemovalStarted
     | ContainerMarkedDead
     | RemovalFailed

@@ -30,6 +30,7 @@ class ExitStatus(msgspec.Struct, frozen=True, kw_only=True):
     started_at_ns: int = 0
     finished_at_ns: int = 0
     error: str | None = None  # set when the process never started (exec failed)
+    generation: int = 0  # the start it belongs to (0: written before generations were kept)
 
 
 class StopRequest(msgspec.Struct, frozen=True, kw_only=True):

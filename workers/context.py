@@ -16,9 +16,10 @@ from commands import schema as c
 from commands.client import Client
 from engine.core.state import Container
 from engine.keys import Keys
+from events.runs import ExitStatus
 from workers.proc.spec import ExitReport
 
-__all__ = ["HostContext", "configure", "current", "exit_command_id"]
+__all__ = ["HostContext", "configure", "current"]
 
 _CONTAINER = msgspec.msgpack.Decoder(Container)
 
@@ -53,17 +54,12 @@ class HostContext:
         """Return where and as whom a supervisor reports this generation's exit."""
         return ExitReport(redis_url=self.redis_url, stream=self.keys.commands,
                           container_id=container_id, generation=generation,
-                          command_id=exit_command_id(container_id, generation),
                           actor=f"supervisor@{self.host}")
 
-
-def exit_command_id(container_id: str, generation: int) -> str:
-    """Return the command id of a generation's exit report, the same from every reporter.
-
-    The supervisor reports the exit; reconcile reports it when the supervisor could not.
-    Should both get through, the reducer drops the second by this id.
-    """
-    return f"exit-{container_id}-{generation}"
+    def report_exit(self, container_id: str, generation: int, status: ExitStatus) -> None:
+        """Report a run's exit under its process's id (a repeat of the supervisor's drops)."""
+        self.report(container_id, c.ReportProcessExited.of(generation, status),
+                    c.exit_command_id(container_id, generation, status.pid))
 
 
 _CURRENT: HostContext | None = None

@@ -18,11 +18,10 @@ from engine.core.react import resume
 from engine.core.state import Container
 from engine.outbox import JobOutbox
 from engine.snapshot import load_world
-from events.runs import ExitStatus
-from workers.context import HostContext, exit_command_id
+from workers.context import HostContext
 from workers.net import network, portmap
 from workers.proc import process
-from workers.saga import release_runtime
+from workers.saga import lost_exit, release_runtime
 from workers.storage import rootfs
 
 __all__ = ["reconcile"]
@@ -52,6 +51,15 @@ def _drift(ctx: HostContext, cid: str, ctr: Container | None, resource: str,
                f"drift-{cid}-{resource}-{time.time_ns()}")
 
 
+def _process_owed(ctr: Container) -> bool:
+    """Tell whether the facts say a process runs: running, with a pid, no start in flight.
+
+    A restart back-off (`restarting`, no pid) has no process by design, and a start in
+    flight belongs to its job (re-issued by resume if the job was lost).
+    """
+    return ctr.running and not ctr.saga and not ctr.restarting and ctr.pid > 0
+
+
 def reconcile(ctx: HostContext) -> list[dict[str, Any]]:
     """Correct this host against the facts; return the findings (also journaled)."""
     world, _ = load_world(ctx.redis, ctx.keys)
@@ -64,12 +72,12 @@ def reconcile(ctx: HostContext) -> list[dict[str, Any]]:
     for ctr in world.containers.values():
         cid = ctr.id
         state_dir = _state_dir(ctx, cid)
-        if ctr.running and not process.is_alive(state_dir):
-            status = process.read_exit(state_dir) or ExitStatus(
-                exit_code=process.UNKNOWN_EXIT, finished_at_ns=time.time_ns())
-            # Same command id as the supervisor's own report: a repeat is dropped.
-            ctx.report(cid, c.ReportProcessExited.of(ctr.generation, status),
-                       exit_command_id(cid, ctr.generation))
+        if _process_owed(ctr) and not process.is_alive(state_dir):
+            # The exit of the process the facts name (its pid), under that process's id:
+            # the same id as its supervisor's report, so a repeat is dropped, and never
+            # another run's exit taken for it.
+            status = lost_exit(state_dir, ctr.pid, ctr.generation)
+            ctx.report_exit(cid, ctr.generation, status)
             _drift(ctx, cid, ctr, "process", f"exit not reported; reported {status.exit_code}",
                    findings)
             continue

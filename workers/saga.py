@@ -17,17 +17,20 @@ from collections.abc import Callable
 
 from commands import schema as c
 from engine.errors import Internal, MoorError
+from events.runs import ExitStatus
 from events.saga import ENDPOINT, MOUNT, REMOVE, SANDBOX, SPAWN, StartPlan, saga_steps
 from events.specs import HostConfig
 from workers.context import HostContext
 from workers.net import network, portmap
 from workers.net.hostfiles import write_hostfiles
 from workers.net.netconf import BridgeConfig, from_port_bindings
-from workers.proc.spawn import spawn
+from workers.proc import cgroups, process
+from workers.proc.spawn import RunFinished, spawn
 from workers.proc.spec import BindMount, Limits, ProcessSpec
 from workers.storage import images, rootfs
 
-__all__ = ["forget_bridges", "release_runtime", "remove", "signal", "start", "teardown"]
+__all__ = ["forget_bridges", "lost_exit", "release_runtime", "remove", "signal", "start",
+           "teardown"]
 
 log = logging.getLogger("moorage.worker")
 
@@ -95,6 +98,7 @@ class _Start:
         self.rootfs = ""  # the merged overlay, once mounted
         self.netns: str | None = None  # the sandbox; None keeps the host's network
         self.ip: str | None = None  # the endpoint's address
+        self.finished: ExitStatus | None = None  # set when this generation already ran
 
 
 def _mount(run: _Start) -> tuple[c.SagaReport, str]:
@@ -154,8 +158,16 @@ def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
         log_path=log_path, env=config.env, working_dir=config.working_dir or "/",
         user=config.user, hostname=config.hostname or cid[:12], netns=run.netns,
         limits=_limits(run.plan.host_config), mounts=mounts,
-        report=ctx.exit_report(cid, run.gen))
-    result = spawn(spec)
+        report=ctx.exit_report(cid, run.gen), generation=run.gen)
+    try:
+        result = spawn(spec)
+    except RunFinished as done:
+        # A repeated start job of a generation that already ran: its process started and
+        # ended. Report both (repeats are dropped by id); never run it a second time.
+        run.finished = done.status
+        return (c.ReportProcessStarted(generation=run.gen, pid=done.status.pid,
+                                       started_at=done.status.started_at_ns),
+                f"started-{cid}-{run.gen}")
     return (c.ReportProcessStarted(generation=run.gen, pid=result.pid,
                                    started_at=result.started_at_ns),
             f"started-{cid}-{run.gen}")
@@ -184,42 +196,96 @@ def start(ctx: HostContext, plan: StartPlan) -> None:
         log.info("start %s gen %s is no longer owed; skipped", cid[:12], gen)
         return
     run = _Start(ctx, plan)
-    step = MOUNT
-    try:
-        for step in saga_steps(plan.host_config.network_mode):
+    for step in saga_steps(plan.host_config.network_mode):
+        try:
             report, command_id = _STEPS[step](run)
-            if step in plan.steps:
-                ctx.report(cid, report, command_id)
-    except Exception as exc:
-        run.undo.run()
-        code = getattr(exc, "container_exit_code", None) or 128
-        message = exc.message if isinstance(exc, MoorError) else f"{type(exc).__name__}: {exc}"
-        log.warning("start %s gen %s failed at %s: %s", cid[:12], gen, step, message)
-        ctx.report(cid, c.ReportStepFailed(generation=gen, step=step, error=message,
-                                           exit_code=code), f"failed-{cid}-{gen}")
+        except Exception as exc:
+            run.undo.run()
+            code = getattr(exc, "container_exit_code", None) or 128
+            message = (exc.message if isinstance(exc, MoorError)
+                       else f"{type(exc).__name__}: {exc}")
+            log.warning("start %s gen %s failed at %s: %s", cid[:12], gen, step, message)
+            _report(ctx, cid, c.ReportStepFailed(generation=gen, step=step, error=message,
+                                                 exit_code=code), f"failed-{cid}-{gen}")
+            return
+        # A report that cannot be sent undoes nothing: the step did happen, and a live
+        # process may already stand on it. The job fails instead; the start is re-issued
+        # (resume, reconcile) and finds every step done.
+        if step in plan.steps:
+            _report(ctx, cid, report, command_id)
+    if run.finished is not None:
+        ctx.report_exit(cid, gen, run.finished)
+
+
+_REPORT_TRIES = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+
+def _report(ctx: HostContext, cid: str, report: c.Command, command_id: str) -> None:
+    """Report, retrying a failing Redis for a few seconds; then raise (the job fails)."""
+    for delay in (*_REPORT_TRIES, None):
+        try:
+            ctx.report(cid, report, command_id)
+            return
+        except MoorError as exc:  # Unavailable: the client's translation of Redis errors
+            if delay is None:
+                raise
+            log.warning("report %s of %s failed (%s); retrying", command_id, cid[:12],
+                        exc.message)
+            time.sleep(delay)
 
 
 def signal(ctx: HostContext, cid: str, generation: int, sig: int, timeout: int | None,
            purpose: str) -> None:
-    """Deliver a signal; a stop hands its SIGKILL escalation to the supervisor."""
-    from workers.proc import process
+    """Deliver a signal; a stop hands its SIGKILL escalation to the supervisor.
 
+    Only to the run it was decided for: a signal job of an older generation (a re-drained
+    outbox, a late retry) must never reach the next run. When the run it was meant for
+    is already dead and its exit never reached the engine (its supervisor died with it),
+    the exit is reported here, so a stop or `rm -f` completes instead of waiting forever.
+    """
+    ctr = ctx.container(cid)
+    if ctr is None or ctr.generation != generation or not (ctr.running or ctr.starting):
+        log.info("signal %s to %s gen %s is no longer current; skipped", sig, cid[:12],
+                 generation)
+        return
     _, state_dir, _ = _paths(ctx, cid)
     if purpose in ("stop", "restart"):
-        process.request_stop(state_dir, sig, -1 if timeout is None else timeout)
+        delivered = process.request_stop(state_dir, sig, -1 if timeout is None else timeout)
     else:
-        process.signal_container(state_dir, sig)
+        delivered = process.signal_container(state_dir, sig)
+    if not delivered and ctr.running and ctr.pid and not process.is_alive(state_dir):
+        ctx.report_exit(cid, generation, lost_exit(state_dir, ctr.pid, generation))
+
+
+def lost_exit(state_dir: str, pid: int, generation: int) -> ExitStatus:
+    """Return the exit of a run that died unreported: its recorded status, else Docker's 255."""
+    status = process.read_exit(state_dir)
+    if status is not None and status.pid == pid:
+        return status
+    return ExitStatus(exit_code=process.UNKNOWN_EXIT, pid=pid, finished_at_ns=time.time_ns(),
+                      generation=generation)
 
 
 def teardown(ctx: HostContext, cid: str, generation: int, ports: bool = True) -> None:
-    """Release the network and the mount after an exit (the RW layer stays)."""
-    # Runs before the next generation's start: one queue per host, first in first out.
+    """Release the network and the mount after an exit (the RW layer stays).
+
+    Only while that exit is still the container's latest fact: once a later generation
+    started (its start ensures the same resources), a duplicate of this job would pull
+    them from under the live process.
+    """
+    ctr = ctx.container(cid)
+    if ctr is None or ctr.generation != generation or ctr.running or ctr.starting:
+        log.info("teardown of %s gen %s is no longer current; skipped", cid[:12], generation)
+        return
     release_runtime(ctx, cid, ports)
 
 
 def release_runtime(ctx: HostContext, cid: str, ports: bool = True,
                     reuse: bool = True) -> None:
-    """Release a container's ports, endpoint, sandbox and mount (each: gone = success).
+    """Release a container's ports, endpoint, sandbox, mount and cgroup (gone = success).
+
+    The supervisor frees the cgroup when its process exits; a supervisor killed with its
+    container cannot, so the release is repeated here.
 
     `ports=False` skips reading the iptables rules of a container that published none;
     `reuse=False` (removal) lets the kernel delete the veth with the namespace.
@@ -230,10 +296,15 @@ def release_runtime(ctx: HostContext, cid: str, ports: bool = True,
         network.release_endpoint(cid)
     network.release_sandbox(cid, reuse=reuse)
     rootfs.release_mount(ctx.root, cid)
+    cgroups.release_cgroup(cid)
 
 
 def remove(ctx: HostContext, cid: str, generation: int, ports: bool = True) -> None:
     """Delete everything the container had on this host, then report it removed."""
+    ctr = ctx.container(cid)
+    if ctr is None or not (ctr.dead and ctr.removal_in_progress):
+        log.info("removal of %s is no longer owed; skipped", cid[:12])
+        return
     try:
         release_runtime(ctx, cid, ports, reuse=False)
         rootfs.release_rw_layer(ctx.root, cid)

@@ -78,7 +78,7 @@ class Client:
         try:
             self.redis.xadd(self.keys.commands,
                             {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)})
-        except redislib.ConnectionError as exc:
+        except redislib.RedisError as exc:  # unreachable, or refusing writes (READONLY)
             raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
         return env.command_id
 

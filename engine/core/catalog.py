@@ -14,7 +14,18 @@ from engine.core.state import World
 from engine.errors import Conflict, InvalidParameter, NotModified
 from events import model as e
 
-__all__ = ["define_network", "register_image", "remove_image"]
+__all__ = ["compact_log", "define_network", "register_image", "remove_image"]
+
+
+_MIN_RETAIN_MS = 60_000  # shorter would forget ids a client may still be retrying
+
+
+def compact_log(world: World, env: c.Envelope, cmd: c.CompactLog) -> tuple[str, list[e.Event]]:
+    if cmd.retain_ms < _MIN_RETAIN_MS:
+        raise InvalidParameter(f"retention must be at least {_MIN_RETAIN_MS // 1000}s, "
+                               f"got {cmd.retain_ms}ms")
+    cutoff_ms = env.issued_at // 1_000_000 - cmd.retain_ms
+    return "", [e.LogCompacted(cutoff_ms=cutoff_ms, retain_ms=cmd.retain_ms)]
 
 
 def define_network(world: World, env: c.Envelope,

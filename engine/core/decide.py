@@ -63,4 +63,5 @@ _HANDLERS: dict[type, Callable[..., tuple[str, list[e.Event]]]] = {
     c.ReportRemoved: reports.removed,
     c.ReportDrift: reports.drift,
     c.ResumeRestart: reports.resume_restart,
+    c.CompactLog: catalog.compact_log,
 }

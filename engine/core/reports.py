@@ -65,6 +65,8 @@ def exited(world: World, env: c.Envelope,
         return env.container_id, [_ignored(cmd, "no such container")]
     if cmd.generation != ctr.generation:
         return ctr.id, [_ignored(cmd, f"stale generation (current {ctr.generation})")]
+    if cmd.pid and ctr.pid and cmd.pid != ctr.pid:
+        return ctr.id, [_ignored(cmd, f"not the current process (pid {ctr.pid})")]
     events: list[e.Event] = []
     restart_pending = ctr.restart_pending  # asked before this exit: start again after it
     started_at = ctr.started_at
@@ -72,7 +74,7 @@ def exited(world: World, env: c.Envelope,
         if ctr.saga != (saga.SPAWN,):
             return ctr.id, [_ignored(cmd, "process not running")]
         # The exit overtook the worker's start report: the process did run.
-        events.extend(_started(ctr, 0, cmd.finished_at))
+        events.extend(_started(ctr, cmd.pid, cmd.finished_at))
         started_at = cmd.finished_at
     g = cmd.generation
     if cmd.oom_killed:

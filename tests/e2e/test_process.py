@@ -609,19 +609,21 @@ def test_reports_the_exit_to_redis(make_spec: Make, redis_server: RedisServer,
         spec = make_spec("sh", "-c", "exit 5")
         spec = msgspec.structs.replace(spec, report=ExitReport(
             redis_url=redis_server.url, stream=stream, container_id=spec.container_id,
-            generation=3, command_id=f"exit-{run_id}", actor="supervisor@test"))
+            generation=3, actor="supervisor@test"))
         result = spawn(spec)
         status = wait_exit(spec)
         [entry] = _entries(client, stream)
         # The entry the reducer reads: an envelope and a command, by the one codec.
         assert set(entry) == {b"env", b"cmd"}
         env = CODEC.envelope(entry[b"env"])
+        # the id names the process: a report about another run can never be taken for it
         assert (env.command_id, env.container_id, env.actor) == (
-            f"exit-{run_id}", spec.container_id, "supervisor@test")
+            f"exit-{spec.container_id}-3-{result.pid}", spec.container_id, "supervisor@test")
         assert status.finished_at_ns <= env.issued_at <= time.time_ns()
         assert (status.exit_code, status.pid) == (5, result.pid)
         assert CODEC.command(entry[b"cmd"]) == c.ReportProcessExited(
-            generation=3, exit_code=5, finished_at=status.finished_at_ns, oom_killed=False)
+            generation=3, exit_code=5, finished_at=status.finished_at_ns, oom_killed=False,
+            pid=result.pid)
         assert Path(spec.state_dir, process.REPORTED_FILE).read_text() == \
             f"{result.started_at_ns}\n"
         # Redis took the exit at once: exit.json was not fsynced (Redis is the record).
@@ -639,7 +641,7 @@ def test_report_retries_until_redis_comes_up(make_spec: Make, run_id: str,
     spec = make_spec("true")
     spec = msgspec.structs.replace(spec, report=ExitReport(
         redis_url=url, stream=f"moort{run_id}:commands", container_id=spec.container_id,
-        generation=1, command_id=f"exit-{run_id}"))
+        generation=1))
     _note_syncs(monkeypatch, tmp_path / "synced")
     spawn(spec)
     assert _wait(lambda: process.read_exit(spec.state_dir) is not None, 5)
@@ -657,7 +659,7 @@ def test_report_retries_until_redis_comes_up(make_spec: Make, run_id: str,
         [entry] = _entries(client, f"moort{run_id}:commands")
         client.close()
         assert CODEC.command(entry[b"cmd"]) == c.ReportProcessExited(
-            generation=1, exit_code=0, finished_at=status.finished_at_ns)
+            generation=1, exit_code=0, finished_at=status.finished_at_ns, pid=status.pid)
         assert (tmp_path / "synced").read_text() == spec.state_dir + "\n"
     finally:
         server.kill(signal.SIGTERM)

@@ -86,6 +86,7 @@ EVENTS: dict[str, e.Event] = {
     "ContainerDied": e.ContainerDied(generation=2, exit_code=137, finished_at=18,
                                      oom_killed=True, error="killed"),
     "ContainerStopped": e.ContainerStopped(generation=2),
+    "LogCompacted": e.LogCompacted(cutoff_ms=1_700_000_000_000, retain_ms=86_400_000),
     "RestartFailed": e.RestartFailed(generation=2, error="no available addresses on this pool"),
     "RemovalStarted": e.RemovalStarted(force=True),
     "ContainerMarkedDead": e.ContainerMarkedDead(),
@@ -120,11 +121,12 @@ COMMANDS: dict[str, c.Command] = {
     "ReportEndpoint": c.ReportEndpoint(generation=3, endpoint_id="ep-3"),
     "ReportProcessStarted": c.ReportProcessStarted(generation=3, pid=77, started_at=19),
     "ReportProcessExited": c.ReportProcessExited(generation=3, exit_code=1, finished_at=20,
-                                                 oom_killed=True),
+                                                 oom_killed=True, pid=77),
     "ReportStepFailed": c.ReportStepFailed(generation=3, step="endpoint", error="EEXIST",
                                            exit_code=126),
     "ReportRemoved": c.ReportRemoved(generation=3),
     "ResumeRestart": c.ResumeRestart(generation=2),
+    "CompactLog": c.CompactLog(retain_ms=86_400_000),
     "ReportDrift": c.ReportDrift(resource="netns", detail="sandbox missing", generation=3),
 }
 
@@ -146,7 +148,7 @@ HANDOFFS: dict[str, tuple[Any, Callable[[bytes], Any]]] = {
     "ExitStatus": (runs.ExitStatus(exit_code=137, signal=9, oom_killed=True, pid=4242,
                                    started_at_ns=1_700_000_000_000_000_017,
                                    finished_at_ns=1_700_000_000_000_000_018,
-                                   error="killed"),
+                                   error="killed", generation=2),
                    CODEC.exit_status),
     "StopRequest": (runs.StopRequest(signal=15, deadline_ns=123_456_789_000,
                                      started_at_ns=1_700_000_000_000_000_017),
@@ -236,6 +238,26 @@ def test_legacy_event_goldens_still_decode(name: str) -> None:
     for suffix, decode in ((".msgpack", CODEC.record), (".json", CODEC.record_json)):
         record = decode(read(GOLDEN / "legacy" / f"{name}{suffix}"))
         assert record == e.EventRecord(meta=meta, event=LEGACY[name])
+
+
+# Commands and host files as an earlier release wrote them (a supervisor outlives an
+# upgrade of its worker, so its reports and exit.json meet the newer reader).
+LEGACY_WIRE: dict[str, tuple[Any, Callable[[bytes], Any]]] = {
+    "ReportProcessExited-v1.msgpack": (
+        c.ReportProcessExited(generation=3, exit_code=1, finished_at=20, oom_killed=True,
+                              pid=0), CODEC.command),
+    "ExitStatus-v1.json": (
+        runs.ExitStatus(exit_code=137, signal=9, oom_killed=True, pid=4242,
+                        started_at_ns=1_700_000_000_000_000_017,
+                        finished_at_ns=1_700_000_000_000_000_018, error="killed",
+                        generation=0), CODEC.exit_status),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY_WIRE))
+def test_legacy_wire_goldens_still_decode(name: str) -> None:
+    value, decode = LEGACY_WIRE[name]
+    assert decode(read(GOLDEN / "legacy" / name)) == value
 
 
 @pytest.mark.parametrize("tag", sorted(COMMANDS))

@@ -1087,3 +1087,12 @@ def test_manual_restart_during_the_back_off_starts_at_once() -> None:
     got = given(*running(host=policy("always")), exited()).when(restart()).then(
         e.StartInitiated)
     assert got.events[0].manual and got.container().restart_count == 0
+
+
+def test_compaction_is_a_fact_with_a_cut_off_from_the_command_itself() -> None:
+    # No clock: the cut-off is the command's issued-at (ns) less the retention (ms).
+    got = given().when(c.CompactLog(retain_ms=86_400_000))
+    issued_ms = got.scenario.count * 1_000 // 1_000_000
+    got.then(e.LogCompacted(cutoff_ms=issued_ms - 86_400_000, retain_ms=86_400_000))
+    given().when(c.CompactLog(retain_ms=1_000)).then(
+        (400, "retention must be at least 60s, got 1000ms"))

@@ -120,16 +120,16 @@ def test_a_resumed_start_plan_owes_only_the_later_steps() -> None:
 
 def test_the_exit_report_is_an_entry_the_reducer_decodes() -> None:
     report = ExitReport(redis_url="redis://x", stream="s", container_id=A, generation=4,
-                        command_id=f"exit-{A}-4", actor="supervisor@h")
+                        actor="supervisor@h")
     status = ExitStatus(exit_code=137, signal=9, oom_killed=True, pid=7, started_at_ns=10,
                         finished_at_ns=20)
     entry = report_entry(report, status)
     assert set(entry) == {"env", "cmd"}
     env = CODEC.envelope(entry["env"])
-    assert (env.command_id, env.container_id, env.actor) == (f"exit-{A}-4", A, "supervisor@h")
+    assert (env.command_id, env.container_id, env.actor) == (f"exit-{A}-4-7", A, "supervisor@h")
     assert env.issued_at > status.finished_at_ns
     assert CODEC.command(entry["cmd"]) == c.ReportProcessExited(
-        generation=4, exit_code=137, finished_at=20, oom_killed=True)
+        generation=4, exit_code=137, finished_at=20, oom_killed=True, pid=7)
 
 
 # --- one home for the step order --------------------------------------------------------

@@ -3,7 +3,9 @@
 ``spawn`` forks the supervisor (``workers.proc.supervisor``, which draws the process
 tree), waits for its one reply and returns the running process, or raises
 ``SpawnError``. It is idempotent: a live run in the state dir is returned as is, and a
-finished one must have recorded its exit before the next run starts.
+finished one must have recorded its exit before the next run starts. A spec naming its
+generation runs at most once per generation: a repeated start of a generation whose run
+already ended raises ``RunFinished`` with that run's exit instead of running it again.
 """
 
 from __future__ import annotations
@@ -15,14 +17,22 @@ import signal
 import time
 
 from commands.codec import CODEC
-from events.runs import SpawnFailure, SpawnResult
+from events.runs import ExitStatus, SpawnFailure, SpawnResult
 from workers import nsutil
 from workers.proc import cgroups, init, process
 from workers.proc.init import SpawnError
 from workers.proc.spec import ProcessSpec
 from workers.proc.supervisor import supervise
 
-__all__ = ["SpawnError", "SpawnResult", "spawn"]
+__all__ = ["RunFinished", "SpawnError", "SpawnResult", "spawn"]
+
+
+class RunFinished(Exception):
+    """This generation already ran, and its run has ended: here is how."""
+
+    def __init__(self, status: ExitStatus) -> None:
+        super().__init__(f"generation {status.generation} already ran (pid {status.pid})")
+        self.status = status
 
 
 def _read_all(fd: int) -> bytes:
@@ -91,6 +101,10 @@ def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
     running = _await_previous(spec.state_dir)
     if running is not None:
         return running
+    if spec.generation:
+        finished = process.read_exit(spec.state_dir)
+        if finished is not None and finished.generation == spec.generation:
+            raise RunFinished(finished)  # a duplicate start job: never a second run
     os.makedirs(spec.state_dir, exist_ok=True)
     for name in (process.EXIT_FILE, process.REPORTED_FILE, process.STOP_FILE):
         try:

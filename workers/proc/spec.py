@@ -34,16 +34,15 @@ class ExitReport(msgspec.Struct, frozen=True, kw_only=True):
 
     Once the process has exited, the supervisor appends a `ReportProcessExited` command
     for `generation` to `stream`, encoded by the one codec, with an envelope naming
-    `command_id`, `container_id` and `actor` (issued when the exit is reported). Make the
-    command id deterministic: a retry after a lost reply appends the entry twice, and the
-    reducer drops the repeat by that id.
+    `container_id` and `actor` (issued when the exit is reported) and the command id
+    `commands.schema.exit_command_id` gives that process: deterministic, so a retry after
+    a lost reply, or reconcile reporting the same exit, is dropped by the reducer.
     """
 
     redis_url: str
     stream: str
     container_id: str
     generation: int
-    command_id: str
     actor: str = "supervisor"
 
 
@@ -69,3 +68,4 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     mounts: tuple[BindMount, ...] = ()
     report: ExitReport | None = None
+    generation: int = 0  # the start this run belongs to: recorded in exit.json

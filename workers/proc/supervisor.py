@@ -108,8 +108,10 @@ def _copy(fd: int, stream: str, writer: JsonFileWriter) -> bool:
 
 def report_entry(report: ExitReport, status: ExitStatus) -> dict[str, bytes]:
     """Build the commands-stream entry that reports the exit: envelope and command."""
-    env = c.Envelope(command_id=report.command_id, container_id=report.container_id,
-                     issued_at=time.time_ns(), actor=report.actor)
+    env = c.Envelope(command_id=c.exit_command_id(report.container_id, report.generation,
+                                                  status.pid),
+                     container_id=report.container_id, issued_at=time.time_ns(),
+                     actor=report.actor)
     return CODEC.entry(env, c.ReportProcessExited.of(report.generation, status))
 
 
@@ -277,7 +279,8 @@ def _watch(spec: ProcessSpec, run: _Started, wake_fd: int) -> None:
     code, sig = process.exit_code_of(wait_status)
     status = ExitStatus(
         exit_code=code, signal=sig, oom_killed=cgroups.oom_killed(spec.container_id),
-        pid=run.pid, started_at_ns=run.started_at_ns, finished_at_ns=finished_at)
+        pid=run.pid, started_at_ns=run.started_at_ns, finished_at_ns=finished_at,
+        generation=spec.generation)
     _release(spec.container_id)
     # Durable at once only when nobody will hear of the exit otherwise (see _report).
     process.write_exit(spec.state_dir, status, durable=spec.report is None)
