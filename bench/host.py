@@ -45,12 +45,11 @@ def private_engine(subnet: str, api: bool = False) -> Iterator[PrivateEngine]:
     env = dict(os.environ, MOOR_REDIS_URL=server.url, MOOR_DATA_ROOT=f"{work}/root",
                MOOR_PREFIX=f"moorbench{tag}", MOOR_SUBNET=subnet, MOOR_BRIDGE=f"moorbn{tag}")
     sock = f"{work}/docker.sock"
-    programs: list[tuple[str, list[str]]] = [("moor.cli", ["reducer"]),
-                                             ("moor.worker", [])]
+    programs: list[list[str]] = [["reducer"], ["worker"]]
     if api:
-        programs.append(("moor.api.server", ["--socket", sock]))
-    procs = [subprocess.Popen([sys.executable, "-m", mod, *extra], env=env,
-                              stdout=subprocess.DEVNULL) for mod, extra in programs]
+        programs.append(["api", "--socket", sock])
+    procs = [subprocess.Popen([sys.executable, "-m", "moor.cli", *argv], env=env,
+                              stdout=subprocess.DEVNULL) for argv in programs]
     try:
         yield PrivateEngine(env=env, work=work, redis_url=server.url, socket=sock)
     finally:

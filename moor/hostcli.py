@@ -1,7 +1,7 @@
-"""Host-side `moor` subcommands: worker, image import/load/ls/rm, logs.
+"""Host-side `moor` subcommands: image import/load/ls/rm (`images`, `rmi`), logs.
 
-They touch this host's files, so they live with the workers; `moor` execs this module
-(`python -m moor.hostcli ...`) rather than importing it.
+They touch this host's files (the image store, the containers' json logs), so they call
+into workers/; those modules load only when one of these commands runs.
 """
 
 from __future__ import annotations
@@ -10,55 +10,59 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
-import msgspec
-import redis
+from moor.failures import guard, print_error
 
-from commands.client import Client
-from engine.config import data_root, key_prefix
-from engine.errors import MoorError, Unavailable
-from engine.keys import keys_for
-from events import specs
-from workers.proc.logs import read_logs
-from workers.storage import images
-from workers.storage.archives import load_archive
+if TYPE_CHECKING:
+    from commands.client import Client
+    from workers.storage.images import ImageInfo
 
-__all__ = ["main"]
+__all__ = ["register", "register_image"]
 
 
 def _client(args: argparse.Namespace) -> Client:
-    from moor.embedded import resolve_redis_url
+    from moor.connect import client_for
 
-    url = resolve_redis_url(args.redis_url)
-    return Client(redis.Redis.from_url(url), keys_for(prefix=key_prefix()),
-                  actor=args.actor, reason=args.reason)
+    return client_for(args.redis_url, actor=args.actor, reason=args.reason,
+                      timeout=args.timeout)
 
 
-def register(client: Client, info: images.ImageInfo) -> None:
+def register_image(client: Client, info: ImageInfo) -> None:
     """Make an image stored on this host known to the engine (ImageRegistered)."""
-    config = specs.ImageConfig(**msgspec.structs.asdict(info.config))
-    client.register_image(image_id=info.id, repo_tags=info.repo_tags, config=config,
+    from workers.storage import images
+
+    client.register_image(image_id=info.id, repo_tags=info.repo_tags, config=info.config,
                           layers=info.layers, size=info.size, created=images.created_ns(info))
 
 
 def _import(args: argparse.Namespace) -> int:
+    from engine.config import data_root
+    from workers.storage import images
+
     info = images.import_rootfs(data_root(), args.tarball, args.ref)
-    register(_client(args), info)
+    register_image(_client(args), info)
     print(info.id)
     return 0
 
 
 def _load(args: argparse.Namespace) -> int:
+    from engine.config import data_root
+    from workers.storage.archives import load_archive
+
     client = _client(args)
     for info in load_archive(data_root(), args.input):
-        register(client, info)
+        register_image(client, info)
         for tag in info.repo_tags or (info.id,):
             print(f"Loaded image: {tag}")
     return 0
 
 
 def _rm(args: argparse.Namespace) -> int:
+    from engine.config import data_root
+    from engine.errors import MoorError
     from engine.snapshot import load_world
+    from workers.storage import images
 
     client = _client(args)
     status = 0
@@ -66,7 +70,7 @@ def _rm(args: argparse.Namespace) -> int:
         try:
             client.remove_image(ref, force=args.force)
         except MoorError as err:
-            print(f"Error response from daemon: {err.message}", file=sys.stderr)
+            print_error(err.message)
             status = 1
             continue
         print(f"Untagged: {ref}")
@@ -80,10 +84,16 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from engine.config import data_root
+    from workers.storage import images
+    from workers.storage.imageconfig import docker_names
+
     found = images.list_images(data_root())
     if args.format == "json":
-        for info in found:
-            print(json.dumps(msgspec.to_builtins(info)))
+        for info in found:  # the image config under Docker's names, as `docker inspect`
+            print(json.dumps({**msgspec.to_builtins(info), "config": docker_names(info.config)}))
         return 0
     print(f"{'REPOSITORY':<24} {'TAG':<12} {'IMAGE ID':<14} {'SIZE':>10}")
     for info in found:
@@ -94,10 +104,12 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    client = _client(args)
+    from engine.config import data_root
     from engine.core.names import resolve
     from engine.snapshot import load_world
+    from workers.proc.logs import read_logs
 
+    client = _client(args)
     world, _ = load_world(client.redis, client.keys)
     ctr = resolve(world, args.container)
     cdir = os.path.join(data_root(), "containers", ctr.id)
@@ -113,51 +125,35 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moor")
-    parser.add_argument("--redis-url")
-    parser.add_argument("--actor", default=os.environ.get("USER", "moor"))
-    parser.add_argument("--reason", default="")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("image")
-    isub = p.add_subparsers(dest="image_command", required=True)
-    q = isub.add_parser("import")
+def _ls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=guard(_ls))
+
+
+def _rm_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=guard(_rm))
+
+
+def register(sub: Any) -> None:
+    """Add `image`, its `images`/`rmi` aliases and `logs` to `moor`'s parser."""
+    p = sub.add_parser("image", help="import, load, list and remove images on this host")
+    isub = p.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
+    q = isub.add_parser("import", help="import a rootfs tarball as an image")
     q.add_argument("tarball")
     q.add_argument("ref", nargs="?")
-    q.set_defaults(func=_import)
-    q = isub.add_parser("load")
+    q.set_defaults(func=guard(_import))
+    q = isub.add_parser("load", help="load a `docker save` archive or an OCI layout")
     q.add_argument("-i", "--input", required=True)
-    q.set_defaults(func=_load)
-    q = isub.add_parser("ls")
-    q.add_argument("--format", choices=("table", "json"), default="table")
-    q.set_defaults(func=_ls)
-    q = isub.add_parser("rm")
-    q.add_argument("-f", "--force", action="store_true")
-    q.add_argument("images", nargs="+")
-    q.set_defaults(func=_rm)
-    p = sub.add_parser("logs")
+    q.set_defaults(func=guard(_load))
+    _ls_flags(isub.add_parser("ls", help="list images"))
+    _rm_flags(isub.add_parser("rm", help="remove images"))
+    _ls_flags(sub.add_parser("images", help="list images (moor image ls)"))
+    _rm_flags(sub.add_parser("rmi", help="remove images (moor image rm)"))
+    p = sub.add_parser("logs", help="print a container's logs")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-t", "--timestamps", action="store_true")
     p.add_argument("-n", "--tail", type=lambda v: None if v == "all" else int(v))
     p.add_argument("container")
-    p.set_defaults(func=_logs)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except MoorError as err:
-        print(f"Error response from daemon: {err.message}", file=sys.stderr)
-        return err.exit_code
-    except redis.ConnectionError as exc:
-        down = Unavailable(f"cannot reach the engine's Redis: {exc}")
-        print(f"Error response from daemon: {down.message}", file=sys.stderr)
-        return down.exit_code
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    p.set_defaults(func=guard(_logs), long_running=True)

@@ -2,7 +2,8 @@
 
 Each handler reads Redis through the stream/snapshot adapters, calls the pure projections,
 and prints a human table by default or JSON with `--format json`. Handlers return the exit
-code; errors print Docker's `Error response from daemon: <message>` on stderr.
+code; errors go through moor.failures (Docker's `Error response from daemon: <message>`).
+The projections and Redis load when a handler runs, not when the parser is built.
 """
 
 from __future__ import annotations
@@ -12,46 +13,19 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.core.state import World
-from engine.errors import InvalidParameter, MoorError, NotFound
-from engine.eventlog import BadEntry, read_records
-from engine.keys import Keys
-from events.model import EventRecord
-from projections.audit import format_entry, replay, verify
-from projections.journal import export_jsonl, import_jsonl, load_into
-from projections.stream import load_live, watch
-from projections.views.changes import ChangeView, format_change
-from projections.views.feed import FeedState, event_filter, feed, format_event
-from projections.views.filters import parse_filter_flags
-from projections.views.inspect import find_container, find_image, inspect_container, inspect_image
-from projections.views.points import Point, id_key, parse_point
-from projections.views.ps import format_table, list_containers
+from moor.failures import guard, print_error
+
+if TYPE_CHECKING:
+    from engine.eventlog import BadEntry
+    from engine.keys import Keys
+    from events.model import EventRecord
+    from projections.views.points import Point
 
 __all__ = ["GetRedis", "register", "follow_changes"]
 
-GetRedis = Callable[[], tuple[Any, Keys]]
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _fail(message: str) -> None:
-    print(f"Error response from daemon: {message}", file=sys.stderr)
-
-
-def _guarded(handler: Handler) -> Handler:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except MoorError as err:
-            _fail(err.message)
-            return err.exit_code
-        except KeyboardInterrupt:
-            return 0
-        except BrokenPipeError:
-            return 0
-    run.__doc__ = handler.__doc__
-    return run
+GetRedis = Callable[[], tuple[Any, "Keys"]]
 
 
 def _warn_bad(bad: BadEntry) -> None:
@@ -65,6 +39,10 @@ def _json_line(obj: Any) -> None:
 # --- ps / inspect -----------------------------------------------------------------------
 
 def _ps(get: GetRedis, args: argparse.Namespace) -> int:
+    from projections.stream import load_live
+    from projections.views.filters import parse_filter_flags
+    from projections.views.ps import format_table, list_containers
+
     redis, keys = get()
     world, _ = load_live(redis, keys)
     limit = 1 if args.latest else args.last
@@ -82,6 +60,15 @@ def _ps(get: GetRedis, args: argparse.Namespace) -> int:
 
 
 def _inspect(get: GetRedis, args: argparse.Namespace) -> int:
+    from engine.errors import InvalidParameter, NotFound
+    from projections.stream import load_live
+    from projections.views.inspect import (
+        find_container,
+        find_image,
+        inspect_container,
+        inspect_image,
+    )
+
     redis, keys = get()
     world, _ = load_live(redis, keys)
     docs: list[dict[str, Any]] = []
@@ -93,7 +80,7 @@ def _inspect(get: GetRedis, args: argparse.Namespace) -> int:
             else:
                 docs.append(inspect_container(world, find_container(world, ref), time.time_ns()))
         except (NotFound, InvalidParameter) as err:
-            _fail(err.message)
+            print_error(err.message)
             failed = True
     print(json.dumps(docs, indent=4, ensure_ascii=False))
     return 1 if failed else 0
@@ -102,6 +89,8 @@ def _inspect(get: GetRedis, args: argparse.Namespace) -> int:
 # --- watch / events -----------------------------------------------------------------------
 
 def _since_key(point: Point) -> tuple[int, int]:
+    from projections.views.points import id_key
+
     # An id is a resume cursor (strictly after it); a time includes its own ms.
     if point.stream_id is not None:
         ms, seq = id_key(point.stream_id, upper=True)
@@ -113,6 +102,11 @@ def follow_changes(redis: Any, keys: Keys, since: Point | None, *, container: st
                    types: Iterable[str] = (), block_ms: int = 1000,
                    stop: Callable[[], bool] | None = None) -> Iterator[dict[str, Any]]:
     """Yield watch rows from `since` (None = from now on), following the stream forever."""
+    from engine.eventlog import read_records
+    from projections.stream import load_live, watch
+    from projections.views.changes import ChangeView
+    from projections.views.points import id_key
+
     types = tuple(types)
     if since is None:
         world, checkpoint = load_live(redis, keys)
@@ -138,6 +132,9 @@ def follow_changes(redis: Any, keys: Keys, since: Point | None, *, container: st
 
 
 def _watch(get: GetRedis, args: argparse.Namespace) -> int:
+    from projections.views.changes import format_change
+    from projections.views.points import parse_point
+
     redis, keys = get()
     since = parse_point(args.since, time.time_ns()) if args.since else None
     for row in follow_changes(redis, keys, since, container=args.container or "",
@@ -157,6 +154,8 @@ def _tracked(records: Iterable[tuple[str, EventRecord]], cursor: list[str]
 
 
 def _print_event(args: argparse.Namespace, ev: dict[str, Any]) -> None:
+    from projections.views.feed import format_event
+
     if args.format == "json":
         _json_line(ev)
     else:
@@ -164,6 +163,13 @@ def _print_event(args: argparse.Namespace, ev: dict[str, Any]) -> None:
 
 
 def _events(get: GetRedis, args: argparse.Namespace) -> int:
+    from engine.errors import InvalidParameter
+    from engine.eventlog import read_records
+    from projections.stream import load_live, watch
+    from projections.views.feed import FeedState, event_filter, feed
+    from projections.views.filters import parse_filter_flags
+    from projections.views.points import id_key, parse_point
+
     now = time.time_ns()
     since = parse_point(args.since, now) if args.since else None
     until = parse_point(args.until, now) if args.until else None
@@ -214,6 +220,14 @@ def _events(get: GetRedis, args: argparse.Namespace) -> int:
 # --- replay / export / import ---------------------------------------------------------------
 
 def _replay(get: GetRedis, args: argparse.Namespace) -> int:
+    from engine.core.state import World
+    from engine.errors import InvalidParameter
+    from engine.eventlog import read_records
+    from projections.audit import format_entry, replay, verify
+    from projections.journal import import_jsonl
+    from projections.stream import load_live
+    from projections.views.points import parse_point
+
     until = parse_point(args.until, time.time_ns()) if args.until else None
     if args.verify and until is not None:
         raise InvalidParameter("--verify compares the whole journal with the live state; "
@@ -259,6 +273,9 @@ def _replay(get: GetRedis, args: argparse.Namespace) -> int:
 
 
 def _export(get: GetRedis, args: argparse.Namespace) -> int:
+    from engine.eventlog import read_records
+    from projections.journal import export_jsonl
+
     redis, keys = get()
     bad: list[BadEntry] = []
     records = read_records(redis, keys, on_bad=bad.append)
@@ -274,6 +291,8 @@ def _export(get: GetRedis, args: argparse.Namespace) -> int:
 
 
 def _import(get: GetRedis, args: argparse.Namespace) -> int:
+    from projections.journal import import_jsonl, load_into
+
     bad: list[BadEntry] = []
     with open(args.file, encoding="utf-8") as fp:
         records = list(import_jsonl(fp, on_bad=bad.append))
@@ -289,15 +308,31 @@ def _import(get: GetRedis, args: argparse.Namespace) -> int:
     return 0
 
 
+def _from_flags(args: argparse.Namespace) -> GetRedis:
+    def get() -> tuple[Any, Keys]:
+        from moor.connect import redis_and_keys
+
+        return redis_and_keys(getattr(args, "redis_url", None))
+    return get
+
+
 # --- registration -----------------------------------------------------------------------------
 
-def register(subparsers: Any, get_redis_and_keys: GetRedis) -> None:
-    """Add the read-side subcommands; each sets `func(args) -> exit code`."""
+def register(subparsers: Any, get_redis_and_keys: GetRedis | None = None) -> None:
+    """Add the read-side subcommands; each sets `func(args) -> exit code`.
+
+    Redis comes from `get_redis_and_keys` when given (tests pass their own), else from
+    the command line's --redis-url (or MOOR_REDIS_URL, or the embedded server).
+    """
     def add(name: str, fn: Callable[[GetRedis, argparse.Namespace], int],
             help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text,
                                                                 description=help_text)
-        parser.set_defaults(func=_guarded(lambda args: fn(get_redis_and_keys, args)))
+
+        def handler(args: argparse.Namespace) -> int:
+            return fn(get_redis_and_keys or _from_flags(args), args)
+        # Following a stream until Ctrl-C is how watch/events end: not a failure.
+        parser.set_defaults(func=guard(handler, interrupt_code=0))
         return parser
 
     p = add("ps", _ps, "List containers")
@@ -315,12 +350,14 @@ def register(subparsers: Any, get_redis_and_keys: GetRedis) -> None:
     p.add_argument("-f", "--format", choices=("json",), default="json")
 
     p = add("watch", _watch, "Print each state change as it happens")
+    p.set_defaults(long_running=True)
     p.add_argument("--since", help="stream id (after it) or time: unix s, RFC3339, 10m")
     p.add_argument("--container", help="container id prefix or name")
     p.add_argument("--type", action="append", default=[], metavar="EVENT_TYPE")
     p.add_argument("--format", choices=("text", "json"), default="text")
 
     p = add("events", _events, "Print docker-events-shaped events")
+    p.set_defaults(long_running=True)
     p.add_argument("--since", help="stream id or time: unix s, RFC3339, 10m")
     p.add_argument("--until", help="stream id or time; stop there")
     p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE")

@@ -9,12 +9,18 @@ export MOOR_DATA_ROOT=${MOOR_DATA_ROOT:-/var/lib/moorage}
 unset MOOR_REDIS_URL  # the embedded default: moor starts (and reuses) its own Redis
 moor() { python3 -m moor.cli "$@"; }
 
-say "moor up (embedded Redis, reducer, worker)"
+say "moor up (embedded Redis, reducer, worker, Docker API)"
 mkdir -p "$MOOR_DATA_ROOT"
 python3 -m moor.cli up >"$MOOR_DATA_ROOT/up.log" 2>&1 &
 UP=$!
+# SIGTERM: moor up stops its children and the Redis it started (containers would stay).
 trap 'kill -TERM $UP 2>/dev/null; wait $UP 2>/dev/null || true' EXIT
-sleep 2
+for _ in $(seq 300); do  # until the API listens: the last of its children to be ready
+    grep -q "moor api: listening" "$MOOR_DATA_ROOT/up.log" && break
+    kill -0 $UP 2>/dev/null || { cat "$MOOR_DATA_ROOT/up.log"; exit 1; }
+    sleep 0.1
+done
+sed -n 's/^moor up: //p' "$MOOR_DATA_ROOT/up.log"  # which process is which
 
 say "a busybox image from Debian's busybox-static"
 tar=$(mktemp --suffix=.tar)

@@ -5,7 +5,7 @@ engine through the control-plane client (submit, wait for the outcome) and reads
 projections; image loads and container logs touch this host's files, so it imports
 `workers` (only programs under moor/ may).
 
-    python -m moor.api.server [--socket PATH] [--tcp 127.0.0.1:2375]     # or: moor api
+    moor api [--socket PATH] [--tcp 127.0.0.1:2375]      # also started by `moor up`
     DOCKER_HOST=unix://$MOOR_DATA_ROOT/docker.sock docker run -d busybox sleep 60
 """
 

@@ -77,12 +77,12 @@ async def inspect(request: web.Request) -> web.Response:
 
 
 def _load_file(context: ApiContext, client: Client, path: str) -> list[str]:
-    from moor.hostcli import register
+    from moor.hostcli import register_image
     from workers.storage.archives import load_archive
 
     lines = []
     for info in load_archive(context.data_root, path):
-        register(client, info)
+        register_image(client, info)
         if info.repo_tags:
             lines += [f"Loaded image: {tag}\n" for tag in info.repo_tags]
         else:

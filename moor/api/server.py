@@ -1,4 +1,4 @@
-"""`moor api` / `python -m moor.api.server`: serve the Docker Engine API on a unix socket.
+"""`moor api`: serve the Docker Engine API on a unix socket (its flags: moor.programcli).
 
 Why aiohttp: a mature asyncio HTTP server with unix-socket (and TCP) sites and streaming
 responses, which `wait`, `events`, `logs` and `attach` need; blocking Redis calls run in
@@ -18,18 +18,15 @@ import os
 import signal
 import socket
 import stat
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
-import redis as redislib
 from aiohttp import web
 
-from engine.config import data_root, key_prefix
-from engine.keys import keys_for
+from engine.config import data_root
 from moor.api.app import build_app
 from moor.api.context import ApiContext
 
-__all__ = ["main", "prepare_socket"]
+__all__ = ["prepare_socket", "run", "serve"]
 
 log = logging.getLogger("moorage.api")
 
@@ -51,13 +48,6 @@ def prepare_socket(path: str) -> None:
             os.unlink(path)  # nobody answers: left over by a daemon that died
             return
     raise SystemExit(f"moor api: another daemon is listening on {path}")
-
-
-def _tcp(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 async def serve(args: argparse.Namespace, context: ApiContext) -> None:
@@ -96,42 +86,15 @@ async def serve(args: argparse.Namespace, context: ApiContext) -> None:
     print("moor api: stopped", flush=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moor api",
-                                     description="serve the Docker Engine API for moorage")
-    parser.add_argument("--socket", default=None,
-                        help="unix socket path (default: $MOOR_DATA_ROOT/docker.sock)")
-    parser.add_argument("--tcp", type=_tcp, default=None, metavar="HOST:PORT",
-                        help="also listen on TCP (no TLS: keep it on 127.0.0.1)")
-    parser.add_argument("--group", default=None, help="group that owns the socket")
-    parser.add_argument("--redis-url", help="default: MOOR_REDIS_URL, else the embedded Redis")
-    parser.add_argument("--prefix", default=None,
-                        help="Redis key prefix of the engine (default: MOOR_PREFIX or moor:v1)")
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="seconds to wait for the engine's outcomes")
-    parser.add_argument("--threads", type=int, default=64, help="blocking-call thread pool")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
-    return parser
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT with the flags of `moor api` (see moor.programcli)."""
+    from moor.connect import redis_and_keys
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s")
-    from moor.embedded import resolve_redis_url
-
-    url = resolve_redis_url(args.redis_url)
-    root = data_root()
-    args.socket = args.socket or os.path.join(root, "docker.sock")
-    context = ApiContext(redis=redislib.Redis.from_url(url),
-                         keys=keys_for(prefix=args.prefix or key_prefix()),
-                         data_root=root, timeout=args.timeout)
+    redis, keys = redis_and_keys(args.redis_url, prefix=args.prefix)
+    args.socket = args.socket or os.path.join(data_root(), "docker.sock")
+    context = ApiContext(redis=redis, keys=keys, data_root=data_root(), timeout=args.timeout)
     try:
         asyncio.run(serve(args, context))
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

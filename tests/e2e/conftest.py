@@ -1,7 +1,7 @@
 """End-to-end fixtures: one isolated moorage engine (reducer + worker) per test session.
 
 The session's `moor_engine` runs the real programs as subprocesses against the session's
-private redis-server: `python -m moor.cli reducer` and `python -m moor.worker`, with
+private redis-server: `python -m moor.cli reducer` and `python -m moor.cli worker`, with
 a unique key prefix, bridge, subnet and data root, and the busybox image imported with
 `moor image import`. Tests drive it through the `moor` CLI (`engine.moor(...)`) and assert
 quickly through a Python `Client` and the snapshot.
@@ -188,7 +188,7 @@ class Engine:
     def start_worker(self) -> None:
         """Start `moor worker` (reconcile runs first) and wait until rq lists it."""
         assert self.worker is None or self.worker.poll() is not None, "a worker still runs"
-        self.worker = self._spawn("worker", [sys.executable, "-m", "moor.worker"])
+        self.worker = self._spawn("worker", [sys.executable, "-m", "moor.cli", "worker"])
         pid = self.worker.pid
 
         def registered() -> bool:

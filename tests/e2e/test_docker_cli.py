@@ -93,7 +93,7 @@ class DockerApi:
 
 
 def start_api(engine: Engine, name: str, need_cli: bool = True) -> Iterator[DockerApi]:
-    """Start `python -m moor.api.server` on a private socket; stop it by PID afterwards."""
+    """Start `python -m moor.cli api` on a private socket; stop it by PID afterwards."""
     if need_cli and shutil.which("docker") is None:
         missing_capability("the docker CLI on PATH (Debian: apt-get install docker.io)")
     sock = os.path.join(engine.workdir, f"{name}.sock")
@@ -102,7 +102,7 @@ def start_api(engine: Engine, name: str, need_cli: bool = True) -> Iterator[Dock
     # carries MOOR_PREFIX, other than the reducer and the worker, as a stray supervisor.
     env = {k: v for k, v in engine.env.items() if k != "MOOR_PREFIX"}
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moor.api.server", "--socket", sock,
+        proc = subprocess.Popen([sys.executable, "-m", "moor.cli", "api", "--socket", sock,
                                  "--prefix", engine.env["MOOR_PREFIX"]],
                                 cwd=REPO, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT)

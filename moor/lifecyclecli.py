@@ -1,0 +1,188 @@
+"""`moor create|run|start|stop|restart|kill|rm|rename`: lifecycle commands on the client.
+
+Module level stays import-free (argparse only): the client, the schema and redis load
+when a handler runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from moor.failures import guard, print_error
+
+if TYPE_CHECKING:
+    from commands.client import Client
+    from events.specs import ContainerConfig, HostConfig, RestartPolicy
+
+__all__ = ["add_container_flags", "container_spec", "register"]
+
+Action = Callable[["Client", str], object]
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from moor.connect import client_for
+
+    return client_for(args.redis_url, actor=args.actor, reason=args.reason,
+                      timeout=args.timeout)
+
+
+def _restart_policy(text: str) -> RestartPolicy:
+    from events.specs import RestartPolicy
+
+    name, _, count = text.partition(":")
+    return RestartPolicy(name=name, maximum_retry_count=int(count) if count.isdigit() else 0)
+
+
+def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfig]:
+    """Build Config and HostConfig from docker-run-style flags."""
+    from commands.options import parse_bytes, parse_cpus, parse_labels, parse_publish
+    from events.specs import ContainerConfig, HostConfig, PortBinding
+
+    bindings: dict[str, list[PortBinding]] = {}
+    for spec in args.publish:
+        for port, binding in parse_publish(spec):
+            bindings.setdefault(port, []).append(binding)
+    config = ContainerConfig(
+        image=args.image,
+        cmd=tuple(args.command) or None,
+        entrypoint=(args.entrypoint,) if args.entrypoint is not None else None,
+        env=tuple(args.env),
+        labels=parse_labels(args.label),
+        working_dir=args.workdir or "",
+        user=args.user or "",
+        stop_signal=args.stop_signal or "",
+        stop_timeout=args.stop_timeout,
+        hostname=args.hostname or "",
+        exposed_ports=tuple(bindings),
+    )
+    host = HostConfig(
+        network_mode=args.network,
+        port_bindings={k: tuple(v) for k, v in bindings.items()},
+        restart_policy=_restart_policy(args.restart),
+        auto_remove=args.rm,
+        memory=parse_bytes(args.memory) if args.memory else 0,
+        pids_limit=args.pids_limit or 0,
+        nano_cpus=parse_cpus(args.cpus) if args.cpus else 0,
+    )
+    return config, host
+
+
+def _create(args: argparse.Namespace) -> int:
+    config, host = container_spec(args)
+    print(_client(args).create(config, host, name=args.name or ""))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    config, host = container_spec(args)  # a bad flag fails before Redis is opened
+    client = _client(args)
+    cid = client.create(config, host, name=args.name or "")
+    client.start(cid)
+    print(cid)
+    return 0
+
+
+def _each(args: argparse.Namespace, action: Action) -> int:
+    """Apply an action to every named container; print each, report errors like docker."""
+    from engine.errors import MoorError
+
+    client = _client(args)
+    status = 0
+    for ref in args.containers:
+        try:
+            action(client, ref)
+        except MoorError as err:
+            if err.exit_code != 0:
+                print_error(err.message)
+                status = 1
+                continue
+            # 304 (already running / already stopped): Docker's CLI prints it as done.
+        print(ref)
+    return status
+
+
+def _each_with(action: Callable[[argparse.Namespace], Action]
+               ) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return _each(args, action(args))
+    return run
+
+
+def _rename(args: argparse.Namespace) -> int:
+    _client(args).rename(args.container, args.new_name)
+    return 0
+
+
+def add_container_flags(p: argparse.ArgumentParser) -> None:
+    """Add docker-run-style flags (shared by create and run)."""
+    p.add_argument("--name")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("-l", "--label", action="append", default=[])
+    p.add_argument("-p", "--publish", action="append", default=[])
+    p.add_argument("--network", default="bridge")
+    p.add_argument("-m", "--memory")
+    p.add_argument("--pids-limit", type=int)
+    p.add_argument("--cpus")
+    p.add_argument("--restart", default="no")
+    p.add_argument("--rm", action="store_true")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user")
+    p.add_argument("--entrypoint")
+    p.add_argument("--stop-signal")
+    p.add_argument("--stop-timeout", type=int)
+    p.add_argument("--hostname")
+    p.add_argument("image")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+
+
+def _stop_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--time", type=int, default=None)
+    p.add_argument("-s", "--signal")
+
+
+def _no_flags(p: argparse.ArgumentParser) -> None:
+    """start takes no flags of its own."""
+
+
+def _kill_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--signal", default="SIGKILL")
+
+
+def _rm_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true")
+
+
+# Each verb: (help, its flags, the client call it makes for one container).
+_VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
+                        Callable[[argparse.Namespace], Action]]] = {
+    "start": ("start containers", _no_flags, lambda a: lambda c, r: c.start(r)),
+    "stop": ("stop containers", _stop_flags,
+             lambda a: lambda c, r: c.stop(r, a.time, a.signal or "")),
+    "restart": ("restart containers", _stop_flags,
+                lambda a: lambda c, r: c.restart(r, a.time, a.signal or "")),
+    "kill": ("send a signal (default SIGKILL)", _kill_flags,
+             lambda a: lambda c, r: c.kill(r, a.signal)),
+    "rm": ("remove containers", _rm_flags, lambda a: lambda c, r: c.remove(r, a.force)),
+}
+
+
+def register(sub: Any) -> None:
+    """Add the lifecycle subcommands to `moor`'s parser."""
+    p = sub.add_parser("create", help="create a container")
+    add_container_flags(p)
+    p.set_defaults(func=guard(_create))
+    p = sub.add_parser("run", help="create and start a container (detached)")
+    p.add_argument("-d", "--detach", action="store_true", help="accepted; runs detach")
+    add_container_flags(p)
+    p.set_defaults(func=guard(_run))
+    for name, (help_, flags, action) in _VERBS.items():
+        p = sub.add_parser(name, help=help_)
+        flags(p)
+        p.add_argument("containers", nargs="+", metavar="CONTAINER")
+        p.set_defaults(func=guard(_each_with(action)))
+    p = sub.add_parser("rename", help="rename a container")
+    p.add_argument("container")
+    p.add_argument("new_name")
+    p.set_defaults(func=guard(_rename))

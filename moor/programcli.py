@@ -1,0 +1,164 @@
+"""The long-running programs, as `moor` subcommands: reducer, worker, api, up.
+
+Each names its process (`moor reducer`, `moor worker HOST`, `moor api`, `moor up`) so
+that `ps` tells them apart from each other and from the supervisors
+(`moor-supervisor <id>`), and imports its runtime only when it starts. The titles go
+through workers.proc.title, the one home of setproctitle's use (SPT_NOENV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+from moor.failures import guard
+
+__all__ = ["register"]
+
+
+def _set_title(title: str) -> None:
+    """Show this process as `title` in ps (loaded late: reads must not import workers/)."""
+    from workers.proc.title import set_title
+
+    set_title(title)
+
+
+def _reducer(args: argparse.Namespace) -> int:
+    """Run the single writer (standby until it holds the lease) until SIGTERM/SIGINT."""
+    _set_title("moor reducer")
+    from commands.client import Client
+    from engine.config import default_network
+    from engine.errors import MoorError
+    from engine.reducer import Reducer
+    from moor.connect import redis_and_keys
+
+    r, keys = redis_and_keys(args.redis_url)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    reducer = Reducer(r, keys, lease_ms=args.lease_ms, batch=args.batch)
+    failed: list[BaseException] = []
+
+    def lead() -> None:
+        try:
+            reducer.run(stop)
+        except BaseException as exc:  # a supervisor must see the failure: exit non-zero
+            logging.getLogger("moorage.reducer").exception("reducer failed")
+            failed.append(exc)
+
+    thread = threading.Thread(target=lead, name="reducer")
+    thread.start()
+    if not args.no_default_network:
+        try:
+            Client(r, keys, actor="moor-reducer", timeout=30).define_network(default_network())
+        except MoorError as err:
+            logging.getLogger("moorage").warning("default network: %s", err.message)
+    while thread.is_alive():
+        thread.join(0.5)
+    return 1 if failed else 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """Run this host's worker (root) until SIGTERM/SIGINT."""
+    from moor.embedded import resolve_redis_url
+
+    url = resolve_redis_url(args.redis_url)
+    if os.geteuid() != 0:
+        print("moor worker needs root (mounts, namespaces, links)", file=sys.stderr)
+        return 1
+    # Named before serve(): the supervisors it forks rename themselves moor-supervisor.
+    title = f"moor worker {socket.gethostname()}"
+    _set_title(title)
+    _keep_title_under_rq(title)
+    from workers.service import serve
+
+    return serve(url, burst=args.burst, reconcile_first=not args.no_reconcile)
+
+
+def _keep_title_under_rq(title: str) -> None:
+    """Keep `title` in front when rq retitles its worker on every state change.
+
+    rq calls setproctitle("rq:worker:<uuid>: Listening on <queue>") whenever the library
+    is installed, which would hide which program this is (and look like any rq worker).
+    Its module-level `setprocname` is the one hook: ours keeps rq's state after our name.
+    """
+    import rq.worker
+
+    module = sys.modules[rq.worker.SimpleWorker.procline.__module__]
+    if hasattr(module, "setprocname"):
+        setattr(module, "setprocname",  # noqa: B010 (mypy does not know the attribute)
+                lambda text: _set_title(f"{title}: {text.split(': ', 1)[-1]}"))
+
+
+def _api(args: argparse.Namespace) -> int:
+    _set_title("moor api")
+    from moor.api.server import run
+
+    return run(args)
+
+
+def _up(args: argparse.Namespace) -> int:
+    _set_title("moor up")
+    from moor.up import run
+
+    return run(args)
+
+
+def _tcp(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _also_here(p: argparse.ArgumentParser, *flags: str) -> None:
+    """Accept global flags after the subcommand too (`moor api --redis-url X`), as the
+    separate programs did; SUPPRESS keeps the global value when the flag is absent."""
+    if "--redis-url" in flags:
+        p.add_argument("--redis-url", default=argparse.SUPPRESS,
+                       help="default: MOOR_REDIS_URL, else the embedded Redis")
+    if "--timeout" in flags:
+        p.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                       help="seconds to wait for the engine's outcomes")
+    if "-v" in flags:
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="log every request")
+
+
+def register(sub: Any) -> None:
+    """Add reducer, worker, api and up to `moor`'s parser."""
+    p = sub.add_parser("reducer", help="run the single writer (standby until it leads)")
+    p.add_argument("--lease-ms", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--no-default-network", action="store_true")
+    p.set_defaults(func=guard(_reducer), log_level=logging.INFO, long_running=True)
+
+    p = sub.add_parser("worker", help="run this host's worker (root)")
+    _also_here(p, "--redis-url")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--no-reconcile", action="store_true")
+    p.set_defaults(func=guard(_worker), log_level=logging.INFO, long_running=True)
+
+    p = sub.add_parser("api", help="serve the Docker Engine API on a unix socket",
+                       description="serve the Docker Engine API for moorage")
+    p.add_argument("--socket", default=None,
+                   help="unix socket path (default: $MOOR_DATA_ROOT/docker.sock)")
+    p.add_argument("--tcp", type=_tcp, default=None, metavar="HOST:PORT",
+                   help="also listen on TCP (no TLS: keep it on 127.0.0.1)")
+    p.add_argument("--group", default=None, help="group that owns the socket")
+    p.add_argument("--prefix", default=None,
+                   help="Redis key prefix of the engine (default: MOOR_PREFIX or moor:v1)")
+    p.add_argument("--threads", type=int, default=64, help="blocking-call thread pool")
+    _also_here(p, "--redis-url", "--timeout", "-v")
+    p.set_defaults(func=guard(_api), long_running=True)
+
+    p = sub.add_parser("up", help="embedded Redis + reducer + worker + Docker API socket")
+    p.add_argument("--no-reconcile", action="store_true",
+                   help="start the worker without reconciling this host first")
+    p.set_defaults(func=guard(_up), long_running=True)
