@@ -21,6 +21,7 @@ __all__ = ["make_worker", "serve"]
 
 log = logging.getLogger("moorage.worker")
 
+_PUBSUB_WAKE = 1.0  # seconds rq's command listener blocks per read
 _HEARTBEAT_REUSE = 1.0  # seconds: a heartbeat this recent (and as long) is not repeated
 
 
@@ -53,6 +54,18 @@ class _Worker(SimpleWorker):
         if pipeline is None and state == getattr(self, "_state", None):
             return  # already written (rq sets "idle" after a job and again before dequeuing)
         super().set_state(state, pipeline=pipeline)
+
+    def subscribe(self) -> None:
+        """Subscribe to rq's command channel with a listener that wakes every second.
+
+        rq's listener blocks 60 s per read; with redis-py 8 closing the pubsub waits for
+        that read, so a worker stopped in its first minute hung for up to 60 s.
+        """
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=_PUBSUB_WAKE, daemon=True,
+            exception_handler=self._pubsub_exception_handler)
 
 
 def make_worker(context: HostContext, name: str | None = None) -> SimpleWorker:
