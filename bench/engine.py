@@ -125,9 +125,11 @@ def bench_e2e(r: Any, keys: Keys, n: int, mix: str = "lifecycle") -> dict[str, f
     # runs while the next batch is decided, so only its unhidden part shows, as waiting.
     timers = {"read": 0.0, "prepare": 0.0, "decide": 0.0, "send": 0.0, "write": 0.0,
               "drain": 0.0}
-    for name, attr in (("read", "_read"), ("prepare", "_prepare"), ("decide", "_decide"),
-                       ("send", "_send"), ("write", "_write")):
-        original = getattr(reducer, attr)
+    for name, part, attr in (("read", reducer.intake, "read"),
+                             ("prepare", reducer.intake, "prepare"),
+                             ("decide", reducer, "_decide"), ("send", reducer.writer, "send"),
+                             ("write", reducer.writer, "write")):
+        original = getattr(part, attr)
 
         def timed(*a: Any, _o: Any = original, _n: str = name, **k: Any) -> Any:
             t = time.perf_counter()
@@ -135,7 +137,7 @@ def bench_e2e(r: Any, keys: Keys, n: int, mix: str = "lifecycle") -> dict[str, f
                 return _o(*a, **k)
             finally:
                 timers[_n] += time.perf_counter() - t
-        setattr(reducer, attr, timed)
+        setattr(part, attr, timed)
     drain = reducer.outbox.drain
 
     def timed_drain(epoch: int | None = None) -> int:

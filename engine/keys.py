@@ -8,11 +8,20 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["CONSUMER", "GROUP", "PREFIX", "Keys", "keys_for"]
+__all__ = ["GROUP", "PREFIX", "Keys", "consumer_name", "keys_for"]
 
 PREFIX = "moor:v1"
 GROUP = "reducer"  # the commands stream's consumer group
-CONSUMER = "writer"  # one consumer name, whoever holds the lease: pending entries carry over
+
+
+def consumer_name(owner: str, epoch: int) -> str:
+    """Return the group consumer one reducer reads as during one term (lease + epoch).
+
+    A name per term, never shared: entries pending under any other name were read by a
+    reducer that can no longer write them (a deposed or dead one, or this process in an
+    earlier term), so the leader may claim them all (see engine.intake).
+    """
+    return f"{owner}#{epoch}"
 
 
 class Keys(NamedTuple):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "RELEASE", "RENEW", "TRIM_OUTBOX", "WRITE"]
+__all__ = ["ACQUIRE", "RECLAIM", "RELEASE", "RENEW", "TRIM_OUTBOX", "WRITE"]
 
 # WRITE: apply one batch of decided commands atomically, or nothing at all.
 # KEYS[1] events      KEYS[2] containers   KEYS[3] versions   KEYS[4] world
@@ -115,6 +115,42 @@ TRIM_OUTBOX = r"""
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 redis.call('LTRIM', KEYS[1], tonumber(ARGV[1]), -1)
 return 1
+"""
+
+# RECLAIM: move every pending entry of the group to the leader's consumer, then delete the
+# consumers left with nothing pending; only while the epoch is the caller's.
+# KEYS[1] commands  KEYS[2] epoch
+# ARGV[1] consumer group  ARGV[2] the leader's consumer (this term)  ARGV[3] its epoch
+# Returns {claimed, retired}, or -1 when fenced (a deposed reducer claims nothing).
+#
+# Why every other consumer's entries, at once (min-idle 0): a consumer name is one term of
+# one reducer (engine.keys.consumer_name) and only the current epoch's writes land, so an
+# entry pending under another name will never be written by its reader; waiting only puts
+# it further behind the entries read after it. XAUTOCLAIM takes the leader's own entries
+# too: the reducer claims between batches, when it holds none it has not written.
+# Why one script: a deposed reducer's XREADGROUP cannot refill a consumer between the check
+# that nothing is pending for it and its deletion (XGROUP DELCONSUMER drops the consumer's
+# pending entries from the group: they would be stranded for good).
+# XAUTOCLAIM needs Redis 6.2; from 7.0 its reply has a third element (ignored here).
+RECLAIM = r"""
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end
+local claimed, start = 0, '0-0'
+repeat
+  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, start,
+                       'COUNT', 1000, 'JUSTID')
+  start = r[1]
+  claimed = claimed + #r[2]
+until start == '0-0'
+local retired = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for k = 1, #c, 2 do f[c[k]] = c[k+1] end
+  if f['name'] ~= ARGV[2] and tonumber(f['pending']) == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    retired = retired + 1
+  end
+end
+return {claimed, retired}
 """
 
 # ACQUIRE: take the lease if free and bump the fencing epoch.

@@ -77,11 +77,15 @@ def busybox(*cmd: str) -> ContainerConfig:
 class SagaDriver:
     """TEST-ONLY: perform the reducer's jobs by appending the reports a worker would."""
 
-    def __init__(self, redis: Any, keys: Keys, client: Client) -> None:
+    def __init__(self, redis: Any, keys: Keys, client: Client, keep_jobs: bool = False) -> None:
         self.queue = queue_for(redis, keys)
+        # keep_jobs: leave each job's hash after performing it, as rq does for result_ttl,
+        # so an id queued twice is performed twice (by default the hash goes at once).
+        self.keep_jobs = keep_jobs
         self.client = client
         self.pid = 1000
         self.fail_step: str | None = None
+        self.performed: list[str] = []  # job ids, in the order performed (repeats show)
 
     def run_pending(self) -> int:
         """Perform every job now queued; return how many."""
@@ -94,7 +98,9 @@ class SagaDriver:
             job = RqJob.fetch(job_id, connection=self.queue.connection,
                               serializer=self.queue.serializer)
             self.perform(job.func_name.rsplit(".", 1)[-1], job.kwargs)
-            job.delete()
+            self.performed.append(job_id)
+            if not self.keep_jobs:
+                job.delete()
             count += 1
 
     def perform(self, name: str, kwargs: dict[str, Any]) -> None:

@@ -4,22 +4,32 @@ A reducer that is paused past its lease (a GC pause, SIGSTOP, a slow host) wakes
 believing it leads. The lease alone cannot stop it; the fencing epoch checked inside the
 write script does. These tests pause a leader between deciding a batch and writing it,
 let a second reducer take over, and show the stale write is refused as a whole.
+
+A deposed reducer's reads are the other half (issue 8, finding 2): a blocking XREADGROUP
+it sent while it led, or the read it pipelined behind its (refused) write, takes entries
+after the new leader booted. The last tests step two reducers by hand through exactly
+those interleavings and check that every command is applied once, in stream order, and
+that every waiting client gets its answer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import fakeredis
 import pytest
 
 from commands import schema as c
 from commands.client import Client
 from engine.core.evolve import fold
 from engine.keys import GROUP
-from engine.reducer import Reducer, _Deposed
+from engine.lease import Deposed
+from engine.reducer import Reducer
 from engine.snapshot import load_world
 from tests.harness import IMAGE_ID, SUBNET, ReducerThread, all_records, busybox
 from tests.integration.workload import state_of
@@ -72,7 +82,7 @@ def test_only_the_lease_holders_writes_land(backend):
     # A reads the next batch and decides it, then freezes right before its write.
     paused, resume = threading.Event(), threading.Event()
     calls: list[tuple[list[Any], Any]] = []
-    real_write = a._write
+    real_write = a.writer.write
 
     def frozen_write(keys: list[str], args: list[Any]) -> Any:
         if not calls:
@@ -82,7 +92,7 @@ def test_only_the_lease_holders_writes_land(backend):
         calls.append((args, result))
         return result
 
-    a._write = frozen_write
+    a.writer.write = frozen_write
     stop_a = threading.Event()
     thread_a = threading.Thread(target=a.run, args=(stop_a,), daemon=True)
     create_ids = [f"create-{i}" for i in range(len(IDS))]
@@ -118,7 +128,7 @@ def test_only_the_lease_holders_writes_land(backend):
     assert len(calls) == 1  # A stood by after stepping down: no second write attempt
     assert r.get(keys.lease) == b"reducer-B"  # A's clean exit released nothing of B's
 
-    # B folds the entries A had read (pending for the shared consumer) exactly once.
+    # B folds the entries A had read (pending under A's consumer: B claims them) exactly once.
     _fold_until_idle(b)
     causes = _causations(r, keys)
     assert causes == ["seed-network", "seed-image", *create_ids]
@@ -150,14 +160,14 @@ def test_a_deposed_writer_cannot_write_even_a_single_command(backend):
                 command_id="late-create")
     client.send(c.DefineNetwork(network=SUBNET), command_id="late-network")
     events_before = r.xlen(keys.events)
-    with pytest.raises(_Deposed):  # run() catches it and stands by
+    with pytest.raises(Deposed):  # run() catches it and stands by
         a.step()
     assert r.xlen(keys.events) == events_before
     assert r.hmget(keys.done, ["late-create", "late-network"]) == [None, None]
     assert r.hlen(keys.versions) == 0 and r.llen(keys.outbox) == 0
     # The renewal is refused too: the lease and the epoch are B's.
-    a._renewed_at = 0.0
-    with pytest.raises(_Deposed):
+    a.lease.renewed_at = 0.0
+    with pytest.raises(Deposed):
         a.renew()
     _fold_until_idle(b)
     assert _causations(r, keys)[-2:] == ["late-create", "late-network"]
@@ -206,3 +216,166 @@ def test_a_standby_takes_over_when_the_lease_lapses(backend):
     records = all_records(r, keys)
     assert [rec.meta.command_id for _, rec in records].count("seed-image") == 1
     assert state_of(fold(rec for _, rec in records)) == state_of(load_world(r, keys)[0])
+
+
+# --- a deposed reducer's reads strand nothing (issue 8, finding 2) -------------------------
+
+def _append_atomically(r: Any, keys: Any, names: list[str]) -> list[str]:
+    """Append one create per name in one transaction (a blocked reader gets them all);
+    return their command ids, in stream order."""
+    pipe = r.pipeline(transaction=True)
+    queued = Client(pipe, keys)
+    ids = [queued.send(c.CreateContainer(name=name, config=busybox()), reply=True,
+                       container_id=hashlib.sha256(name.encode()).hexdigest(),
+                       command_id=f"create-{name}")
+           for name in names]
+    pipe.execute()
+    return ids
+
+
+def _waiters(client: Client, command_ids: list[str]) -> list[Future[Any]]:
+    """Start one waiting client per command (what `moor create` does after its XADD)."""
+    pool = ThreadPoolExecutor(max_workers=len(command_ids))
+    futures = [pool.submit(client.wait_result, cid) for cid in command_ids]
+    pool.shutdown(wait=False)
+    return futures
+
+
+def _step_until_answered(leader: Reducer, waiters: list[Future[Any]],
+                         timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(w.done() for w in waiters) and time.monotonic() < deadline:
+        leader.step()
+
+
+def _pending_by_consumer(r: Any, keys: Any) -> dict[bytes, list[bytes]]:
+    found: dict[bytes, list[bytes]] = {}
+    for entry in r.xpending_range(keys.commands, GROUP, "-", "+", 1000):
+        found.setdefault(entry["consumer"], []).append(entry["message_id"])
+    return found
+
+
+def _wait_blocked_in_xreadgroup(r: Any, entered: threading.Event) -> None:
+    """Wait until the reader's XREADGROUP is blocked in Redis (fakeredis: until it was
+    called; there the outcome is the same either way: the entries are new to the group
+    and nobody else reads)."""
+    assert entered.wait(5), "the reader never reached its read"
+    if isinstance(r, fakeredis.FakeRedis):
+        time.sleep(0.05)
+        return
+    _wait(lambda: any(cl["cmd"] == "xreadgroup" and "b" in cl["flags"]
+                      for cl in r.client_list()))
+
+
+def _assert_applied_once_in_order(r: Any, keys: Any, b: Reducer, command_ids: list[str],
+                                  waiters: list[Future[Any]]) -> None:
+    # Every waiting client got its answer (none timed out), and it is a success.
+    assert all(w.done() for w in waiters), "a client is still waiting (stranded command)"
+    assert [w.result().result.ok for w in waiters] == [True] * len(waiters)
+    # Each command is applied exactly once, in stream order: one ContainerCreated each.
+    # A list, not a set, so a duplicate would show.
+    causes = _causations(r, keys)
+    assert causes == ["seed-network", "seed-image", *command_ids]
+    assert _pending(r, keys) == 0
+    # The deposed reducer's consumer was retired once it owed nothing.
+    assert [cl["name"] for cl in r.xinfo_consumers(keys.commands, GROUP)] \
+        == [f"{b.owner}#{b.epoch}".encode()]
+    live = state_of(b.world)
+    assert state_of(fold(rec for _, rec in all_records(r, keys))) == live
+    assert state_of(load_world(r, keys)[0]) == live
+
+
+def test_a_deposed_reducers_blocking_read_strands_nothing(backend):
+    """A blocks in XREADGROUP while it leads; B takes over and boots (nothing pending),
+    then commands arrive and A's read takes them. A's write is fenced; B must apply them."""
+    r, keys = backend
+    client = Client(r, keys, timeout=5)
+    a = Reducer(r, keys, owner="reducer-A", lease_ms=5000, block_ms=20)
+    assert a.try_acquire()
+    _seed(client)
+    _fold_until_idle(a)
+
+    entered = threading.Event()
+    real_read = a.intake.read
+
+    def read(block_ms: int | None = None) -> Any:
+        entered.set()
+        return real_read(block_ms)
+
+    a.intake.read = read  # type: ignore[method-assign]
+    a.block_ms = 10_000  # the stream is idle: A waits long for the next command
+    a_failed: list[BaseException] = []
+
+    def step_a() -> None:
+        try:
+            a.step()
+        except BaseException as exc:  # the assertion below names it
+            a_failed.append(exc)
+
+    thread_a = threading.Thread(target=step_a, daemon=True)
+    thread_a.start()
+    _wait_blocked_in_xreadgroup(r, entered)
+
+    # A's lease lapses (it is blocked; a pause would do the same); B takes over. Its boot
+    # finds nothing pending, and its first read finds nothing new.
+    r.delete(keys.lease)
+    b = Reducer(r, keys, owner="reducer-B", lease_ms=5000, block_ms=20)
+    assert b.try_acquire() and b.epoch == 2
+    assert b.step() == 0
+
+    command_ids = _append_atomically(r, keys, ["one", "two", "three"])
+    waiters = _waiters(client, command_ids)
+    thread_a.join(10)
+    assert not thread_a.is_alive()
+    assert [type(exc) for exc in a_failed] == [Deposed]  # A's write was refused
+    # The interleaving happened: A's blocking read took every new entry (B has none).
+    pending = _pending_by_consumer(r, keys)
+    assert sorted(map(len, pending.values())) == [3]
+    assert r.hmget(keys.done, command_ids) == [None] * 3
+
+    _step_until_answered(b, waiters)
+    _assert_applied_once_in_order(r, keys, b, command_ids, waiters)
+    b.release()
+
+
+def test_the_read_pipelined_behind_a_refused_write_strands_nothing(backend):
+    """The overlapped path: A sends batch 1's write with the next XREADGROUP queued behind
+    it, after B took over and folded what A had read. The write is fenced, but the read
+    behind it still runs and takes the newer entries; B must apply them, in order."""
+    r, keys = backend
+    client = Client(r, keys, timeout=5)
+    a = Reducer(r, keys, owner="reducer-A", lease_ms=5000, block_ms=20, batch=2)
+    assert a.try_acquire()
+    _seed(client)
+    _fold_until_idle(a)
+    first = _append_atomically(r, keys, ["p1", "p2", "p3", "p4"])  # two full batches
+    b = Reducer(r, keys, owner="reducer-B", lease_ms=5000, block_ms=20)
+    later: list[str] = []
+    sent: list[tuple[Any, ...] | None] = []
+    real_send = a.writer.send
+
+    def send(batch: Any, read_next: tuple[Any, ...] | None) -> Any:
+        if not sent:
+            # A has read batches 1 and 2 and decided batch 1. Meanwhile its lease lapsed:
+            # B takes over, claims what A read and folds it; then newer commands arrive.
+            r.delete(keys.lease)
+            assert b.try_acquire() and b.epoch == 2
+            _fold_until_idle(b)
+            assert _causations(r, keys)[2:] == first
+            later.extend(_append_atomically(r, keys, ["p5", "p6"]))
+        sent.append(read_next)
+        return real_send(batch, read_next)
+
+    a.writer.send = send  # type: ignore[method-assign]
+    with pytest.raises(Deposed):
+        a.step()
+    assert sent and sent[0] is not None  # the write went out with a read queued behind it
+    # That read ran after the refused write: A took the newer entries, B has none.
+    pending = _pending_by_consumer(r, keys)
+    assert sorted(map(len, pending.values())) == [2]
+    assert r.hmget(keys.done, later) == [None, None]
+
+    waiters = _waiters(client, first + later)
+    _step_until_answered(b, waiters)
+    _assert_applied_once_in_order(r, keys, b, first + later, waiters)
+    b.release()
