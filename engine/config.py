@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import ipaddress
 import os
+import re
 
 from engine.errors import InvalidParameter
 from events.specs import NetworkSpec
 
-__all__ = ["DEFAULT_BRIDGE", "DEFAULT_SUBNET", "data_root", "default_network", "key_prefix"]
+__all__ = [
+    "DEFAULT_BRIDGE",
+    "DEFAULT_SUBNET",
+    "ENGINE_ID",
+    "cgroup_parent",
+    "data_root",
+    "default_cgroup_parent",
+    "default_network",
+    "derive_engine_id",
+    "engine_id",
+    "key_prefix",
+    "validate_engine_id",
+]
 
 # Chosen to stay clear of Docker's local pools (172.17.0.0/16 to 172.31.0.0/16 and
 # 192.168.0.0/16), of podman's defaults (10.88.0.0/16 and the 10.89.x.0/24 user networks)
@@ -46,3 +61,59 @@ def data_root() -> str:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = xdg if xdg and os.path.isabs(xdg) else os.path.expanduser("~/.local/share")
     return os.path.join(base, "moorage")
+
+
+# An engine id ends up in iptables chain names ("MOOR-POSTROUTING-<id>" within the
+# kernel's 28 characters), netns names, link aliases and a cgroup directory: a short, safe
+# set of characters keeps it valid in all of them.
+ENGINE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,10}")
+
+
+def validate_engine_id(value: str) -> str:
+    """Return `value` if it can name an engine's host resources, else raise InvalidParameter."""
+    if ENGINE_ID.fullmatch(value) is None:
+        raise InvalidParameter(f"invalid engine id {value!r} (1-11 of [a-z0-9_-], starting "
+                               "with a letter or digit)")
+    return value
+
+
+@functools.lru_cache(maxsize=16)
+def derive_engine_id(root: str, prefix: str, shard: str = "0") -> str:
+    """Return the engine id a data root and a journal (key prefix, shard) imply: 8 hex.
+
+    Both go in: two `moor up` on one host differ by data root (each has its own embedded
+    Redis, under the same default prefix), two engines on one Redis by prefix. The data
+    root is resolved, so two spellings of one directory name one engine.
+    """
+    text = "\0".join((os.path.realpath(root), prefix, shard))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def engine_id(root: str | None = None, prefix: str | None = None, shard: str = "0") -> str:
+    """Return an engine's identity on the host: MOOR_ENGINE_ID, else derived.
+
+    Every host resource the worker creates carries it (netns names, link aliases, iptables
+    chains and comments, the cgroup parent), so the reconciler of one engine can tell its
+    own leftovers from another engine's live containers. Derived from this process's data
+    root and key prefix, or from the ones given (a worker context's). Only shard "0"
+    exists for now.
+    """
+    explicit = os.environ.get("MOOR_ENGINE_ID")
+    if explicit:
+        return validate_engine_id(explicit)
+    return derive_engine_id(root if root is not None else data_root(),
+                            prefix if prefix is not None else key_prefix(), shard)
+
+
+def cgroup_parent() -> str:
+    """Return the cgroup parent of the containers: MOOR_CGROUP_PARENT, else moorage/<engine id>.
+
+    One shared top group keeps the host's hierarchy tidy (Docker's "docker" likewise); the
+    engine's own level below it keeps two engines' containers apart.
+    """
+    return (os.environ.get("MOOR_CGROUP_PARENT") or default_cgroup_parent(engine_id())).strip("/")
+
+
+def default_cgroup_parent(engine: str) -> str:
+    """Return the cgroup parent an engine uses when MOOR_CGROUP_PARENT is unset."""
+    return f"moorage/{engine}"

@@ -17,6 +17,21 @@ import pytest
 
 REQUIRE_PRIVILEGED = os.environ.get("MOOR_REQUIRE_PRIVILEGED") == "1"
 
+# Tests that call the host functions directly (netns, links, rules, cgroups) name what
+# they create with this run's own engine id, never a default engine's on this machine.
+# Engines the tests start as programs get an environment without MOOR_* and derive theirs.
+TEST_ENGINE_ID = os.environ.setdefault("MOOR_ENGINE_ID", "t" + secrets.token_hex(4))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_test_engine_cgroup_parent() -> Iterator[None]:
+    """Remove this run's (empty) cgroup parent once every test is done."""
+    yield
+    if os.geteuid() == 0:
+        from workers.proc import cgroups
+
+        cgroups.release_parent()
+
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now."""

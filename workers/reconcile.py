@@ -4,6 +4,11 @@ Run at worker start and periodically. It reports exits nobody reported (the supe
 died with its container), re-issues starts whose job was lost with a killed worker,
 releases resources no live container owns, and records every finding in the journal
 (ReportDrift), so the audit trail shows what the host disagreed about.
+
+Only this engine's resources: their names carry its id (engine.config.engine_id), and
+another engine's on the same host are never listed, so never released. Names an earlier
+version made carry no id; those of containers this journal knows are its own (a container
+id is unique), the rest may be another engine's live containers and are left alone.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import time
 from typing import Any
 
 from commands import schema as c
+from engine.config import engine_id
 from engine.core.react import resume
 from engine.core.state import Container
 from engine.outbox import JobOutbox
 from engine.snapshot import load_world
 from workers.context import HostContext
 from workers.net import network, portmap
+from workers.net.netconf import LEGACY
 from workers.proc import process
 from workers.saga import lost_exit, release_runtime
 from workers.storage import rootfs
@@ -64,10 +71,24 @@ def reconcile(ctx: HostContext) -> list[dict[str, Any]]:
     """Correct this host against the facts; return the findings (also journaled)."""
     world, _ = load_world(ctx.redis, ctx.keys)
     findings: list[dict[str, Any]] = []
-    sandboxes = set(network.list_sandboxes())
-    endpoints = set(network.list_endpoints())
-    ports = portmap.list_port_rules()
-    mounted = _mounted(ctx)
+    known = set(world.containers)
+    # The context's engine: the worker's own, or the one a caller (a test) reconciles.
+    eid = engine_id(ctx.root, ctx.keys.prefix, ctx.keys.shard)
+    sandboxes = set(network.list_sandboxes(eid))
+    endpoints = set(network.list_endpoints(eid))
+    ports = set(portmap.list_port_rules(eid))
+    mounted = _mounted(ctx)  # under this engine's data root: its own
+    orphans = (sandboxes | endpoints | ports | mounted) - known
+    unnamed = {"netns": set(network.list_sandboxes(LEGACY)),
+               "veth": set(network.list_endpoints(LEGACY)),
+               "ports": set(portmap.list_port_rules(LEGACY))}
+    sandboxes |= unnamed["netns"] & known
+    endpoints |= unnamed["veth"] & known
+    ports |= unnamed["ports"] & known
+    if strangers := set().union(*unnamed.values()) - known:
+        log.info("left alone: resources named before engine ids, of %d containers this "
+                 "journal does not know (%s)", len(strangers),
+                 ", ".join(sorted(cid[:12] for cid in strangers)))
 
     for ctr in world.containers.values():
         cid = ctr.id
@@ -93,8 +114,7 @@ def reconcile(ctx: HostContext) -> list[dict[str, Any]]:
             if cid in sandboxes or cid in endpoints or cid in ports or cid in mounted:
                 release_runtime(ctx, cid)
 
-    known = set(world.containers)
-    for cid in sorted((sandboxes | endpoints | set(ports) | mounted) - known):
+    for cid in sorted(orphans):
         _drift(ctx, cid, None, "orphan", "resources of no known container; released",
                findings)
         release_runtime(ctx, cid)

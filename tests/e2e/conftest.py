@@ -38,6 +38,7 @@ import redis as redislib
 
 from commands.client import Client
 from commands.codec import CODEC
+from engine.config import default_cgroup_parent, derive_engine_id
 from engine.core.state import Container
 from engine.errors import MoorError
 from engine.keys import Keys, keys_for
@@ -314,6 +315,18 @@ class Engine:
         event: T = record.event  # type: ignore[assignment]  # the match checked its type
         return event
 
+    def netns_path(self, cid: str) -> str:
+        """Return where the engine's worker bind-mounts the container's netns."""
+        from workers.net import netconf
+
+        return netconf.netns_path(cid, host_engine_id(self))
+
+    def cgroup_part(self, cid: str) -> str:
+        """Return the container's cgroup path below the hierarchy root."""
+        parent = self.env.get("MOOR_CGROUP_PARENT") or default_cgroup_parent(
+            host_engine_id(self))
+        return f"{parent.strip('/')}/{cid}"
+
     def container_dir(self, cid: str) -> str:
         return os.path.join(self.data_root, "containers", cid)
 
@@ -339,14 +352,16 @@ class Engine:
         short = cid[:12]
         with open("/proc/self/mountinfo") as f:
             found += [f"mount {line.split()[4]}" for line in f if cid in line]
-        if os.path.lexists(f"/run/netns/moor-{cid}"):
-            found.append(f"netns /run/netns/moor-{cid}")
+        # Any name carrying the id: this engine's (moor-<engine>-<cid>) or an older one's.
+        found += [f"netns /run/netns/{name}" for name in _netns_names() if cid in name]
         if os.path.lexists(f"/sys/class/net/mv{short}"):
             found.append(f"veth mv{short}")
         rules = [line for line in _sh("iptables-save").splitlines() if cid in line]
         found += [f"iptables {line}" for line in rules]
         groups = set(glob.glob(f"/sys/fs/cgroup/*/moorage/{cid}"))
         groups |= set(glob.glob(f"/sys/fs/cgroup/moorage/{cid}"))
+        groups |= set(glob.glob(f"/sys/fs/cgroup/*/moorage/*/{cid}"))  # moorage/<engine>
+        groups |= set(glob.glob(f"/sys/fs/cgroup/moorage/*/{cid}"))
         found += [f"cgroup {g}" for g in sorted(groups)]
         found += [f"process {pid}" for pid, ticks in sorted(self.track(cid).pids)
                   if start_ticks(pid) == ticks]
@@ -375,6 +390,32 @@ class Engine:
             except MoorError as err:
                 errors.append(f"rm -f {cid[:12]}: {err.message}")
         return errors
+
+
+def _netns_names() -> list[str]:
+    try:
+        return os.listdir("/run/netns")
+    except FileNotFoundError:
+        return []
+
+
+def host_engine_id(engine: Engine) -> str:
+    """Return the id the engine's programs give their host resources (engine.config's rule)."""
+    return engine.env.get("MOOR_ENGINE_ID") or derive_engine_id(engine.data_root,
+                                                                engine.keys.prefix)
+
+
+def engine_host_leftovers(engine: Engine) -> list[str]:
+    """Return the engine-wide host resources named for it: chains, hooks, cgroup parent."""
+    eid = host_engine_id(engine)
+    found = [f"iptables {line}" for line in _sh("iptables-save").splitlines()
+             if f"MOOR-DNAT-{eid}" in line or f"MOOR-POSTROUTING-{eid}" in line
+             or f"MOOR-FORWARD-{eid}" in line]
+    if not engine.env.get("MOOR_CGROUP_PARENT"):
+        parent = default_cgroup_parent(eid)
+        found += [f"cgroup parent {d}" for d in glob.glob(f"/sys/fs/cgroup/*/{parent}")
+                  + glob.glob(f"/sys/fs/cgroup/{parent}")]
+    return found
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -412,6 +453,7 @@ def _session_leaks(engine: Engine) -> list[str]:
         found.append(f"bridge {engine.bridge}")
     found += [f"iptables {line}" for line in _sh("iptables-save").splitlines()
               if f"moor-bridge:{engine.bridge}" in line]
+    found += engine_host_leftovers(engine)
     found += [f"live process {pid} with MOOR_PREFIX={engine.env['MOOR_PREFIX']}"
               for pid in engine.our_processes()]
     for cid in engine.tracked:
@@ -471,6 +513,7 @@ def _teardown(engine: Engine, cfg: Any) -> list[str]:
     """Remove every container, stop both programs, release the bridge, drop the data root
     and the keys; return what went wrong and what is left (every step runs regardless)."""
     from workers.net import network, portmap
+    from workers.proc import cgroups
 
     problems: list[str] = []
 
@@ -490,7 +533,11 @@ def _teardown(engine: Engine, cfg: Any) -> list[str]:
         if proc is not None:
             step(f"stop pid {proc.pid}", functools.partial(stop_process, proc))
     step("release bridge", lambda: network.release_bridge(cfg))
-    step("release chains", lambda: portmap.release_chains(cfg))
+    eid = host_engine_id(engine)
+    step("release chains", lambda: portmap.release_chains(cfg, eid))
+    if not engine.env.get("MOOR_CGROUP_PARENT"):
+        step("release cgroup parent",
+             lambda: cgroups.release_parent(default_cgroup_parent(eid)))
     step("delete keys", lambda: _delete_keys(engine.redis, engine.keys))
     root = os.path.realpath(engine.data_root)
     if any(root in line for line in Path("/proc/mounts").read_text().splitlines()):

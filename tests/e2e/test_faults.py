@@ -59,7 +59,7 @@ def test_worker_killed_during_a_start_is_finished_by_reconcile(engine: Engine) -
                  and c.saga == ("endpoint", "spawn"), 10, "the mount and sandbox steps",
                  lambda: engine.log_tail("worker"))
         engine.kill_worker()
-    assert os.path.exists(f"/run/netns/moor-{cid}")  # half-made: what a crash leaves
+    assert os.path.exists(engine.netns_path(cid))  # half-made: what a crash leaves
     assert engine.container(cid).running is False  # type: ignore[union-attr]
 
     engine.start_worker()  # reconcile re-issues the owed start
@@ -110,7 +110,7 @@ def test_exit_while_the_worker_is_dead_is_still_reported(engine: Engine) -> None
     status = json.loads(Path(engine.state_dir(cid), "exit.json").read_text())
     assert status["exit_code"] == 7
     # The teardown job waited in the queue for a worker.
-    assert os.path.exists(f"/run/netns/moor-{cid}")
+    assert os.path.exists(engine.netns_path(cid))
     engine.start_worker()
     wait_for(lambda: engine.leaks(cid) == [f"directory {engine.container_dir(cid)}"], 10,
              "the teardown once a worker is back", lambda: "\n".join(engine.leaks(cid)))
@@ -118,7 +118,8 @@ def test_exit_while_the_worker_is_dead_is_still_reported(engine: Engine) -> None
 
 def test_netns_deleted_by_hand_is_reported_as_drift(engine: Engine) -> None:
     cid = engine.run("sleep", "1000")
-    subprocess.run(["ip", "netns", "delete", f"moor-{cid}"], check=True)
+    subprocess.run(["ip", "netns", "delete", os.path.basename(engine.netns_path(cid))],
+                   check=True)
     engine.stop_worker()
     engine.start_worker()  # reconcile runs before the worker takes jobs
     drifts = wait_for(lambda: [r.event for _, r in engine.events(cid)

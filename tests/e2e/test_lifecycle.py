@@ -53,7 +53,7 @@ def test_running_container_is_isolated_networked_and_serves_its_port(engine: Eng
     # Its own namespaces, and its own cgroup.
     mine, its = ns_ids("self"), ns_ids(pid)
     assert all(mine[ns] != its[ns] for ns in mine), (mine, its)
-    assert f"moorage/{cid}" in Path(f"/proc/{pid}/cgroup").read_text()
+    assert engine.cgroup_part(cid) in Path(f"/proc/{pid}/cgroup").read_text()
 
     # PID 1 is the command; the hostname is the short id; /proc is its own.
     assert engine.nsenter(cid, "cat", "/proc/1/cmdline") == "httpd\0-f\0-p\0" + "80\0"
@@ -164,12 +164,12 @@ def test_rm_force_of_a_running_container_leaves_nothing(engine: Engine) -> None:
     merged = os.path.join(os.path.realpath(engine.container_dir(cid)), "merged")
     assert any(line.split()[1] == merged for line in Path("/proc/mounts").read_text()
                .splitlines())
-    assert os.path.exists(f"/run/netns/moor-{cid}")
+    assert os.path.exists(engine.netns_path(cid))
     assert os.path.exists(f"/sys/class/net/mv{cid[:12]}")
     leaks = engine.leaks(cid)
     assert any(leak.startswith("iptables ") and f"--dport {port}" in leak for leak in leaks)
-    assert glob.glob(f"/sys/fs/cgroup/*/moorage/{cid}") or glob.glob(
-        f"/sys/fs/cgroup/moorage/{cid}")
+    assert glob.glob(f"/sys/fs/cgroup/*/{engine.cgroup_part(cid)}") or glob.glob(
+        f"/sys/fs/cgroup/{engine.cgroup_part(cid)}")
     assert start_ticks(pid) is not None and start_ticks(supervisor) is not None
 
     assert engine.moor("rm", "-f", cid).stdout.strip() == cid

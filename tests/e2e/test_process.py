@@ -681,6 +681,7 @@ def _fake_cgroup_root(tmp_path: Path, unified: bool) -> Path:
 def test_cgroup_limits_v1_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _fake_cgroup_root(tmp_path, unified=False)
     monkeypatch.setenv("MOOR_CGROUP_ROOT", str(root))
+    monkeypatch.setenv("MOOR_CGROUP_PARENT", "moorage")
     mem = root / "memory/moorage/c1"
     mem.mkdir(parents=True)
     (mem / "memory.memsw.limit_in_bytes").write_text("")
@@ -705,6 +706,7 @@ def test_cgroup_limits_v1_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_cgroup_limits_v2_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _fake_cgroup_root(tmp_path, unified=True)
     monkeypatch.setenv("MOOR_CGROUP_ROOT", str(root))
+    monkeypatch.setenv("MOOR_CGROUP_PARENT", "moorage")
     group = root / "moorage/c2"
     group.mkdir()
     (group / "memory.swap.max").write_text("")

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from engine import config
 from engine.config import default_network
 from engine.errors import InvalidParameter
 from events import specs
 from workers.net import hostfiles
 from workers.net.netconf import (
+    LEGACY,
     BridgeConfig,
+    Chains,
+    Owner,
     PortMapping,
+    bridge_tag,
+    chains,
     cid_from_netns_name,
     cid_from_tag,
+    engine_of_chain,
     from_port_bindings,
     netns_name,
     netns_path,
+    parse_bridge_tag,
+    parse_netns_name,
+    parse_tag,
     short_id,
     tag,
     to_port_bindings,
@@ -71,18 +82,103 @@ def test_bridge_config_rejects_bad_values(kwargs: dict[str, str]) -> None:
         BridgeConfig(**{"name": "moor0", "subnet": "10.77.0.0/16", **kwargs})
 
 
-def test_names_derive_from_the_container_id() -> None:
+def test_names_derive_from_the_engine_and_the_container_id() -> None:
     assert short_id(CID) == "0123456789ab"
     assert veth_name(CID) == "mv0123456789ab" and len(veth_name(CID)) <= 15
-    assert netns_name(CID) == "moor-" + CID
-    assert netns_path(CID) == "/run/netns/moor-" + CID
-    assert tag(CID) == "moor:" + CID
-    assert cid_from_netns_name(netns_name(CID)) == CID
-    assert cid_from_tag(tag(CID)) == CID
-    assert cid_from_netns_name("moor-abc") is None and cid_from_netns_name("other") is None
-    assert cid_from_tag("moor-bridge:moor0") is None and cid_from_tag(None) is None
+    assert netns_name(CID, "e1") == "moor-e1-" + CID
+    assert netns_path(CID, "e1") == "/run/netns/moor-e1-" + CID
+    assert tag(CID, "e1") == "moor:e1:" + CID
+    assert bridge_tag("e1") == "moor:bridge:e1"
+    assert chains("e1") == Chains("MOOR-DNAT-e1", "MOOR-POSTROUTING-e1", "MOOR-FORWARD-e1")
+    assert cid_from_netns_name(netns_name(CID, "e1"), "e1") == CID
+    assert cid_from_tag(tag(CID, "e1"), "e1") == CID
+    assert cid_from_netns_name("moor-abc", "e1") is None
+    assert cid_from_netns_name("other", "e1") is None
+    assert cid_from_tag("moor-bridge:moor0", "e1") is None and cid_from_tag(None, "e1") is None
     with pytest.raises(InvalidParameter):
         veth_name("ABC")
+
+
+def test_names_made_before_engine_ids_are_the_legacy_engines() -> None:
+    # What earlier versions wrote, byte for byte: upgraded engines still find them.
+    assert netns_name(CID, LEGACY) == "moor-" + CID
+    assert tag(CID, LEGACY) == "moor:" + CID
+    assert bridge_tag(LEGACY) == "moor:bridge"
+    assert chains(LEGACY) == Chains("MOOR-DNAT", "MOOR-POSTROUTING", "MOOR-FORWARD")
+    assert parse_netns_name("moor-" + CID) == Owner(LEGACY, CID)
+    assert parse_tag("moor:" + CID) == Owner(LEGACY, CID)
+    assert parse_bridge_tag("moor:bridge") == LEGACY
+    assert engine_of_chain("MOOR-DNAT") == LEGACY
+
+
+def test_one_engines_names_are_not_anothers() -> None:
+    for name in (netns_name(CID, "e1"), netns_name(CID, LEGACY)):
+        assert cid_from_netns_name(name, "e2") is None
+    for text in (tag(CID, "e1"), tag(CID, LEGACY)):
+        assert cid_from_tag(text, "e2") is None
+    assert parse_netns_name(netns_name(CID, "a-b_1")) == Owner("a-b_1", CID)
+    assert parse_tag(tag(CID, "a-b_1")) == Owner("a-b_1", CID)
+    assert parse_bridge_tag(bridge_tag("e2")) == "e2"
+    assert [engine_of_chain(c) for c in chains("e2")] == ["e2"] * 3
+    for junk in ("moor--" + CID, "moor-E1-" + CID, "moor-e1_" + CID, "moor-e1-" + CID[1:],
+                 "moor-twelve-chars-" + CID):
+        assert parse_netns_name(junk) is None, junk
+    for junk in ("moor:e1:" + CID + ":x", "moor::" + CID, "moor:bridge:e1", "moor:e1"):
+        assert parse_tag(junk) is None, junk
+    assert parse_bridge_tag("moor:bridge:") is None and parse_bridge_tag("moor:" + CID) is None
+    assert engine_of_chain("MOOR-DNAT-") is None and engine_of_chain("DOCKER") is None
+
+
+def test_names_use_this_engines_id_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOOR_ENGINE_ID", "e7")
+    assert (netns_name(CID), tag(CID), bridge_tag(), chains().dnat) == (
+        "moor-e7-" + CID, "moor:e7:" + CID, "moor:bridge:e7", "MOOR-DNAT-e7")
+    assert cid_from_tag("moor:e7:" + CID) == CID and cid_from_tag("moor:" + CID) is None
+
+
+def test_the_engine_id_derives_from_the_data_root_and_the_journal(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MOOR_ENGINE_ID", raising=False)
+    monkeypatch.setenv("MOOR_DATA_ROOT", str(tmp_path / "a"))
+    monkeypatch.setenv("MOOR_PREFIX", "moor:v1")
+    first = config.engine_id()
+    assert re.fullmatch(r"[0-9a-f]{8}", first)
+    assert first == config.derive_engine_id(str(tmp_path / "a"), "moor:v1", "0")
+    # One directory, two spellings: one engine.
+    (tmp_path / "link").symlink_to(tmp_path)
+    assert config.derive_engine_id(str(tmp_path / "link" / "a"), "moor:v1") == first
+    # Another data root (a second `moor up`, same default prefix) or another journal.
+    assert config.derive_engine_id(str(tmp_path / "b"), "moor:v1") != first
+    assert config.derive_engine_id(str(tmp_path / "a"), "moor:v2") != first
+    assert config.derive_engine_id(str(tmp_path / "a"), "moor:v1", "1") != first
+    # Another engine's, from its worker context (reconcile of a context not this process's).
+    assert config.engine_id(str(tmp_path / "b"), "p", "0") == config.derive_engine_id(
+        str(tmp_path / "b"), "p")
+    monkeypatch.setenv("MOOR_ENGINE_ID", "prod")
+    assert config.engine_id() == "prod"
+    assert config.cgroup_parent() == "moorage/prod"
+    monkeypatch.setenv("MOOR_CGROUP_PARENT", "/custom/")
+    assert config.cgroup_parent() == "custom"
+
+
+@pytest.mark.parametrize("bad", ["", "UPPER", "-lead", "twelve-chars", "a:b", "a/b", "a b"])
+def test_engine_ids_that_cannot_name_host_resources_are_refused(
+        monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    with pytest.raises(InvalidParameter):
+        config.validate_engine_id(bad)
+    if bad:
+        monkeypatch.setenv("MOOR_ENGINE_ID", bad)
+        with pytest.raises(InvalidParameter):
+            config.engine_id()
+    with pytest.raises(InvalidParameter):
+        netns_name(CID, bad or "x" * 12)
+
+
+def test_the_longest_names_fit_the_kernels_limits() -> None:
+    longest = "e" * 11
+    assert max(len(c) for c in chains(longest)) <= 28  # iptables chain names
+    assert len(netns_name(CID, longest)) <= 255  # a file name
+    assert len(tag(CID, longest)) <= 255  # IFALIASZ - 1, and an iptables comment (256)
 
 
 # --- port mappings -----------------------------------------------------------------

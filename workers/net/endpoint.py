@@ -1,7 +1,8 @@
 """Ensure and release a container's veth endpoint: host end on the bridge, eth0 inside.
 
 The peer is created directly inside the container's namespace as eth0, already enslaved
-and up; a veth that exists already is adopted only if it is ours (else Conflict).
+and up; a veth that exists already is adopted only if it is ours (else Conflict): tagged
+for this container by this engine, by an earlier version (netconf.LEGACY), or not yet.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from engine.errors import Conflict, NotFound
 from workers.net import netns
 from workers.net.links import get_link, ipv4_addrs, link_kind, netlink_errors, ours
-from workers.net.netconf import BridgeConfig, netns_path, tag, veth_name
+from workers.net.netconf import LEGACY, BridgeConfig, netns_path, tag, veth_name
 from workers.net.rtnl import (
     IFA_ADDRESS,
     IFA_LOCAL,
@@ -69,19 +70,20 @@ class EndpointInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def ensure_endpoint(cid: str, cfg: BridgeConfig, ip: str, prefixlen: int, gateway: str,
-                    mac: str | None = None) -> EndpointInfo:
+                    mac: str | None = None, *, engine: str | None = None) -> EndpointInfo:
     """Ensure the container's veth: host end on the bridge, eth0 addressed and routed.
 
     The sandbox must exist (ensure_sandbox). A veth created by this call is deleted again if
     a later step fails, so a failed ensure leaves nothing behind.
     """
-    veth, path = veth_name(cid), netns_path(cid)
+    veth, path, owner = veth_name(cid), netns_path(cid, engine), tag(cid, engine)
     nsfd = netns.open_netns(path, cid)
     try:
         with netlink_errors(f"endpoint {veth} of container {cid}"):
-            mac_address = _new_endpoint(cid, cfg, veth, nsfd, ip, prefixlen, gateway, mac)
+            mac_address = _new_endpoint(cid, owner, cfg, veth, nsfd, ip, prefixlen, gateway,
+                                        mac)
             if mac_address is None:  # the name exists: a retry, or not ours at all
-                mac_address = _existing_endpoint(cid, cfg, veth, nsfd, ip, prefixlen,
+                mac_address = _existing_endpoint(cid, owner, cfg, veth, nsfd, ip, prefixlen,
                                                  gateway, mac)
     finally:
         os.close(nsfd)
@@ -89,8 +91,8 @@ def ensure_endpoint(cid: str, cfg: BridgeConfig, ip: str, prefixlen: int, gatewa
                         gateway=gateway, mac_address=mac_address)
 
 
-def _new_endpoint(cid: str, cfg: BridgeConfig, veth: str, nsfd: int, ip: str, prefixlen: int,
-                  gateway: str, mac: str | None) -> str | None:
+def _new_endpoint(cid: str, owner: str, cfg: BridgeConfig, veth: str, nsfd: int, ip: str,
+                  prefixlen: int, gateway: str, mac: str | None) -> str | None:
     """Create the pair and configure eth0 (5 round trips); None if the veth name exists.
 
     The peer is born inside the netns as eth0, the host end enslaved and up; a pair this
@@ -118,7 +120,7 @@ def _new_endpoint(cid: str, cfg: BridgeConfig, veth: str, nsfd: int, ip: str, pr
         try:
             # The kernel ignores IFLA_IFALIAS when creating: tag it in a second request.
             host.batch((RTM_NEWLINK, 0, ifinfo() + attr(IFLA_IFNAME, name(veth))
-                        + attr(IFLA_IFALIAS, tag(cid).encode())))
+                        + attr(IFLA_IFALIAS, owner.encode())))
             with Rtnl(netns.socket_in(nsfd)) as ns:
                 eth0 = ns.get_link("eth0")
                 if eth0 is None:
@@ -146,29 +148,29 @@ def _new_endpoint(cid: str, cfg: BridgeConfig, veth: str, nsfd: int, ip: str, pr
     return eth0.address
 
 
-def _existing_endpoint(cid: str, cfg: BridgeConfig, veth: str, nsfd: int, ip: str,
+def _existing_endpoint(cid: str, owner: str, cfg: BridgeConfig, veth: str, nsfd: int, ip: str,
                        prefixlen: int, gateway: str, mac: str | None) -> str:
     """Check and adopt a veth that exists (ours from an earlier try, else Conflict)."""
     with IPRoute() as host:
         br = get_link(host, cfg.name)
         if br is None or link_kind(br) != "bridge":
             raise BridgeMissing(f"bridge {cfg.name} not found (ensure_bridge first)")
-        host_index = _adopt_veth(host, cid, veth, br["index"])
+        host_index = _adopt_veth(host, cid, owner, veth, br["index"])
         with IPRoute(use_socket=netns.socket_in(nsfd)) as ns:
             return _configure_eth0(ns, cid, host_index, ip, prefixlen, gateway, mac)
 
 
-def _adopt_veth(host: IPRoute, cid: str, veth: str, bridge: int) -> int:
+def _adopt_veth(host: IPRoute, cid: str, owner: str, veth: str, bridge: int) -> int:
     """Accept an existing veth if it is ours, enslave it and bring it up; return its index."""
     link = get_link(host, veth)
     if link is None:  # EEXIST came from the netns side: eth0 is taken by something else
         raise Conflict(f"cannot create {veth}: eth0 already exists in the sandbox of {cid}")
-    if not ours(link, "veth", tag(cid)):
+    if not ours(link, "veth", owner, tag(cid, LEGACY)):
         raise Conflict(f"device {veth} exists and is not container {cid}'s veth")
     if link.get("IFLA_MASTER") != bridge or not link["flags"] & IFF_UP:
         host.link("set", index=link["index"], master=bridge, state="up")
-    if link.get("IFLA_IFALIAS") != tag(cid):
-        host.link("set", index=link["index"], ifalias=tag(cid))
+    if link.get("IFLA_IFALIAS") != owner:
+        host.link("set", index=link["index"], ifalias=owner)
     return int(link["index"])
 
 
@@ -194,15 +196,17 @@ def _configure_eth0(ns: IPRoute, cid: str, host_index: int, ip: str, prefixlen: 
     return mac_address
 
 
-def release_endpoint(cid: str) -> None:
+def release_endpoint(cid: str, engine: str | None = None) -> None:
     """Delete the container's veth pair (both ends); absent is success."""
     veth = veth_name(cid)
     with netlink_errors(f"endpoint {veth} of container {cid}"), Rtnl() as host:
         link = host.get_link(veth)
         if link is None:
             return
-        # Ours as _ours has it: a veth with our tag, or none yet (a crash before tagging).
-        if link.kind != "veth" or link.alias not in (None, "", tag(cid)):
+        # Ours as links.ours has it: a veth with our tag (or an earlier version's tag for
+        # this container), or none yet (a crash before tagging).
+        if link.kind != "veth" or link.alias not in (None, "", tag(cid, engine),
+                                                     tag(cid, LEGACY)):
             raise Conflict(f"device {veth} is not container {cid}'s veth; not deleting it")
         try:
             host.batch((RTM_DELLINK, 0, ifinfo(link.index)))

@@ -46,13 +46,14 @@ def link_kind(link: Any) -> str | None:
     return link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))  # type: ignore[no-any-return]
 
 
-def ours(link: Any, kind: str, owner_tag: str) -> bool:
-    """Tell whether a device with our name is ours: right kind, our tag or no tag yet.
+def ours(link: Any, kind: str, *owner_tags: str) -> bool:
+    """Tell whether a device with our name is ours: right kind, one of our tags or no tag yet.
 
     An untagged device of the right kind counts: the kernel ignores IFLA_IFALIAS on
-    RTM_NEWLINK, so a crash between create and tag leaves exactly that behind.
+    RTM_NEWLINK, so a crash between create and tag leaves exactly that behind. Several
+    tags: the one this version writes and the one an earlier version wrote.
     """
-    return link_kind(link) == kind and link.get("IFLA_IFALIAS") in (None, "", owner_tag)
+    return link_kind(link) == kind and link.get("IFLA_IFALIAS") in (None, "", *owner_tags)
 
 
 def ipv4_addrs(ipr: IPRoute, index: int) -> set[tuple[str, int]]:

@@ -5,11 +5,19 @@ effects. The default network (subnet, bridge name, MOOR_SUBNET / MOOR_BRIDGE) is
 engine.config's; `-p` specs are parsed by commands.options. `network.ensure_bridge` refuses a
 subnet that overlaps a route the host already has.
 
-Names derive from the 64-hex container id, never from randomness, so every worker and the
-reconciler find the same resources again:
-    netns       /run/netns/moor-<64 hex>   the full id, so a listing maps back to the cid
-    host veth   mv<12 hex>                 IFNAMSIZ allows 15 bytes; 12 hex is the short id
-    tag         moor:<64 hex>              veth ifalias and iptables comment (full id)
+Names derive from the engine id (engine.config.engine_id) and the 64-hex container id, never
+from randomness, so every worker and the reconciler find the same resources again, and
+one engine's reconciler can tell its own resources from another engine's on the same host:
+    netns       /run/netns/moor-<engine>-<64 hex>   the full id, so a listing maps back to it
+    host veth   mv<12 hex>                         IFNAMSIZ allows 15 bytes: no room for the
+                                                   engine, which its tag carries instead
+    tag         moor:<engine>:<64 hex>             veth ifalias and iptables comment
+    bridge tag  moor:bridge:<engine>               the bridge's ifalias
+    chains      MOOR-DNAT-<engine>, MOOR-POSTROUTING-<engine>, MOOR-FORWARD-<engine>
+
+Names made before engines had an id lack the engine part (`moor-<64 hex>`, `moor:<64 hex>`,
+`moor:bridge`, `MOOR-DNAT`); every helper takes `engine=LEGACY` to name those, and release and
+reconcile use it so that an upgraded engine still releases what it made earlier.
 """
 
 from __future__ import annotations
@@ -17,23 +25,34 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import msgspec
 
 from commands import options
+from engine import config
 from engine.errors import InvalidParameter
 from events import specs
 
 __all__ = [
-    "BRIDGE_TAG",
+    "LEGACY",
     "NETNS_DIR",
     "BridgeConfig",
+    "Chains",
+    "Owner",
     "PortMapping",
+    "bridge_tag",
     "cid_from_netns_name",
+    "chains",
     "cid_from_tag",
+    "engine_of",
+    "engine_of_chain",
     "from_port_bindings",
     "netns_name",
     "netns_path",
+    "parse_bridge_tag",
+    "parse_netns_name",
+    "parse_tag",
     "short_id",
     "tag",
     "to_port_bindings",
@@ -45,7 +64,9 @@ NETNS_DIR = "/run/netns"
 NETNS_PREFIX = "moor-"
 VETH_PREFIX = "mv"
 TAG_PREFIX = "moor:"
-BRIDGE_TAG = "moor:bridge"
+BRIDGE_TAG_PREFIX = "moor:bridge"
+# The engine id of names made before engines had one: the engine part is left out.
+LEGACY = ""
 
 _CID = re.compile(r"[0-9a-f]{64}")
 # Interface names end up in iptables rules and /proc/sys paths: keep them to a safe set.
@@ -64,14 +85,29 @@ def short_id(cid: str) -> str:
     return validate_cid(cid)[:12]
 
 
-def netns_name(cid: str) -> str:
+class Owner(NamedTuple):
+    """Whose a resource name says it is: an engine id (LEGACY: none) and a container id."""
+
+    engine: str
+    cid: str
+
+
+def engine_of(engine: str | None) -> str:
+    """Return the engine id to name resources for: this engine's when None."""
+    if engine is None:
+        return config.engine_id()
+    return engine if engine == LEGACY else config.validate_engine_id(engine)
+
+
+def netns_name(cid: str, engine: str | None = None) -> str:
     """Return the name of the container's network namespace under /run/netns."""
-    return NETNS_PREFIX + validate_cid(cid)
+    eid = engine_of(engine)
+    return f"{NETNS_PREFIX}{eid}-{validate_cid(cid)}" if eid else NETNS_PREFIX + validate_cid(cid)
 
 
-def netns_path(cid: str) -> str:
+def netns_path(cid: str, engine: str | None = None) -> str:
     """Return the bind-mount path of the container's network namespace (its sandbox key)."""
-    return f"{NETNS_DIR}/{netns_name(cid)}"
+    return f"{NETNS_DIR}/{netns_name(cid, engine)}"
 
 
 def veth_name(cid: str) -> str:
@@ -79,23 +115,92 @@ def veth_name(cid: str) -> str:
     return VETH_PREFIX + short_id(cid)
 
 
-def tag(cid: str) -> str:
+def tag(cid: str, engine: str | None = None) -> str:
     """Return the ownership tag put on the veth alias and on iptables rules."""
-    return TAG_PREFIX + validate_cid(cid)
+    eid = engine_of(engine)
+    return f"{TAG_PREFIX}{eid}:{validate_cid(cid)}" if eid else TAG_PREFIX + validate_cid(cid)
 
 
-def cid_from_netns_name(name: str) -> str | None:
-    """Return the cid a namespace name was derived from, or None if it is not ours."""
-    if name.startswith(NETNS_PREFIX) and _CID.fullmatch(name[len(NETNS_PREFIX):]):
-        return name[len(NETNS_PREFIX):]
+def bridge_tag(engine: str | None = None) -> str:
+    """Return the ownership tag put on the alias of a bridge this engine created."""
+    eid = engine_of(engine)
+    return f"{BRIDGE_TAG_PREFIX}:{eid}" if eid else BRIDGE_TAG_PREFIX
+
+
+def _owner(engine: str, cid: str) -> Owner | None:
+    if _CID.fullmatch(cid) and (engine == LEGACY or config.ENGINE_ID.fullmatch(engine)):
+        return Owner(engine, cid)
     return None
 
 
-def cid_from_tag(text: str | None) -> str | None:
-    """Return the cid in an ownership tag, or None if the text is not one."""
-    if text and text.startswith(TAG_PREFIX) and _CID.fullmatch(text[len(TAG_PREFIX):]):
-        return text[len(TAG_PREFIX):]
+def parse_netns_name(name: str) -> Owner | None:
+    """Return whose a namespace name says it is, or None if moorage did not name it."""
+    if not name.startswith(NETNS_PREFIX):
+        return None
+    rest = name[len(NETNS_PREFIX):]
+    if len(rest) == 64:
+        return _owner(LEGACY, rest)
+    engine, sep, cid = rest[:-65], rest[-65:-64], rest[-64:]
+    return _owner(engine, cid) if engine and sep == "-" else None
+
+
+def parse_tag(text: str | None) -> Owner | None:
+    """Return whose an ownership tag (ifalias, rule comment) says it is, or None."""
+    if not text or not text.startswith(TAG_PREFIX):
+        return None
+    parts = text[len(TAG_PREFIX):].split(":")
+    if len(parts) == 1:
+        return _owner(LEGACY, parts[0])
+    return _owner(parts[0], parts[1]) if len(parts) == 2 and parts[0] else None
+
+
+def parse_bridge_tag(text: str | None) -> str | None:
+    """Return the engine id in a bridge's tag (LEGACY for the old one), None if not one."""
+    if text == BRIDGE_TAG_PREFIX:
+        return LEGACY
+    if text and text.startswith(BRIDGE_TAG_PREFIX + ":"):
+        engine = text[len(BRIDGE_TAG_PREFIX) + 1:]
+        return engine if config.ENGINE_ID.fullmatch(engine) else None
     return None
+
+
+class Chains(NamedTuple):
+    """An engine's iptables chains: published ports, masquerading, forwarding."""
+
+    dnat: str
+    postrouting: str
+    forward: str
+
+
+_CHAIN_BASES = Chains("MOOR-DNAT", "MOOR-POSTROUTING", "MOOR-FORWARD")
+
+
+def chains(engine: str | None = None) -> Chains:
+    """Return the engine's chain names (iptables allows 28 characters: ids have 11 at most)."""
+    eid = engine_of(engine)
+    return Chains(*(f"{base}-{eid}" if eid else base for base in _CHAIN_BASES))
+
+
+def engine_of_chain(name: str) -> str | None:
+    """Return the engine id a chain name carries (LEGACY: none), None if not moorage's."""
+    for base in _CHAIN_BASES:
+        if name == base:
+            return LEGACY
+        if name.startswith(base + "-") and config.ENGINE_ID.fullmatch(name[len(base) + 1:]):
+            return name[len(base) + 1:]
+    return None
+
+
+def cid_from_netns_name(name: str, engine: str | None = None) -> str | None:
+    """Return the cid a namespace name was derived from, or None if it is not the engine's."""
+    owner = parse_netns_name(name)
+    return owner.cid if owner is not None and owner.engine == engine_of(engine) else None
+
+
+def cid_from_tag(text: str | None, engine: str | None = None) -> str | None:
+    """Return the cid in an ownership tag, or None if the text is not the engine's tag."""
+    owner = parse_tag(text)
+    return owner.cid if owner is not None and owner.engine == engine_of(engine) else None
 
 
 class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,6 +7,10 @@ namespace mechanics (creating, opening and entering one cheaply) are in `netns`.
 This module is the face the saga and reconcile use: it owns the sandbox (the named
 namespace) and the listings, and re-exports the bridge (`bridge`) and the veth endpoint
 (`endpoint`).
+
+`engine` (None: this engine, engine.config.engine_id) picks whose names a call makes or
+lists; releases also remove the names an earlier version made (netconf.LEGACY), because
+the engine that knows a container id owns what was made for it, whatever its name.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from workers.net import netns
 from workers.net.bridge import ensure_bridge, release_bridge
 from workers.net.endpoint import BridgeMissing, EndpointInfo, ensure_endpoint, release_endpoint
 from workers.net.links import link_kind, netlink_errors
-from workers.net.netconf import NETNS_DIR, cid_from_netns_name, cid_from_tag, netns_path, veth_name
+from workers.net.netconf import (
+    LEGACY,
+    NETNS_DIR,
+    cid_from_netns_name,
+    cid_from_tag,
+    engine_of,
+    netns_path,
+    veth_name,
+)
 
 __all__ = [
     "BridgeMissing",
@@ -38,9 +50,9 @@ __all__ = [
 
 # --- sandbox --------------------------------------------------------------------------
 
-def ensure_sandbox(cid: str) -> str:
+def ensure_sandbox(cid: str, engine: str | None = None) -> str:
     """Ensure the container's named network namespace exists with lo up; return its path."""
-    path = netns_path(cid)
+    path = netns_path(cid, engine)
     with netlink_errors(f"sandbox of container {cid}"):
         state = netns.state(path)
         if state == "other":
@@ -63,46 +75,54 @@ def ensure_sandbox(cid: str) -> str:
     return path
 
 
-def release_sandbox(cid: str, reuse: bool = True) -> None:
+def release_sandbox(cid: str, reuse: bool = True, engine: str | None = None) -> None:
     """Remove the container's namespace name; its veth goes first so the name is reusable.
 
     `reuse=False` (the container is being removed, its names never come back) leaves the
     veth to the kernel, which deletes it with the namespace ~20 ms later, off our clock.
+    The name an earlier version gave it goes too (two syscalls when absent): a container
+    started before an upgrade is torn down after it.
     """
-    path = netns_path(cid)
     # Unmounting alone would leave the host veth to die ~20 ms later, asynchronously, and
     # a restart reusing the name would race it. A sysfs stat is a cheap presence check.
     if reuse and os.path.exists(f"/sys/class/net/{veth_name(cid)}"):
-        release_endpoint(cid)
+        release_endpoint(cid, engine)
     with netlink_errors(f"sandbox of container {cid}"):
-        netns.remove(path)
+        for owner in dict.fromkeys((engine_of(engine), LEGACY)):
+            netns.remove(netns_path(cid, owner))
 
 
 # --- listings for reconcile -----------------------------------------------------------
 
-def list_sandboxes() -> list[str]:
-    """Return the cids whose moorage-named namespace exists under /run/netns."""
+def list_sandboxes(engine: str | None = None) -> list[str]:
+    """Return the cids whose namespace under /run/netns carries the engine's name.
+
+    Another engine's namespaces are not listed: they may hold its live containers.
+    """
+    eid = engine_of(engine)
     try:
         names = os.listdir(NETNS_DIR)
     except FileNotFoundError:
         return []
-    return sorted(cid for cid in map(cid_from_netns_name, names) if cid is not None)
+    return sorted(cid for name in names if (cid := cid_from_netns_name(name, eid)) is not None)
 
 
-def list_endpoints() -> list[str]:
-    """Return the cids of moorage veths on the host (by their tag).
+def list_endpoints(engine: str | None = None) -> list[str]:
+    """Return the cids of the engine's veths on the host (by their tag).
 
-    A veth whose tag was never set (a crash between create and tag) is matched to a
-    sandbox by its short id instead.
+    A veth whose tag was never set (a crash between create and tag) is matched to one of
+    the engine's sandboxes by its short id instead; one matching none is nobody's we know.
     """
-    sandboxes = {cid[:12]: cid for cid in list_sandboxes()}
+    eid = engine_of(engine)
+    sandboxes = {cid[:12]: cid for cid in list_sandboxes(eid)}
     found: set[str] = set()
     with netlink_errors("list endpoints"), IPRoute() as ipr:
         for link in ipr.link("dump"):
             name = link.get("IFLA_IFNAME") or ""
             if link_kind(link) != "veth" or not name.startswith("mv"):
                 continue
-            cid = cid_from_tag(link.get("IFLA_IFALIAS")) or sandboxes.get(name[2:])
+            alias = link.get("IFLA_IFALIAS")
+            cid = cid_from_tag(alias, eid) if alias else sandboxes.get(name[2:])
             if cid is not None and veth_name(cid) == name:
                 found.add(cid)
     return sorted(found)

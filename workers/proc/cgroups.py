@@ -1,13 +1,15 @@
 """Per-container cgroups: create with limits, join, read OOM kills, release.
 
-Each container gets ``<parent>/<cid>`` (parent ``moorage`` by default) in the
-v1 ``memory``, ``pids`` and ``cpu`` hierarchies, or one group when
+Each container gets ``<parent>/<cid>`` (parent ``moorage/<engine id>`` by
+default, so two engines on one host keep their containers apart) in the v1
+``memory``, ``pids`` and ``cpu`` hierarchies, or one group when
 ``/sys/fs/cgroup`` is the unified (v2) hierarchy. Limits follow Docker's
 defaults: swap defaults to twice the memory limit, CPU quota is
 ``nano_cpus * period / 1e9`` with a 100 ms period, ``pids <= 0`` is unlimited.
 
 Environment: ``MOOR_CGROUP_ROOT`` (default ``/sys/fs/cgroup``) and
-``MOOR_CGROUP_PARENT`` (default ``moorage``).
+``MOOR_CGROUP_PARENT`` (engine.config.cgroup_parent). Groups an earlier
+version made under the shared ``moorage`` parent are still released.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ import re
 import signal
 import time
 
+from engine.config import cgroup_parent
+
 __all__ = [
     "cgroup_dirs", "ensure_cgroup", "is_unified", "join_cgroup", "oom_killed", "release_cgroup",
+    "release_parent",
 ]
 
 V1_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
 _VALID_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+LEGACY_PARENT = "moorage"  # every engine's parent before engines had ids
 
 
 def _root() -> str:
@@ -32,7 +38,7 @@ def _root() -> str:
 
 
 def _parent() -> str:
-    return os.environ.get("MOOR_CGROUP_PARENT", "moorage").strip("/")
+    return cgroup_parent()
 
 
 def is_unified() -> bool:
@@ -40,14 +46,22 @@ def is_unified() -> bool:
     return os.path.exists(os.path.join(_root(), "cgroup.controllers"))
 
 
-def cgroup_dirs(cid: str) -> dict[str, str]:
-    """Return the container's group directory per controller ("unified" on v2)."""
+def _parent_dirs(parent: str) -> dict[str, str]:
+    root = _root()
+    if is_unified():
+        return {"unified": os.path.join(root, parent)}
+    return {c: os.path.join(root, c, parent) for c in V1_CONTROLLERS}
+
+
+def cgroup_dirs(cid: str, parent: str | None = None) -> dict[str, str]:
+    """Return the container's group directory per controller ("unified" on v2).
+
+    Under `parent` (this engine's, engine.config.cgroup_parent, when None).
+    """
     if not _VALID_ID.fullmatch(cid):
         raise ValueError(f"invalid container id for a cgroup name: {cid!r}")
-    root, parent = _root(), _parent()
-    if is_unified():
-        return {"unified": os.path.join(root, parent, cid)}
-    return {c: os.path.join(root, c, parent, cid) for c in V1_CONTROLLERS}
+    base = _parent_dirs((parent if parent is not None else _parent()).strip("/"))
+    return {c: os.path.join(path, cid) for c, path in base.items()}
 
 
 def _write(path: str, value: str | int) -> None:
@@ -126,7 +140,12 @@ def _ensure_v2(path: str, mem: int, swap: int, pids_max: str, quota: int) -> Non
     root = _root()
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    for level in (root, parent):
+    # Every level between the root and the group: the default parent is two deep.
+    levels = [root]
+    for part in os.path.relpath(parent, root).split(os.sep):
+        if part != os.curdir:
+            levels.append(os.path.join(levels[-1], part))
+    for level in levels:
         available = _read(os.path.join(level, "cgroup.controllers")).split()
         wanted = " ".join(f"+{c}" for c in ("memory", "pids", "cpu") if c in available)
         if wanted:
@@ -181,9 +200,15 @@ def _procs(path: str) -> list[int]:
 
 
 def release_cgroup(cid: str, timeout: float = 5.0) -> None:
-    """Kill anything left in the container's groups and remove them; gone already is fine."""
+    """Kill anything left in the container's groups and remove them; gone already is fine.
+
+    Also the groups an earlier version made under the shared ``moorage`` parent: the
+    container's id names them, so they are this container's (a stat each when absent).
+    """
     deadline = time.monotonic() + timeout
-    for path in cgroup_dirs(cid).values():
+    paths = list(cgroup_dirs(cid).values())
+    paths += [p for p in cgroup_dirs(cid, LEGACY_PARENT).values() if p not in paths]
+    for path in paths:
         if not os.path.isdir(path):
             continue
         kill_file = os.path.join(path, "cgroup.kill")
@@ -206,3 +231,19 @@ def release_cgroup(cid: str, timeout: float = 5.0) -> None:
                 if e.errno != errno.EBUSY or time.monotonic() > deadline:
                     raise
                 time.sleep(0.005)
+
+
+def release_parent(parent: str | None = None) -> None:
+    """Remove the engine's parent groups if empty (tools tearing an engine down call it).
+
+    Only the engine's own level: the shared top (``moorage``) may hold other engines'.
+    A parent that still holds a container's group stays (rmdir refuses it: EBUSY).
+    """
+    for path in _parent_dirs((parent if parent is not None else _parent()).strip("/")).values():
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                raise
