@@ -7,6 +7,7 @@ reducer throw that memory away.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -41,7 +42,8 @@ class Batch(NamedTuple):
 
 
 def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: Keys, *,
-                 epoch: int | None, reply_ttl: int) -> Batch:
+                 epoch: int | None, reply_ttl: int,
+                 observers: tuple[Callable[[list[e.EventRecord]], None], ...] = ()) -> Batch:
     """Decide every command of a prepared batch in order and build the batch's write."""
     decoded, acks, done = prepared
     encode = _ENC.encode
@@ -76,6 +78,8 @@ def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: 
         if env.reply:
             replies += (command_id, reply_key(command_id))
         timers.observe(records)
+        for observe in observers:
+            observe(records)
         for record in records:
             if type(record.event) in _WORLD_EVENTS:
                 world_changed = True

@@ -23,6 +23,7 @@ from typing import Any
 import redis as redislib
 
 from engine.batch import Batch, Redo, decide_batch
+from engine.compact import Compaction
 from engine.core.react import resume
 from engine.core.state import World
 from engine.eventlog import read_records
@@ -78,6 +79,7 @@ class Reducer:
         self.reply_ttl = reply_ttl
         self.world = World()
         self.timers = RestartTimers()
+        self.compaction = Compaction()
         self.outbox = JobOutbox(redis, keys)
         self.lease = Lease(redis, keys, self.owner, lease_ms)
         self.intake = CommandReader(redis, keys, batch, reclaim_ms)
@@ -180,9 +182,11 @@ class Reducer:
                 self.renew()
                 self.timers.fire(self.redis, self.keys.commands)
                 self.step()
+                self.compaction.tick(self.redis, self.keys, self.epoch)
                 backoff.reset()
             except Deposed:
                 log.warning("reducer %s lost the lease; standing by", self.owner)
+                self.compaction.forget()
                 self.lease.drop()
             except (redislib.ConnectionError, redislib.TimeoutError) as exc:
                 delay = backoff.next()
@@ -205,6 +209,7 @@ class Reducer:
         Released, the lease is re-taken at once (by us or a standby) with a new epoch; if
         Redis refuses the release too, the lease lapses after lease_ms.
         """
+        self.compaction.forget()  # noted from a batch whose write may not have landed
         try:
             self.release()
         except redislib.RedisError as exc:
@@ -280,4 +285,4 @@ class Reducer:
     def _decide(self, prepared: Prepared) -> Batch:
         """Decide a prepared batch against memory (no I/O)."""
         return decide_batch(prepared, self.world, self.timers, self.keys, epoch=self.epoch,
-                            reply_ttl=self.reply_ttl)
+                            reply_ttl=self.reply_ttl, observers=(self.compaction.observe,))
