@@ -20,7 +20,7 @@ from events.specs import Endpoint
 
 __all__ = [
     "begin_start", "cancels_restart", "configured_stop_signal", "create", "endpoint_for",
-    "in_backoff", "kill", "remove", "rename", "restart", "start", "stop",
+    "in_backoff", "kill", "kill_for_removal", "remove", "rename", "restart", "start", "stop",
 ]
 
 _SIGKILL = 9
@@ -131,6 +131,11 @@ def cancels_restart(ctr: Container, sig: int) -> bool:
     return sig == _SIGKILL or configured is None or sig == configured
 
 
+def kill_for_removal(ctr: Container) -> e.SignalRequested:
+    """Return the SIGKILL of a forced removal (rm -f) of the container's current run."""
+    return _signal(ctr, _SIGKILL, "remove")
+
+
 def _signal(ctr: Container, sig: int, purpose: str, timeout: int | None = None
             ) -> e.SignalRequested:
     return e.SignalRequested(generation=ctr.generation, signal=sig, purpose=purpose,
@@ -197,8 +202,7 @@ def remove(world: World, env: c.Envelope, cmd: c.RemoveContainer) -> tuple[str, 
                            "the container before removing or force remove")
         if in_backoff(ctr):
             return ctr.id, [e.RemovalStarted(force=True), e.ContainerMarkedDead()]
-        return ctr.id, [e.RemovalStarted(force=True),
-                        _signal(ctr, _SIGKILL, "remove")]
+        return ctr.id, [e.RemovalStarted(force=True), kill_for_removal(ctr)]
     return ctr.id, [e.RemovalStarted(force=cmd.force), e.ContainerMarkedDead()]
 
 

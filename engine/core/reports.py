@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from commands import schema as c
-from engine.core.lifecycle import begin_start, endpoint_for, in_backoff
+from engine.core.lifecycle import begin_start, endpoint_for, in_backoff, kill_for_removal
 from engine.core.policy import policy_restart
 from engine.core.state import Container, World
 from engine.errors import MoorError
@@ -47,6 +47,12 @@ def saga_report(world: World, env: c.Envelope, cmd: c.SagaReport) -> tuple[str, 
         assert ctr.endpoint is not None  # the bridge saga always reserves one
         endpoint = msgspec.structs.replace(ctr.endpoint, endpoint_id=cmd.endpoint_id)
         return ctr.id, [e.NetworkConnected(generation=cmd.generation, endpoint=endpoint)]
+    if ctr.removal_in_progress:
+        # Docker never starts a container being removed. The process came up anyway (the
+        # start was in flight when rm -f came): kill it, and record no start; its exit
+        # then marks the container dead like any exit during a removal.
+        return ctr.id, [_ignored(cmd, "container is being removed"),
+                        kill_for_removal(ctr)]
     return ctr.id, _started(ctr, cmd.pid, cmd.started_at)
 
 
@@ -73,8 +79,10 @@ def exited(world: World, env: c.Envelope,
     if ctr.saga or not ctr.running:
         if ctr.saga != (saga.SPAWN,):
             return ctr.id, [_ignored(cmd, "process not running")]
-        # The exit overtook the worker's start report: the process did run.
-        events.extend(_started(ctr, cmd.pid, cmd.finished_at))
+        # The exit overtook the worker's start report: the process did run (but a
+        # container being removed is never recorded as started).
+        if not ctr.removal_in_progress:
+            events.extend(_started(ctr, cmd.pid, cmd.finished_at))
         started_at = cmd.finished_at
     g = cmd.generation
     if cmd.oom_killed:

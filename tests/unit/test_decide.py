@@ -1096,3 +1096,16 @@ def test_compaction_is_a_fact_with_a_cut_off_from_the_command_itself() -> None:
     got.then(e.LogCompacted(cutoff_ms=issued_ms - 86_400_000, retain_ms=86_400_000))
     given().when(c.CompactLog(retain_ms=1_000)).then(
         (400, "retention must be at least 60s, got 1000ms"))
+
+
+def test_a_process_up_during_rm_f_is_killed_and_never_recorded_started() -> None:
+    # rm -f came while the start was in flight; the worker's spawn came up anyway.
+    got = given(create(), start(), rm(force=True), mounted(), sandbox(), joined()).when(
+        spawned()).then(
+        e.ReportIgnored(report="ReportProcessStarted", generation=1,
+                        reason="container is being removed"),
+        e.SignalRequested(generation=1, signal=9, purpose="remove"))
+    assert got.container().removal_in_progress and not got.container().running
+    # its exit marks it dead (no start recorded, even though the exit "overtook" it)
+    got.scenario.when(exited(code=137)).then(
+        e.NetworkDisconnected, e.ContainerDied, e.ContainerMarkedDead)
