@@ -106,7 +106,7 @@ def test_starts_on_a_private_unix_socket_with_aof(root: Root) -> None:
         info = r.info("server")
     assert config["port"] == "0"  # no TCP at all: the system Redis on 6379 is never involved
     assert config["appendonly"] == "yes"
-    assert config["appendfsync"] == "everysec"
+    assert config["appendfsync"] == "always"  # nothing acknowledged is lost (README)
     assert config["dir"] == str(root.rdir)
     assert int(info["process_id"]) == server.pid
     record = json.loads((root.rdir / "server.json").read_text())
@@ -272,3 +272,19 @@ def test_data_root_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)
     assert data_root() == str(tmp_path / ".local" / "share" / "moorage")
+
+
+def test_the_fsync_policy_is_configured_and_applied_to_a_reused_server(
+        root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOOR_REDIS_FSYNC", "everysec")
+    server = root.start()
+    with client(server) as r:
+        assert r.config_get("appendfsync")["appendfsync"] == "everysec"
+    monkeypatch.setenv("MOOR_REDIS_FSYNC", "always")
+    again = root.start()
+    assert not again.started and again.pid == server.pid
+    with client(again) as r:
+        assert r.config_get("appendfsync")["appendfsync"] == "always"
+    monkeypatch.setenv("MOOR_REDIS_FSYNC", "sometimes")
+    with pytest.raises(EmbeddedRedisError, match="MOOR_REDIS_FSYNC must be one of"):
+        root.start()
