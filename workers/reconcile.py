@@ -103,7 +103,9 @@ def reconcile(ctx: HostContext) -> list[dict[str, Any]]:
                    findings)
             continue
         live = ctr.running or bool(ctr.saga)
-        if ctr.running and ctr.host_config.network_mode == "bridge" and cid not in sandboxes:
+        # A back-off has no sandbox by design (torn down at the exit, made at the start).
+        if _process_owed(ctr) and ctr.host_config.network_mode == "bridge" \
+                and cid not in sandboxes:
             _drift(ctx, cid, ctr, "netns", "sandbox missing while running", findings)
         if not live:
             for what, present in (("netns", cid in sandboxes), ("veth", cid in endpoints),
