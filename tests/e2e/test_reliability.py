@@ -166,3 +166,56 @@ def test_reconcile_leaves_a_restart_back_off_alone(engine: Engine) -> None:
     assert findings == []
     drift = [r.event for _, r in engine.events(cid) if isinstance(r.event, e.DriftObserved)]
     assert drift == []
+
+
+def test_a_report_that_cannot_be_sent_after_the_spawn_undoes_nothing(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 4: Redis failing right after a successful spawn must not run the undo steps
+    under the live process; the re-issued start finds the run and reports it."""
+    from commands.codec import CODEC
+    from engine.errors import Unavailable
+    from tests.e2e.conftest import host_engine_id
+    from workers import saga
+    from workers.context import HostContext
+    from workers.proc import process
+
+    # Run the start saga here, as the engine's own worker would (same names on the host).
+    for name in ("MOOR_DATA_ROOT", "MOOR_PREFIX", "MOOR_SUBNET", "MOOR_BRIDGE"):
+        if name in engine.env:
+            monkeypatch.setenv(name, engine.env[name])
+    monkeypatch.setenv("MOOR_ENGINE_ID", host_engine_id(engine))
+    if "MOOR_CGROUP_PARENT" in engine.env:
+        monkeypatch.setenv("MOOR_CGROUP_PARENT", engine.env["MOOR_CGROUP_PARENT"])
+    engine.stop_worker()
+    cid = engine.create("sleep", "60")
+    engine.client.start(cid, wait=False)
+    world, _ = load_world(engine.redis, engine.keys)
+    [job] = [j for j in resume(world) if j.job_id == f"start-{cid}-1"]
+    plan = CODEC.plan(job.kwargs["plan"])
+
+    class RedisGoneAfterSpawn(HostContext):
+        def report(self, container_id: str, report: object, command_id: str) -> None:
+            if command_id.startswith("started-"):
+                raise Unavailable("cannot reach the engine's Redis: injected")
+            super().report(container_id, report, command_id)  # type: ignore[arg-type]
+
+    args = dict(redis=engine.redis, redis_url=engine.env["MOOR_REDIS_URL"], keys=engine.keys,
+                root=engine.data_root)
+    try:
+        with pytest.raises(Unavailable, match="injected"):
+            saga.start(RedisGoneAfterSpawn(**args), plan)  # the job fails...
+        state_dir = engine.state_dir(cid)
+        assert process.is_alive(state_dir), "the process was killed"  # ...and undoes nothing
+        held = engine.leaks(cid)
+        assert any(h.startswith("mount") for h in held), held
+        assert any(h.startswith("netns") for h in held), held
+        failed = [r for r in engine.events(cid) if isinstance(r[1].event, e.StartFailed)]
+        assert failed == []
+        # The start is re-issued (resume, reconcile): it finds the live run and reports it.
+        saga.start(HostContext(**args), plan)
+        started = engine.wait_event(cid, "", e.ContainerStarted, timeout=10)
+        ref = process.read_pid_file(os.path.join(state_dir, process.PID_FILE))
+        assert ref is not None and started.pid == ref.pid
+        engine.note_pids(cid)
+    finally:
+        engine.start_worker()
