@@ -12,6 +12,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from engine.config import data_root, key_prefix
+from engine.errors import Unavailable
 from engine.keys import keys_for
 from workers import nsutil, saga
 from workers.context import HostContext, configure
@@ -21,6 +22,8 @@ __all__ = ["make_worker", "serve"]
 
 log = logging.getLogger("moorage.worker")
 
+_RETRY_FIRST = 0.1  # seconds before the worker tries Redis again, doubling
+_RETRY_CAP = 2.0
 _PUBSUB_WAKE = 1.0  # seconds rq's command listener blocks per read
 _HEARTBEAT_REUSE = 1.0  # seconds: a heartbeat this recent (and as long) is not repeated
 
@@ -92,10 +95,25 @@ def serve(url: str, *, burst: bool = False, reconcile_first: bool = True) -> int
     # Reconcile at start, then whenever the queue has been idle for a while: between
     # jobs, in this thread, so it never races a start or a teardown.
     interval = int(os.environ.get("MOOR_RECONCILE_INTERVAL", "60"))
+    delay = _RETRY_FIRST
     while True:
-        reconcile(context)
-        saga.forget_bridges()  # idle: let the next start re-check the bridge and chains
-        worker.work(burst=False, logging_level=level, with_scheduler=False,
-                    max_idle_time=interval)
+        try:
+            reconcile(context)
+            saga.forget_bridges()  # idle: let the next start re-check the bridge and chains
+            worker.work(burst=False, logging_level=level, with_scheduler=False,
+                        max_idle_time=interval)
+            delay = _RETRY_FIRST
+        except (redis.RedisError, Unavailable) as exc:
+            # Redis went away (killed, restarted, failed over): the containers keep
+            # running under their supervisors, which retry their own reports. Wait and
+            # come back as a new rq worker (the old registration may linger until its TTL);
+            # reconcile then re-issues whatever the lost job owed.
+            if getattr(worker, "_shutdown_requested_date", None) is not None:
+                return 0
+            log.warning("redis unavailable (%s); the worker retries in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, _RETRY_CAP)
+            worker = make_worker(context)
+            continue
         if getattr(worker, "_shutdown_requested_date", None) is not None:
             return 0  # SIGTERM/SIGINT: rq finished the job in hand and stopped
