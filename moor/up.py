@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import data_root
+from workers.proc.process import start_ticks
 
 __all__ = ["run"]
 
@@ -60,15 +61,6 @@ class AlreadyUp(RuntimeError):
     """Another `moor up` holds this data root."""
 
 
-def _start_ticks(pid: int) -> int | None:
-    """Return a live process's start time (clock ticks since boot), telling reused pids apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
 
 def _hold_lock(root: str) -> int:
     """Take `<root>/up.lock` for our lifetime (not inherited by children); raise AlreadyUp."""
@@ -96,7 +88,7 @@ def _write_record(root: str, redis: tuple[int, int | None] | None,
     record = {
         "pid": os.getpid(),
         "redis": list(redis) if redis else None,  # [pid, start ticks] of a Redis we own
-        "children": [[c.proc.pid, _start_ticks(c.proc.pid)] for c in children],
+        "children": [[c.proc.pid, start_ticks(c.proc.pid)] for c in children],
     }
     tmp = Path(root, "up.json.tmp")
     tmp.write_text(json.dumps(record) + "\n")
@@ -108,7 +100,7 @@ def _same_process(entry: object) -> int | None:
     if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], int):
         return None
     pid, ticks = entry
-    return pid if ticks is not None and _start_ticks(pid) == ticks else None
+    return pid if ticks is not None and start_ticks(pid) == ticks else None
 
 
 def _take_over(root: str) -> dict[str, object]:
@@ -135,7 +127,7 @@ def _redis(args: argparse.Namespace, root: str, previous: dict[str, object]
         return explicit, None, f"redis {explicit} (not ours: left running)"
 
     server = ensure_embedded(root)
-    mine = (server.pid, _start_ticks(server.pid))
+    mine = (server.pid, start_ticks(server.pid))
     if server.started:
         how = "started now; stopped with moor up"
     elif _same_process(previous.get("redis")) == server.pid:

@@ -13,6 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.proc.process import start_ticks
+
 __all__ = [
     "ProcInfo",
     "cgroup_parent_dirs",
@@ -33,15 +35,6 @@ __all__ = [
 CGROUP_ROOT = "/sys/fs/cgroup"
 NETNS_DIR = "/run/netns"
 
-
-def start_ticks(pid: int) -> int | None:
-    """Return a live (non-zombie) process's start time in clock ticks, else None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2:].split()
-    return None if fields[0] in (b"Z", b"X") else int(fields[19])
 
 
 def proc_state(pid: int) -> str:

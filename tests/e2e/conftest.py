@@ -49,6 +49,7 @@ from projections.stream import load_live
 from projections.views.inspect import find_container, inspect_container
 from tests.conftest import RedisServer, missing_capability, require_root
 from tests.imagebuild import busybox_rootfs_tar, find_busybox
+from workers.proc.process import start_ticks
 
 REPO = str(Path(__file__).resolve().parents[2])
 T = TypeVar("T")
@@ -120,15 +121,6 @@ def proc_env(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0")
                 if "=" in item)
 
-
-def start_ticks(pid: int) -> int | None:
-    """Return a live (non-zombie) process's start time in clock ticks, else None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2:].split()
-    return None if fields[0] in (b"Z", b"X") else int(fields[19])
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str,

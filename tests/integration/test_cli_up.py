@@ -27,20 +27,12 @@ from typing import Any
 import pytest
 
 from moor.embedded import ensure_embedded, stop_embedded
+from workers.proc.process import start_ticks
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.privileged
 TITLES = {"reducer": "moor reducer", "worker": "moor worker ", "api": "moor api"}
 
-
-def start_ticks(pid: int) -> int | None:
-    """Return a live (non-zombie) process's start time in clock ticks, else None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def cmdline(pid: int) -> str:
