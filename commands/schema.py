@@ -27,6 +27,7 @@ __all__ = [
     "RemoveImage",
     "RenameContainer",
     "Report",
+    "ReportHostBooted",
     "ReportEndpoint",
     "ReportMounted",
     "ReportProcessExited",
@@ -36,7 +37,9 @@ __all__ = [
     "ReportSandbox",
     "ReportStepFailed",
     "RestartContainer",
+    "RestoreContainer",
     "ResumeRestart",
+    "restore_command_id",
     "SAGA_REPORTS",
     "SagaReport",
     "StartContainer",
@@ -194,6 +197,39 @@ class ReportRemoved(_Command, tag="ReportRemoved"):
     generation: int = 0
 
 
+class ReportHostBooted(_Command, tag="ReportHostBooted"):
+    """This host's kernel booted (`boot_id`, /proc/sys/kernel/random/boot_id) since the
+    boot the engine recorded: every container process, mount and namespace is gone.
+
+    The worker appends it at its start once it has restored every container
+    (`RestoreContainer`), or alone when no boot was recorded yet (the engine's first on
+    this host: nothing to restore). Recording it ends the restore of that boot.
+    """
+
+    boot_id: str
+
+
+class RestoreContainer(_Command, tag="RestoreContainer"):
+    """Docker's restore (§5.4) of one container after a host reboot (id in the envelope).
+
+    `generation` is the one the worker saw; the exit fields describe that run's end when
+    its process was running at the reboot: the status its supervisor saved, else 255
+    (`finished_at` 0: unknown, the command's time is used).
+    """
+
+    boot_id: str
+    generation: int
+    exit_code: int = 255
+    finished_at: int = 0
+    oom_killed: bool = False
+    pid: int = 0
+
+
+def restore_command_id(boot_id: str, container_id: str) -> str:
+    """Return the command id of a container's restore after one boot (repeats are dropped)."""
+    return f"restore-{boot_id}-{container_id}"
+
+
 class ResumeRestart(_Command, tag="ResumeRestart"):
     """The back-off of a policy restart is over (appended by the reducer's timer)."""
 
@@ -227,6 +263,8 @@ Report = (
     | ReportStepFailed
     | ReportRemoved
     | ReportDrift
+    | ReportHostBooted
+    | RestoreContainer
 )
 
 SagaReport = ReportMounted | ReportSandbox | ReportEndpoint | ReportProcessStarted
@@ -237,7 +275,8 @@ SAGA_REPORTS: tuple[type[SagaReport], ...] = (
 
 REPORT_TYPES: tuple[type, ...] = (
     ReportMounted, ReportSandbox, ReportEndpoint, ReportProcessStarted,
-    ReportProcessExited, ReportStepFailed, ReportRemoved, ReportDrift,
+    ReportProcessExited, ReportStepFailed, ReportRemoved, ReportDrift, ReportHostBooted,
+    RestoreContainer,
 )
 
 Command = (
@@ -261,4 +300,6 @@ Command = (
     | ReportDrift
     | ResumeRestart
     | CompactLog
+    | ReportHostBooted
+    | RestoreContainer
 )

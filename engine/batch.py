@@ -25,7 +25,8 @@ from events import model as e
 __all__ = ["Batch", "Redo", "decide_batch"]
 
 # Events are leaf Structs: a type lookup replaces isinstance.
-_WORLD_EVENTS = frozenset((e.NetworkDefined, e.ImageRegistered, e.ImageRemoved))
+_WORLD_EVENTS = frozenset((e.NetworkDefined, e.ImageRegistered, e.ImageRemoved,
+                           e.HostBooted))
 _ENC = msgspec.msgpack.Encoder()
 
 

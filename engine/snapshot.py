@@ -4,8 +4,8 @@ Layout (keys in engine.keys):
 - `containers` hash: container id -> msgpack Container (deleted when destroyed)
 - `versions` hash: container id -> version; a destroyed id keeps its final version, which
   is how tombstones survive a reload
-- `world` hash: "parts" -> msgpack WorldParts (images, networks); "checkpoint" -> the last
-  events-stream id the snapshot includes
+- `world` hash: "parts" -> msgpack WorldParts (images, networks, the host's boot id);
+  "checkpoint" -> the last events-stream id the snapshot includes
 Names, tags and addresses are derived on load, so they cannot disagree with containers.
 """
 
@@ -41,6 +41,7 @@ class WorldParts(msgspec.Struct, kw_only=True):
 
     images: dict[str, Image] = {}
     networks: dict[str, NetworkSpec] = {}
+    host_boot_id: str = ""  # the boot the host's containers were last restored after
 
 
 _PARTS = msgspec.msgpack.Decoder(WorldParts)
@@ -48,7 +49,8 @@ _PARTS = msgspec.msgpack.Decoder(WorldParts)
 
 def encode_world_parts(world: World) -> bytes:
     """Return the engine-wide parts of the snapshot (written when they change)."""
-    return _ENC.encode(WorldParts(images=world.images, networks=world.networks))
+    return _ENC.encode(WorldParts(images=world.images, networks=world.networks,
+                                  host_boot_id=world.host_boot_id))
 
 
 def world_from_parts(containers: dict[bytes, bytes], versions: dict[bytes, bytes],
@@ -59,6 +61,7 @@ def world_from_parts(containers: dict[bytes, bytes], versions: dict[bytes, bytes
         decoded = _PARTS.decode(parts[b"parts"])
         world.images = decoded.images
         world.networks = decoded.networks
+        world.host_boot_id = decoded.host_boot_id
     for image in world.images.values():
         for tag in image.repo_tags:
             world.tags[tag] = image.id

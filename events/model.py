@@ -27,6 +27,7 @@ __all__ = [
     "Event",
     "EventMeta",
     "EventRecord",
+    "HostBooted",
     "ImageRegistered",
     "ImageRemoved",
     "NetworkConnected",
@@ -65,6 +66,17 @@ class ImageRemoved(_Event, tag="ImageRemoved"):
     image_id: str
     untagged: tuple[str, ...] = ()
     deleted: bool = True
+
+
+class HostBooted(_Event, tag="HostBooted"):
+    """The engine's host booted again (a new kernel boot id): its containers are restored.
+
+    An engine-wide fact, recorded after every container's restore (`previous` empty: the
+    first boot the engine saw on this host, with nothing to restore).
+    """
+
+    boot_id: str
+    previous: str = ""
 
 
 class ContainerCreated(_Event, tag="ContainerCreated"):
@@ -226,6 +238,7 @@ Event = (
     NetworkDefined
     | ImageRegistered
     | ImageRemoved
+    | HostBooted
     | ContainerCreated
     | ContainerRenamed
     | StartInitiated

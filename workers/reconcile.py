@@ -1,7 +1,9 @@
 """Reconcile: compare the facts with this host and correct the drift.
 
-Run at worker start and periodically. It reports exits nobody reported (the supervisor
-died with its container), re-issues starts whose job was lost with a killed worker,
+Run at worker start and periodically. First, after a host reboot (a new kernel boot id),
+it has the engine restore every container as Docker's daemon does (`restore_after_boot`).
+Then it reports exits nobody reported (the supervisor died with its container),
+re-issues starts whose job was lost with a killed worker,
 releases resources no live container owns, and records every finding in the journal
 (ReportDrift), so the audit trail shows what the host disagreed about.
 
@@ -21,7 +23,8 @@ from typing import Any
 from commands import schema as c
 from engine.config import engine_id
 from engine.core.react import resume
-from engine.core.state import Container
+from engine.core.state import Container, World
+from engine.errors import Timeout
 from engine.outbox import JobOutbox
 from engine.snapshot import load_world
 from workers.context import HostContext
@@ -31,9 +34,13 @@ from workers.proc import process
 from workers.saga import lost_exit, release_runtime
 from workers.storage import rootfs
 
-__all__ = ["reconcile"]
+__all__ = ["BOOT_ID_FILE", "read_boot_id", "reconcile", "restore_after_boot"]
 
 log = logging.getLogger("moorage.reconcile")
+
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+"""The kernel's id of this boot; `MOOR_BOOT_ID_FILE` names another file (a test, or the
+chaos rig simulating a reboot by writing a new id into it)."""
 
 
 def _state_dir(ctx: HostContext, cid: str) -> str:
@@ -67,9 +74,75 @@ def _process_owed(ctr: Container) -> bool:
     return ctr.running and not ctr.saga and not ctr.restarting and ctr.pid > 0
 
 
-def reconcile(ctx: HostContext) -> list[dict[str, Any]]:
+def read_boot_id(path: str | None = None) -> str:
+    """Return this host's boot id ("" when it cannot be read: no restore is attempted)."""
+    try:
+        with open(path or os.environ.get("MOOR_BOOT_ID_FILE") or BOOT_ID_FILE) as f:
+            return f.read().strip()
+    except OSError as exc:
+        log.warning("cannot read the boot id: %s", exc)
+        return ""
+
+
+def _restore_command(ctx: HostContext, ctr: Container, boot_id: str) -> c.RestoreContainer:
+    """Return a container's restore, with the exit its supervisor saved if its run died."""
+    if _process_owed(ctr):
+        status = lost_exit(_state_dir(ctx, ctr.id), ctr.pid, ctr.generation)
+        return c.RestoreContainer(boot_id=boot_id, generation=ctr.generation,
+                                  exit_code=status.exit_code,
+                                  finished_at=status.finished_at_ns,
+                                  oom_killed=status.oom_killed, pid=status.pid)
+    return c.RestoreContainer(boot_id=boot_id, generation=ctr.generation)
+
+
+def _await(ctx: HostContext, command_id: str) -> None:
+    """Wait for a command's result, however long the reducer takes to come up."""
+    client = ctx.client
+    while True:
+        try:
+            client.wait_result(command_id)
+            return
+        except Timeout:
+            log.warning("no result yet for %s; still waiting for the reducer", command_id)
+
+
+def restore_after_boot(ctx: HostContext, world: World, boot_id_file: str | None = None
+                       ) -> bool:
+    """After a host reboot, have the engine restore every container (Docker's §5.4).
+
+    A boot id other than the recorded one means every process, mount and namespace of
+    the last boot is gone: one `RestoreContainer` per container (Dead ones wait for a
+    user rm), then `ReportHostBooted`, which records the boot. Ids are deterministic, so
+    a worker killed half-way repeats the same commands and the reducer drops what it
+    decided already. With no boot recorded (the engine's first start on this host), the
+    boot is only recorded. Return whether anything was appended.
+    """
+    boot_id = read_boot_id(boot_id_file)
+    if not boot_id or boot_id == world.host_boot_id:
+        return False
+    client = ctx.client
+    pending = []
+    if world.host_boot_id:
+        log.warning("the host rebooted (boot %s, last %s): restoring %d containers",
+                    boot_id, world.host_boot_id, len(world.containers))
+        for ctr in world.containers.values():
+            if ctr.dead:
+                continue
+            pending.append(client.send(_restore_command(ctx, ctr, boot_id),
+                                       container_id=ctr.id, reply=True,
+                                       command_id=c.restore_command_id(boot_id, ctr.id)))
+    for command_id in pending:
+        _await(ctx, command_id)
+    _await(ctx, client.send(c.ReportHostBooted(boot_id=boot_id), command_id=f"boot-{boot_id}",
+                            reply=True))
+    return True
+
+
+def reconcile(ctx: HostContext, boot_id_file: str | None = None) -> list[dict[str, Any]]:
     """Correct this host against the facts; return the findings (also journaled)."""
     world, _ = load_world(ctx.redis, ctx.keys)
+    if restore_after_boot(ctx, world, boot_id_file):
+        world, _ = load_world(ctx.redis, ctx.keys)  # restored: exited, starting or removed
     findings: list[dict[str, Any]] = []
     known = set(world.containers)
     # The context's engine: the worker's own, or the one a caller (a test) reconciles.

@@ -5,8 +5,8 @@ command on the same world always yields the same events. A refused command yield
 `CommandRejected` carrying Docker's status and text.
 
 The handlers live by concept: `catalog` (networks, images), `lifecycle` (the control
-plane's container commands), `reports` (what hosts observed) and `policy` (the restart
-manager the exits consult).
+plane's container commands), `reports` (what hosts observed), `restore` (Docker's restore
+after a host reboot) and `policy` (the restart manager the exits consult).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from commands import schema as c
-from engine.core import catalog, lifecycle, names, reports
+from engine.core import catalog, lifecycle, names, reports, restore
 from engine.core.state import World
 from engine.errors import MoorError
 from events import model as e
@@ -64,4 +64,6 @@ _HANDLERS: dict[type, Callable[..., tuple[str, list[e.Event]]]] = {
     c.ReportDrift: reports.drift,
     c.ResumeRestart: reports.resume_restart,
     c.CompactLog: catalog.compact_log,
+    c.ReportHostBooted: restore.host_booted,
+    c.RestoreContainer: restore.restore_container,
 }

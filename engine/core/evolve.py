@@ -82,8 +82,13 @@ def _image_removed(world: World, ev: e.ImageRemoved) -> None:
             image, repo_tags=tuple(t for t in image.repo_tags if t not in ev.untagged))
 
 
+def _host_booted(world: World, ev: e.HostBooted) -> None:
+    world.host_boot_id = ev.boot_id
+
+
 _WORLD: dict[type, Callable[[World, Any], None]] = {
     e.NetworkDefined: _network_defined,
+    e.HostBooted: _host_booted,
     e.ImageRegistered: _image_registered,
     e.ImageRemoved: _image_removed,
 }

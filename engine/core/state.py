@@ -79,6 +79,7 @@ class World(msgspec.Struct, kw_only=True):
     networks: dict[str, NetworkSpec] = {}
     addresses: dict[str, str] = {}  # "network/ip" -> container id
     destroyed: set[str] = set()  # removed ids stay terminal
+    host_boot_id: str = ""  # the host's kernel boot id last restored after (HostBooted)
 
     def snapshot(self) -> dict[str, object]:
         """Return a comparable plain copy (tests and replay --verify)."""

@@ -33,7 +33,7 @@ from engine.errors import MoorError
 from engine.snapshot import load_world
 from tests.chaos import hostprobe, restore
 from tests.chaos.journal import Violation
-from tests.chaos.rig import ChaosEngine
+from tests.chaos.rig import ChaosEngine, new_boot_id
 from tests.chaos.workload import Gate, RecordingClient, Registry, Shape
 from tests.e2e.conftest import wait_for
 
@@ -270,6 +270,7 @@ class Injector:
                 left = self._drop_kernel_state(set(world.containers))
             except (OSError, MoorError, subprocess.SubprocessError) as exc:
                 left = [f"dropping kernel state failed: {exc}"]
+            new_boot_id(eng.env["MOOR_BOOT_ID_FILE"])  # the kernel comes back with a new one
             self._recover()  # the worker registers after its reconcile
             eng.wait_leader(10 + 3 * self.lease_s)
             expectations = restore.expect(world, saved, due_within=self.restore_window)

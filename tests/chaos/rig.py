@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from tests.e2e.conftest import (
 )
 from tests.imagebuild import busybox_rootfs_tar, find_busybox
 
-__all__ = ["ChaosEngine", "start_engine", "wait_quiet"]
+__all__ = ["ChaosEngine", "new_boot_id", "start_engine", "wait_quiet"]
 
 Popen = subprocess.Popen[bytes]
 
@@ -275,7 +276,10 @@ def start_engine(*, lease_ms: int, reconcile_interval: int) -> ChaosEngine:
     env.update(MOOR_REDIS_URL=server.url, MOOR_DATA_ROOT=data_root, MOOR_PREFIX=prefix,
                MOOR_SUBNET=subnet, MOOR_BRIDGE=f"moorch{token}",
                MOOR_CGROUP_PARENT=f"moorchaos-{token}", MOOR_LOG_LEVEL="INFO",
-               MOOR_RECONCILE_INTERVAL=str(reconcile_interval), PYTHONUNBUFFERED="1")
+               MOOR_RECONCILE_INTERVAL=str(reconcile_interval), PYTHONUNBUFFERED="1",
+               # the kernel's boot id, as the worker reads it: a simulated reboot rewrites it
+               MOOR_BOOT_ID_FILE=os.path.join(workdir, "boot_id"))
+    new_boot_id(env["MOOR_BOOT_ID_FILE"])
     r = redislib.Redis.from_url(server.url)
     keys = keys_for(prefix=prefix)
     engine = ChaosEngine(token=token, env=env, redis=r, keys=keys,
@@ -319,3 +323,11 @@ def wait_quiet(engine: ChaosEngine, timeout: float) -> bool:
                 return True
         time.sleep(0.2)
     return False
+
+
+def new_boot_id(path: str) -> str:
+    """Write a fresh boot id where the engine's worker reads it (a simulated boot)."""
+    boot = str(uuid.uuid4())
+    with open(path, "w") as f:
+        f.write(boot + "\n")
+    return boot

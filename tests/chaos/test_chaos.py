@@ -43,8 +43,6 @@ def test_nothing_lost_doubled_leaked_or_stuck(report: Report) -> None:
     assert not broken, report.render()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: the engine does not apply Docker's restore "
-                   "rules (§5.4) after a host reboot yet; strict, so the fix turns this red")
 def test_docker_restore_rules_after_a_reboot(report: Report) -> None:
     broken = [v for v in report.violations if v.invariant == RESTORE]
     assert not broken, report.render()

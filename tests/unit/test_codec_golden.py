@@ -70,6 +70,8 @@ EVENTS: dict[str, e.Event] = {
                                            config=CONFIG, host_config=HOST,
                                            created=1_700_000_000_000_000_000),
     "ContainerRenamed": e.ContainerRenamed(old_name="web", new_name="api"),
+    "HostBooted": e.HostBooted(boot_id="5f1c2d7e-9a43-4b8e-a1f0-3c6d2e8b9a17",
+                               previous="0e2b4a6c-8d1f-4e3a-b5c7-9f0a1b2c3d4e"),
     "StartInitiated": e.StartInitiated(generation=2, endpoint=ENDPOINT, manual=False,
                                        restart=True),
     "RootfsMounted": e.RootfsMounted(generation=2, rootfs="/run/moor/rootfs"),
@@ -128,6 +130,11 @@ COMMANDS: dict[str, c.Command] = {
     "ResumeRestart": c.ResumeRestart(generation=2),
     "CompactLog": c.CompactLog(retain_ms=86_400_000),
     "ReportDrift": c.ReportDrift(resource="netns", detail="sandbox missing", generation=3),
+    "ReportHostBooted": c.ReportHostBooted(boot_id="5f1c2d7e-9a43-4b8e-a1f0-3c6d2e8b9a17"),
+    "RestoreContainer": c.RestoreContainer(boot_id="5f1c2d7e-9a43-4b8e-a1f0-3c6d2e8b9a17",
+                                           generation=3, exit_code=137,
+                                           finished_at=1_700_000_000_000_000_020,
+                                           oom_killed=True, pid=77),
 }
 
 # The host hand-offs, by Struct name: the value, and how its reader decodes the file.
