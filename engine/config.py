@@ -22,6 +22,7 @@ __all__ = [
     "derive_engine_id",
     "engine_id",
     "key_prefix",
+    "named_redis_url",
     "validate_engine_id",
 ]
 
@@ -117,3 +118,10 @@ def cgroup_parent() -> str:
 def default_cgroup_parent(engine: str) -> str:
     """Return the cgroup parent an engine uses when MOOR_CGROUP_PARENT is unset."""
     return f"moorage/{engine}"
+
+
+def named_redis_url(explicit: str | None = None) -> str | None:
+    """Return the Redis the user named (--redis-url, else MOOR_REDIS_URL), or None for
+    the embedded one. The one home of that rule; moor.embedded.resolve_redis_url adds
+    the embedded fallback, and the CLI's fast path uses it without importing redis-py."""
+    return explicit or os.environ.get("MOOR_REDIS_URL") or None

@@ -11,9 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-import redis as redislib
-
 from commands.codec import CODEC, DecodeError
+from engine import resp
 from engine.errors import Internal, Unavailable
 from engine.keys import Keys
 from events.model import EventRecord
@@ -37,12 +36,12 @@ Entry = tuple[Any, dict[Any, Any]]
 
 @contextmanager
 def redis_errors() -> Iterator[None]:
-    """Translate redis-py errors into moorage's classes at this boundary."""
+    """Translate Redis errors (redis-py's or engine.resp's) into moorage's classes."""
     try:
         yield
-    except (redislib.ConnectionError, redislib.TimeoutError) as exc:
+    except resp.connection_errors() as exc:
         raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
-    except redislib.RedisError as exc:
+    except resp.redis_errors() as exc:
         raise Internal(f"reading the events stream failed: {exc}") from exc
 
 

@@ -25,7 +25,7 @@ def _client(args: argparse.Namespace) -> Client:
     from moor.connect import client_for
 
     return client_for(args.redis_url, actor=args.actor, reason=args.reason,
-                      timeout=args.timeout)
+                      timeout=args.timeout, lite=True)
 
 
 def _restart_policy(text: str) -> RestartPolicy:

@@ -308,11 +308,11 @@ def _import(get: GetRedis, args: argparse.Namespace) -> int:
     return 0
 
 
-def _from_flags(args: argparse.Namespace) -> GetRedis:
+def _from_flags(args: argparse.Namespace, lite: bool = False) -> GetRedis:
     def get() -> tuple[Any, Keys]:
         from moor.connect import redis_and_keys
 
-        return redis_and_keys(getattr(args, "redis_url", None))
+        return redis_and_keys(getattr(args, "redis_url", None), lite=lite)
     return get
 
 
@@ -325,17 +325,18 @@ def register(subparsers: Any, get_redis_and_keys: GetRedis | None = None) -> Non
     the command line's --redis-url (or MOOR_REDIS_URL, or the embedded server).
     """
     def add(name: str, fn: Callable[[GetRedis, argparse.Namespace], int],
-            help_text: str) -> argparse.ArgumentParser:
+            help_text: str, lite: bool = False) -> argparse.ArgumentParser:
+        """`lite`: a one-shot snapshot read, served by engine.resp (moor.connect)."""
         parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text,
                                                                 description=help_text)
 
         def handler(args: argparse.Namespace) -> int:
-            return fn(get_redis_and_keys or _from_flags(args), args)
+            return fn(get_redis_and_keys or _from_flags(args, lite), args)
         # Following a stream until Ctrl-C is how watch/events end: not a failure.
         parser.set_defaults(func=guard(handler, interrupt_code=0))
         return parser
 
-    p = add("ps", _ps, "List containers")
+    p = add("ps", _ps, "List containers", lite=True)
     p.add_argument("-a", "--all", action="store_true", help="show all containers")
     p.add_argument("-q", "--quiet", action="store_true", help="only display container ids")
     p.add_argument("-n", "--last", type=int, default=None, help="show n last created")
@@ -344,7 +345,8 @@ def register(subparsers: Any, get_redis_and_keys: GetRedis | None = None) -> Non
     p.add_argument("--no-trunc", action="store_true", help="do not truncate output")
     p.add_argument("--format", choices=("table", "json"), default="table")
 
-    p = add("inspect", _inspect, "Show containers' (or images') Docker inspect documents")
+    p = add("inspect", _inspect, "Show containers' (or images') Docker inspect documents",
+            lite=True)
     p.add_argument("refs", nargs="+", metavar="NAME|ID")
     p.add_argument("--type", choices=("container", "image"), default="container")
     p.add_argument("-f", "--format", choices=("json",), default="json")

@@ -16,8 +16,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import redis as redislib
-
 from commands import schema as c
 from commands.codec import CODEC, CommandResult
 from engine.errors import (
@@ -29,6 +27,7 @@ from engine.errors import (
     error_for_status,
 )
 from engine.keys import Keys
+from engine.resp import redis_errors
 from events import model as e
 from events.specs import ContainerConfig, HostConfig
 
@@ -78,7 +77,7 @@ class Client:
         try:
             self.redis.xadd(self.keys.commands,
                             {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)})
-        except redislib.RedisError as exc:  # unreachable, or refusing writes (READONLY)
+        except redis_errors() as exc:  # unreachable, or refusing writes (READONLY)
             raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
         return env.command_id
 
@@ -112,7 +111,7 @@ class Client:
                 elif left <= 2.0:
                     value = self.redis.hget(self.keys.done, command_id)
                     break
-        except redislib.RedisError as exc:
+        except redis_errors() as exc:
             raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
         if value is None:
             raise Timeout(f"no result for command {command_id} within {wait:g}s "
@@ -136,7 +135,7 @@ class Client:
             try:
                 reply = self.redis.xread({self.keys.events: cursor}, count=500,
                                          block=max(1, min(int(left * 1000), 2000)))
-            except redislib.RedisError as exc:
+            except redis_errors() as exc:
                 raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
             for _, entries in reply or []:
                 for entry_id, fields in entries:

