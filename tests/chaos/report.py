@@ -71,8 +71,7 @@ class Report:
         if self.neighbours:
             lines.append(f"other moorage engines' workers on this host during the run: "
                          f"{len(self.neighbours)} ({sorted(set(self.neighbours.values()))}); "
-                         "their reconcile releases this engine's namespaces (issue 8, "
-                         "finding 13)")
+                         "each touches only resources carrying its own engine id")
         return "\n".join(lines)
 
     def render(self, limit: int = 60) -> str:

@@ -61,8 +61,8 @@ class ChaosEngine(Engine):
     reducers: list[Popen | None] = field(default_factory=lambda: [None, None])
     expected_exits: set[int] = field(default_factory=set)  # pids the harness ended
     crashes: list[str] = field(default_factory=list)  # programs that died by themselves
-    # Other moorage engines' workers seen on this host during the run (pid -> prefix): their
-    # reconcile releases resources of containers they do not know (issue 8, finding 13).
+    # Other moorage engines' workers seen on this host during the run (pid -> prefix),
+    # reported so that a finding can be told apart from a neighbour's doing.
     neighbours: dict[int, str] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     t0: float = field(default_factory=time.monotonic)  # the round's start, for "t+" times

@@ -45,9 +45,8 @@ class Profile:
     schedule: tuple[tuple[float, str], ...] | None  # (seconds into the round, kind)
     fault_every: tuple[float, float] = (6.0, 14.0)  # random schedule: the gap between faults
     lease_ms: int = 2000
-    # Seconds of idle queue before the worker reconciles. Not shorter: until finding 13 is
-    # fixed, every reconcile releases the namespaces and links of any other engine on the
-    # host (a test session, a benchmark); the worker still reconciles at each (re)start.
+    # Seconds of idle queue before the worker reconciles (it also reconciles at each
+    # (re)start, which is where the faults need it).
     reconcile_interval: int = 30
     restore_window: float = 6.0  # seconds to watch Docker's restore rules after a reboot
     host_window: float = 8.0  # seconds the host check samples
