@@ -60,6 +60,9 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     memory: int = 0
     pids_limit: int = 0
     nano_cpus: int = 0
+    cap_add: tuple[str, ...] = ()  # as given (the CLI normalises): events.caps combines them
+    cap_drop: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
 
 
 class ImageConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):

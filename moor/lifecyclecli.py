@@ -38,6 +38,7 @@ def _restart_policy(text: str) -> RestartPolicy:
 def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfig]:
     """Build Config and HostConfig from docker-run-style flags."""
     from commands.options import parse_bytes, parse_cpus, parse_labels, parse_publish
+    from events.caps import normalize_caps
     from events.specs import ContainerConfig, HostConfig, PortBinding
 
     bindings: dict[str, list[PortBinding]] = {}
@@ -65,6 +66,10 @@ def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfi
         memory=parse_bytes(args.memory) if args.memory else 0,
         pids_limit=args.pids_limit or 0,
         nano_cpus=parse_cpus(args.cpus) if args.cpus else 0,
+        # As docker's CLI sends them: upper-cased, CAP_-prefixed, deduplicated, sorted.
+        cap_add=tuple(sorted(normalize_caps(args.cap_add))),
+        cap_drop=tuple(sorted(normalize_caps(args.cap_drop))),
+        security_opt=tuple(args.security_opt),
     )
     return config, host
 
@@ -133,6 +138,9 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-signal")
     p.add_argument("--stop-timeout", type=int)
     p.add_argument("--hostname")
+    p.add_argument("--cap-add", action="append", default=[])
+    p.add_argument("--cap-drop", action="append", default=[])
+    p.add_argument("--security-opt", action="append", default=[])
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
 

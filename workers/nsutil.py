@@ -19,9 +19,10 @@ __all__ = [
     "CLONE_NEWCGROUP", "CLONE_NEWIPC", "CLONE_NEWNET", "CLONE_NEWNS", "CLONE_NEWPID",
     "CLONE_NEWUTS", "MNT_DETACH", "MS_BIND", "MS_NODEV", "MS_NOEXEC", "MS_NOSUID",
     "MS_PRIVATE", "MS_RDONLY", "MS_REC", "MS_REMOUNT", "MS_SHARED", "MS_SLAVE", "MS_STRICTATIME",
-    "close_fds_except", "is_child_subreaper", "mount", "pivot_into", "pivot_root",
+    "cap_last_cap", "close_fds_except", "drop_capabilities", "held_capabilities",
+    "is_child_subreaper", "mount", "pivot_into", "pivot_root",
     "resolve_in_root", "set_child_subreaper", "set_pdeathsig", "sethostname", "setns",
-    "setup_rootfs", "umount2", "unshare",
+    "set_capabilities", "set_keepcaps", "set_no_new_privs", "setup_rootfs", "umount2", "unshare",
 ]
 
 CLONE_NEWNS = 0x00020000
@@ -46,6 +47,12 @@ MS_STRICTATIME = 0x1000000
 MNT_DETACH = 0x2
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_KEEPCAPS = 8
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
 
@@ -62,6 +69,16 @@ _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
                         ctypes.c_ulong, ctypes.c_ulong]
 _libc.syscall.restype = ctypes.c_long
+_libc.capset.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
 _pivot_nr = _SYS_PIVOT_ROOT.get(platform.machine())
 
 
@@ -128,6 +145,55 @@ def is_child_subreaper() -> bool:
 def set_pdeathsig(sig: int) -> None:
     """Ask the kernel to send sig to this process when its parent dies."""
     _check(_libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl")
+
+
+def set_no_new_privs() -> None:
+    """Make execve never grant privileges (setuid bits, file capabilities) from now on."""
+    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def set_keepcaps(keep: bool) -> None:
+    """Keep the permitted capabilities across a setuid away from root (or stop keeping them)."""
+    _check(_libc.prctl(_PR_SET_KEEPCAPS, int(keep), 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+
+
+def cap_last_cap() -> int:
+    """Return the highest capability number the running kernel knows."""
+    with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
+        return int(f.read())
+
+
+def held_capabilities() -> int:
+    """Return this process's permitted capability mask (no container gets more)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("CapPrm:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def drop_capabilities(keep: int, last_cap: int) -> None:
+    """Shrink the bounding set to keep (bits above last_cap are ignored); empty ambient.
+
+    Needs CAP_SETPCAP; call before changing user, then `set_capabilities` after it.
+    """
+    for cap in range(last_cap + 1):
+        if not keep & (1 << cap):
+            _check(_libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(PR_CAPBSET_DROP, {cap})")
+    try:
+        _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl")
+    except OSError:
+        pass  # kernels before 4.3 have no ambient set: nothing to clear
+
+
+def set_capabilities(mask: int) -> None:
+    """Set permitted and effective to mask and inheritable to nothing (capset(2))."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        word = (mask >> (32 * i)) & 0xFFFFFFFF
+        data[i].effective = data[i].permitted = word
+    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
 def close_fds_except(keep: set[int]) -> None:

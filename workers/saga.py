@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from commands import schema as c
 from engine.errors import Internal, MoorError
+from events.caps import capability_mask, effective_caps, no_new_privileges
 from events.runs import ExitStatus
 from events.saga import ENDPOINT, MOUNT, REMOVE, SANDBOX, SPAWN, StartPlan, saga_steps
 from events.specs import HostConfig
@@ -146,7 +147,7 @@ def _endpoint(run: _Start) -> tuple[c.SagaReport, str]:
 
 def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
     """Write the container's host files and start its process under a supervisor."""
-    ctx, cid, config = run.ctx, run.cid, run.plan.config
+    ctx, cid, config, host = run.ctx, run.cid, run.plan.config, run.plan.host_config
     cdir, state_dir, log_path = _paths(ctx, cid)
     files = write_hostfiles(cdir, cid, run.ip, config.hostname)
     mounts = (BindMount(source=files.hosts, target="/etc/hosts"),
@@ -157,8 +158,10 @@ def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
         argv=(*(config.entrypoint or ()), *(config.cmd or ())), state_dir=state_dir,
         log_path=log_path, env=config.env, working_dir=config.working_dir or "/",
         user=config.user, hostname=config.hostname or cid[:12], netns=run.netns,
-        limits=_limits(run.plan.host_config), mounts=mounts,
-        report=ctx.exit_report(cid, run.gen), generation=run.gen)
+        limits=_limits(host), mounts=mounts,
+        report=ctx.exit_report(cid, run.gen), generation=run.gen,
+        capabilities=capability_mask(effective_caps(host.cap_add, host.cap_drop)),
+        no_new_privs=no_new_privileges(host.security_opt))
     try:
         result = spawn(spec)
     except RunFinished as done:

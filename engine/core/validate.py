@@ -8,6 +8,7 @@ import msgspec
 
 from engine.core.state import Image, World
 from engine.errors import InvalidParameter, NotFound
+from events.caps import check_capabilities, no_new_privileges
 from events.signals import parse_signal
 from events.specs import ContainerConfig, HostConfig
 
@@ -47,6 +48,16 @@ def _check_restart_policy(host: HostConfig) -> None:
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
 
 
+def _check_security(host: HostConfig) -> None:
+    try:
+        check_capabilities("CapAdd", host.cap_add)
+        check_capabilities("CapDrop", host.cap_drop)
+        no_new_privileges(host.security_opt)
+    except ValueError as exc:
+        # Docker answers a bad --security-opt with 500 (unclassified); 400 is the honest class.
+        raise InvalidParameter(str(exc)) from None
+
+
 def validate_create(world: World, config: ContainerConfig, host: HostConfig) -> None:
     """Raise Docker's 400/404 for a config that cannot be created."""
     if config.working_dir and not config.working_dir.startswith("/"):
@@ -63,6 +74,7 @@ def validate_create(world: World, config: ContainerConfig, host: HostConfig) -> 
         if not entry or entry.startswith("="):
             raise InvalidParameter(f"invalid environment variable: {entry}")
     _check_restart_policy(host)
+    _check_security(host)
     if host.memory and host.memory < MIN_MEMORY:
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
     if host.memory < 0 or host.pids_limit < 0 or host.nano_cpus < 0:

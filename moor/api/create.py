@@ -29,7 +29,7 @@ _CONFIG_FIELDS = frozenset({
 })
 _HOST_FIELDS = frozenset({
     "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Memory", "PidsLimit",
-    "NanoCpus",
+    "NanoCpus", "CapAdd", "CapDrop", "SecurityOpt",
 })
 # Values that mean "not set" for a field although they are not zero.
 _UNSET_MARKERS: dict[str, tuple[Any, ...]] = {
@@ -208,6 +208,9 @@ def container_spec(body: Any) -> tuple[ContainerConfig, HostConfig]:
         memory=_int(host.get("Memory"), "HostConfig.Memory"),
         pids_limit=max(pids, 0),  # Docker: 0 and -1 both mean unlimited
         nano_cpus=_int(host.get("NanoCpus"), "HostConfig.NanoCpus"),
+        cap_add=_strings(host.get("CapAdd"), "HostConfig.CapAdd") or (),
+        cap_drop=_strings(host.get("CapDrop"), "HostConfig.CapDrop") or (),
+        security_opt=_strings(host.get("SecurityOpt"), "HostConfig.SecurityOpt") or (),
     )
     return config, host_config
 

@@ -62,6 +62,10 @@ def _host_config(ctr: Container) -> dict[str, Any]:
         "Memory": host.memory,
         "PidsLimit": host.pids_limit or None,  # Docker reports "no limit" as null
         "NanoCpus": host.nano_cpus,
+        # Docker reports these unset lists as null.
+        "CapAdd": list(host.cap_add) or None,
+        "CapDrop": list(host.cap_drop) or None,
+        "SecurityOpt": list(host.security_opt) or None,
     }
 
 

@@ -381,6 +381,29 @@ def test_errors_are_dockers(dk: DockerApi, image: tuple[str, str]) -> None:
     dk.docker("rm", name)
 
 
+def test_capabilities_and_security_opt(dk: DockerApi, image: tuple[str, str]) -> None:
+    tag, _ = image
+    done = dk.docker("run", "-d", "--cap-add", "foo", tag, "true", check=False)
+    assert done.returncode == 125
+    assert daemon_error(done) == ('docker: Error response from daemon: invalid CapAdd: '
+                                  'unknown capability: "CAP_FOO"')
+    done = dk.docker("run", "-d", "--security-opt", "no-new-privileges=maybe", tag, "true",
+                     check=False)
+    assert done.returncode == 125
+    assert daemon_error(done) == ('docker: Error response from daemon: invalid --security-opt '
+                                  '2: "no-new-privileges=maybe"')
+    cid = cid_of(dk.docker("run", "-d", "--cap-drop", "ALL", "--cap-add", "net_bind_service",
+                           "--security-opt", "no-new-privileges", tag, "sleep", "60"))
+    host = inspect(dk, cid)["HostConfig"]
+    assert (host["CapAdd"], host["CapDrop"], host["SecurityOpt"]) == (
+        ["CAP_NET_BIND_SERVICE"], ["ALL"], ["no-new-privileges"])
+    pid = inspect(dk, cid)["State"]["Pid"]
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        got = dict(line.split(":", 1) for line in f)
+    assert (got["CapEff"].strip(), got["NoNewPrivs"].strip()) == ("0000000000000400", "1")
+    dk.docker("rm", "-f", cid)
+
+
 def test_server_stops_cleanly_on_sigterm(moor_engine: Engine) -> None:
     api = start_api(moor_engine, "docker-cli-sigterm", need_cli=False)
     server = next(api)

@@ -71,6 +71,8 @@ def test_supported_fields_are_mapped() -> None:
             "HostConfig": {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2},
                            "AutoRemove": True, "NetworkMode": "host", "Memory": 64 << 20,
                            "PidsLimit": -1, "NanoCpus": 500_000_000,
+                           "CapAdd": ["net_admin"], "CapDrop": "ALL",
+                           "SecurityOpt": ["no-new-privileges:true"],
                            "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1",
                                                         "HostPort": "0"}]}}}
     config, host = container_spec(body)
@@ -83,6 +85,9 @@ def test_supported_fields_are_mapped() -> None:
     assert host.auto_remove and host.network_mode == "host"
     assert (host.memory, host.pids_limit, host.nano_cpus) == (64 << 20, 0, 500_000_000)
     assert host.port_bindings == {"80/tcp": (PortBinding(host_ip="127.0.0.1"),)}
+    # Kept as sent (the docker CLI normalises, docker-py does not): inspect shows them so.
+    assert (host.cap_add, host.cap_drop) == (("net_admin",), ("ALL",))
+    assert host.security_opt == ("no-new-privileges:true",)
     assert create_warnings(host) == ["Published ports are discarded when using host network "
                                      "mode"]
 
@@ -90,7 +95,7 @@ def test_supported_fields_are_mapped() -> None:
 @pytest.mark.parametrize(("where", "key", "value"), [
     ("HostConfig", "Privileged", True),
     ("HostConfig", "Binds", ["/tmp:/tmp"]),
-    ("HostConfig", "CapAdd", ["NET_ADMIN"]),
+    ("HostConfig", "Capabilities", ["CAP_NET_ADMIN"]),
     ("HostConfig", "MemorySwappiness", 10),
     ("HostConfig", "LogConfig", {"Type": "syslog", "Config": {}}),
     ("", "Tty", True),

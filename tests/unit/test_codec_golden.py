@@ -54,11 +54,14 @@ CONFIG = ContainerConfig(image="nginx:1.27", cmd=("nginx",), entrypoint=("/init"
                          env=("A=1",), labels={"app": "web"}, working_dir="/srv", user="1000",
                          stop_signal="SIGTERM", stop_timeout=5, hostname="web-1",
                          exposed_ports=("80/tcp", "443/tcp"), tty=True)
-HOST = HostConfig(network_mode="backend",
-                  port_bindings={"80/tcp": (PortBinding(host_ip="0.0.0.0", host_port="8080"),)},
-                  restart_policy=RestartPolicy(name="on-failure", maximum_retry_count=3),
-                  auto_remove=True, memory=64 * 1024 * 1024, pids_limit=100,
-                  nano_cpus=500_000_000)
+HOST_V1 = HostConfig(network_mode="backend",
+                     port_bindings={"80/tcp": (PortBinding(host_ip="0.0.0.0",
+                                                           host_port="8080"),)},
+                     restart_policy=RestartPolicy(name="on-failure", maximum_retry_count=3),
+                     auto_remove=True, memory=64 * 1024 * 1024, pids_limit=100,
+                     nano_cpus=500_000_000)
+HOST = msgspec.structs.replace(HOST_V1, cap_add=("CAP_NET_ADMIN",), cap_drop=("ALL",),
+                               security_opt=("no-new-privileges",))
 
 EVENTS: dict[str, e.Event] = {
     "NetworkDefined": e.NetworkDefined(network=NETWORK),
@@ -235,6 +238,10 @@ def test_event_golden_json(tag: str) -> None:
 LEGACY: dict[str, e.Event] = {
     "SignalRequested-v1": e.SignalRequested(generation=2, signal=15, purpose="stop",
                                             timeout=10, cancels_restart=True),
+    # Before CapAdd, CapDrop and SecurityOpt.
+    "ContainerCreated-v1": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
+                                              config=CONFIG, host_config=HOST_V1,
+                                              created=1_700_000_000_000_000_000),
 }
 
 
@@ -258,6 +265,14 @@ LEGACY_WIRE: dict[str, tuple[Any, Callable[[bytes], Any]]] = {
                         started_at_ns=1_700_000_000_000_000_017,
                         finished_at_ns=1_700_000_000_000_000_018, error="killed",
                         generation=0), CODEC.exit_status),
+    # Before CapAdd, CapDrop and SecurityOpt (a queued start plan meets a newer worker).
+    "CreateContainer-v1.msgpack": (
+        c.CreateContainer(config=CONFIG, name="web", host_config=HOST_V1), CODEC.command),
+    "StartPlan-v1.json": (
+        saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
+                       layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V1,
+                       endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn")),
+        lambda data: CODEC.plan(JSONSerializer.loads(data))),
 }
 
 

@@ -303,9 +303,21 @@ def test_create_invalid_stop_signal() -> None:
     (policy("on-failure", 2, auto_remove=True), "can't create 'AutoRemove' container with "
      "restart policy"),
     (HostConfig(memory=6 * 1024 * 1024 - 1), "Minimum memory limit allowed is 6MB"),
+    (HostConfig(cap_add=("CAP_FOO",)), 'invalid CapAdd: unknown capability: "CAP_FOO"'),
+    (HostConfig(cap_drop=("chown", "nope")), 'invalid CapDrop: unknown capability: "CAP_NOPE"'),
+    (HostConfig(security_opt=("no-new-privileges=maybe",)),
+     'invalid --security-opt 2: "no-new-privileges=maybe"'),
+    (HostConfig(security_opt=("nnp",)), 'invalid --security-opt 1: "nnp"'),
 ])
 def test_create_host_config_errors(host: HostConfig, message: str) -> None:
     given().when(create(host=host)).then((400, message))
+
+
+def test_create_records_security_options_as_given() -> None:
+    host = HostConfig(cap_add=("net_admin", "ALL"), cap_drop=("CAP_CHOWN",),
+                      security_opt=("no-new-privileges:true",))
+    got = given().when(create(host=host)).then(e.ContainerCreated)
+    assert got.container().host_config == host
 
 
 def test_create_empty_policy_becomes_no() -> None:

@@ -294,6 +294,7 @@ def test_inspect_running_container() -> None:
     assert state["FinishedAt"] == "0001-01-01T00:00:00Z"
     assert doc["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}
     assert doc["HostConfig"]["RestartPolicy"] == {"Name": "no", "MaximumRetryCount": 0}
+    assert [doc["HostConfig"][k] for k in ("CapAdd", "CapDrop", "SecurityOpt")] == [None] * 3
     assert doc["Config"]["Image"] == "nginx:1.25"
     assert doc["Config"]["ExposedPorts"] == {"80/tcp": {}}
     assert doc["Config"]["Cmd"] == ["nginx", "-g", "daemon off;"]

@@ -22,6 +22,7 @@ import stat
 from typing import NamedTuple, NoReturn
 
 from engine.errors import MoorError
+from events.caps import DEFAULT_MASK
 from workers import nsutil
 from workers.proc import cgroups
 
@@ -78,6 +79,8 @@ class InitPlan(NamedTuple):
     working_dir: str
     hostname: str
     binds: tuple[tuple[str, str, bool], ...]  # (host source, container target, read-only)
+    capabilities: int = DEFAULT_MASK  # bounding, permitted and effective (events.caps)
+    no_new_privs: bool = False
 
 
 def exit_code_for_errno(err: int) -> int:
@@ -173,8 +176,12 @@ def _lookup(name: str, path_env: str) -> str:
 
 def _enter(plan: InitPlan, netns_fd: int) -> None:
     """Enter the container's namespaces and rootfs, drop to the user and execve."""
-    stage = "join cgroup"
+    stage = "read cap_last_cap"
     try:
+        last_cap = nsutil.cap_last_cap()  # before pivoting: the host's /proc
+        # As Docker: only what the kernel knows and the engine itself holds.
+        keep = plan.capabilities & ((1 << (last_cap + 1)) - 1) & nsutil.held_capabilities()
+        stage = "join cgroup"
         cgroups.join_cgroup(plan.container_id, 0)  # before pivoting: /sys is the host's
         if netns_fd >= 0:
             stage = "join network namespace"
@@ -192,10 +199,21 @@ def _enter(plan: InitPlan, netns_fd: int) -> None:
         workdir = plan.working_dir or "/"
         stage = f'mkdir cwd ("{workdir}")'
         os.makedirs(workdir, 0o755, exist_ok=True)
+        # runc's order: no_new_privs, the bounding set, the user (keeping the permitted
+        # set across setuid), then permitted and effective; inheritable and ambient empty.
+        if plan.no_new_privs:
+            stage = "set no_new_privs"
+            nsutil.set_no_new_privs()
+        stage = "apply bounding capabilities"
+        nsutil.drop_capabilities(keep, last_cap)
         stage = "set user"
+        nsutil.set_keepcaps(True)
         os.setgroups(list(plan.user.groups))
         os.setgid(plan.user.gid)
         os.setuid(plan.user.uid)
+        nsutil.set_keepcaps(False)
+        stage = "apply capabilities"
+        nsutil.set_capabilities(keep)
         stage = f'chdir to cwd ("{workdir}") set in config.json failed'
         os.chdir(workdir)
         stage = "exec"

@@ -82,7 +82,8 @@ def _plan(spec: ProcessSpec) -> init.InitPlan:
         container_id=spec.container_id, rootfs=spec.rootfs, argv=spec.argv,
         env=init.environment(spec.env, spec.hostname, user), user=user,
         working_dir=spec.working_dir, hostname=spec.hostname,
-        binds=tuple((m.source, m.target, m.readonly) for m in spec.mounts))
+        binds=tuple((m.source, m.target, m.readonly) for m in spec.mounts),
+        capabilities=spec.capabilities, no_new_privs=spec.no_new_privs)
 
 
 def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:

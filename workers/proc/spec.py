@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+from events.caps import DEFAULT_MASK
+
 __all__ = ["BindMount", "ExitReport", "Limits", "ProcessSpec"]
 
 
@@ -51,7 +53,9 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     ``netns`` is the path of the network namespace to join; None keeps the
     host's network (network mode host). ``user`` is "uid[:gid]" or names,
-    resolved through the rootfs's /etc/passwd and /etc/group. Without a
+    resolved through the rootfs's /etc/passwd and /etc/group. ``capabilities`` is the
+    bounding, permitted and effective mask (`events.caps`; bits the kernel lacks are
+    ignored); ``no_new_privs`` sets PR_SET_NO_NEW_PRIVS before exec. Without a
     ``report``, the exit is only recorded in the state dir (exit.json).
     """
 
@@ -69,3 +73,5 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     mounts: tuple[BindMount, ...] = ()
     report: ExitReport | None = None
     generation: int = 0  # the start this run belongs to: recorded in exit.json
+    capabilities: int = DEFAULT_MASK
+    no_new_privs: bool = False

@@ -1,0 +1,132 @@
+"""Capabilities and no_new_privs on real containers, read back from /proc/<pid>/status."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.e2e.conftest import Engine, wait_for
+
+pytestmark = pytest.mark.privileged
+
+DEFAULT = "00000000a80425fb"
+
+
+def moor_run(engine: Engine, *args: str) -> str:
+    """`moor run -d ARGS`; return the container id once it runs (tracked for leak checks)."""
+    cid = engine.moor("run", "-d", *args).stdout.strip().splitlines()[-1]
+    assert len(cid) == 64, cid
+    engine.track(cid)
+    engine.note_pids(cid)
+    return cid
+
+
+def status(engine: Engine, cid: str) -> dict[str, str]:
+    """Return the Cap* and NoNewPrivs lines of the container process's /proc status."""
+    ctr = engine.container(cid)
+    assert ctr is not None and ctr.running and ctr.pid
+    with open(f"/proc/{ctr.pid}/status", encoding="ascii") as f:
+        pairs = (line.split(":", 1) for line in f)
+        return {k: v.strip() for k, v in pairs if k.startswith(("Cap", "NoNewPrivs"))}
+
+
+def own_permitted() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("CapPrm:"))
+
+
+def test_default_container_has_dockers_default_set(engine: Engine) -> None:
+    cid = moor_run(engine, "busybox", "sleep", "60")
+    got = status(engine, cid)
+    assert got == {"CapInh": "0" * 16, "CapPrm": DEFAULT, "CapEff": DEFAULT, "CapBnd": DEFAULT,
+                   "CapAmb": "0" * 16, "NoNewPrivs": "0"}
+    host = engine.inspect(cid)["HostConfig"]
+    assert (host["CapAdd"], host["CapDrop"], host["SecurityOpt"]) == (None, None, None)
+
+
+def test_drop_all_add_one(engine: Engine) -> None:
+    cid = moor_run(engine, "--cap-drop", "all", "--cap-add", "net_bind_service", "busybox",
+                   "sleep", "60")
+    got = status(engine, cid)
+    assert (got["CapEff"], got["CapPrm"], got["CapBnd"]) == ("0000000000000400",) * 3
+    host = engine.inspect(cid)["HostConfig"]
+    assert (host["CapAdd"], host["CapDrop"]) == (["CAP_NET_BIND_SERVICE"], ["ALL"])
+
+
+def test_a_dropped_capability_is_really_gone(engine: Engine) -> None:
+    cid = moor_run(engine, "--cap-drop", "CAP_CHOWN", "busybox", "sleep", "60")
+    assert status(engine, cid)["CapEff"] == f"{0xa80425fb & ~1:016x}"
+    # nsenter joins the namespaces but keeps its own caps: the container itself must try.
+    cid2 = moor_run(engine, "--cap-drop", "CHOWN", "busybox", "sh", "-c",
+                    "touch /tmp/f; chown 1 /tmp/f; echo rc=$? >/tmp/rc; sleep 60")
+    rc = wait_for(lambda: engine.nsenter(cid2, "cat", "/tmp/rc", check=False).strip(), 10,
+                  "the chown result")
+    assert rc == "rc=1"
+
+
+def test_add_all_gives_every_capability_the_engine_holds(engine: Engine) -> None:
+    cid = moor_run(engine, "--cap-add", "ALL", "--cap-drop", "sys_admin", "busybox",
+                   "sleep", "60")
+    with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
+        last = int(f.read())
+    want = ((1 << (last + 1)) - 1) & own_permitted() & ~(1 << 21)
+    assert status(engine, cid)["CapEff"] == f"{want:016x}"
+
+
+def test_non_root_user_keeps_the_bounding_set_only(engine: Engine) -> None:
+    cid = moor_run(engine, "--user", "65534:65534", "busybox", "sleep", "60")
+    got = status(engine, cid)
+    assert (got["CapEff"], got["CapPrm"], got["CapBnd"]) == ("0" * 16, "0" * 16, DEFAULT)
+
+
+def test_no_new_privileges(engine: Engine) -> None:
+    cid = moor_run(engine, "--security-opt", "no-new-privileges", "busybox", "sleep", "60")
+    assert status(engine, cid)["NoNewPrivs"] == "1"
+    assert engine.inspect(cid)["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
+    off = moor_run(engine, "--security-opt", "no-new-privileges:false", "busybox", "sleep", "60")
+    assert status(engine, off)["NoNewPrivs"] == "0"
+
+
+@pytest.mark.parametrize(("flags", "text"), [
+    (("--cap-add", "foo"), 'invalid CapAdd: unknown capability: "CAP_FOO"'),
+    (("--cap-drop", "CAP_NOPE"), 'invalid CapDrop: unknown capability: "CAP_NOPE"'),
+    (("--security-opt", "no-new-privileges=maybe"),
+     'invalid --security-opt 2: "no-new-privileges=maybe"'),
+    (("--security-opt", "bogus"), 'invalid --security-opt 1: "bogus"'),
+])
+def test_bad_options_get_dockers_text(engine: Engine, flags: tuple[str, ...], text: str) -> None:
+    name = f"bad{engine.token}"
+    done = engine.moor("run", "-d", "--name", name, *flags, "busybox", "true", check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"Error response from daemon: {text}"
+    assert engine.container(name) is None
+
+
+def test_capset_after_setuid_keeps_exactly_the_mask() -> None:
+    """The init's calls on their own: bounding, keepcaps, setuid, capset (runc's order)."""
+    from workers import nsutil
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child changes its own credentials; it never returns into pytest
+        try:
+            last = nsutil.cap_last_cap()
+            nsutil.drop_capabilities(0x400 | 0x80, last)
+            nsutil.set_keepcaps(True)
+            os.setgid(65534)
+            os.setuid(65534)
+            nsutil.set_keepcaps(False)
+            nsutil.set_capabilities(0x400)
+            with open("/proc/self/status", encoding="ascii") as f:
+                lines = [line for line in f if line.startswith("Cap")]
+            os.write(write_fd, "".join(lines).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, encoding="ascii") as f:
+        got = {k: v.strip() for k, v in (line.split(":", 1) for line in f)}
+    os.waitpid(pid, 0)
+    assert got == {"CapInh": "0" * 16, "CapPrm": "0000000000000400",
+                   "CapEff": "0000000000000400", "CapBnd": "0000000000000480",
+                   "CapAmb": "0" * 16}
