@@ -63,10 +63,14 @@ def private_engine(subnet: str, api: bool = False) -> Iterator[PrivateEngine]:
                 proc.wait()
         from workers.net import network, portmap
         from workers.net.netconf import BridgeConfig
+        from workers.proc import cgroups
 
+        # The programs inherited this process's MOOR_ENGINE_ID (tests.conftest sets one):
+        # the names to release are this process's own.
         cfg = BridgeConfig(name=env["MOOR_BRIDGE"], subnet=env["MOOR_SUBNET"])
         portmap.release_chains(cfg)
         network.release_bridge(cfg)
+        cgroups.release_parent()
         server.proc.terminate()
         server.proc.wait(10)
         shutil.rmtree(work, ignore_errors=True)
