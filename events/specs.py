@@ -63,6 +63,7 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     cap_add: tuple[str, ...] = ()  # as given (the CLI normalises): events.caps combines them
     cap_drop: tuple[str, ...] = ()
     security_opt: tuple[str, ...] = ()
+    readonly_rootfs: bool = False  # --read-only
 
 
 class ImageConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):

@@ -70,6 +70,7 @@ def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfi
         cap_add=tuple(sorted(normalize_caps(args.cap_add))),
         cap_drop=tuple(sorted(normalize_caps(args.cap_drop))),
         security_opt=tuple(args.security_opt),
+        readonly_rootfs=args.read_only,
     )
     return config, host
 
@@ -141,6 +142,7 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cap-add", action="append", default=[])
     p.add_argument("--cap-drop", action="append", default=[])
     p.add_argument("--security-opt", action="append", default=[])
+    p.add_argument("--read-only", action="store_true")
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
 

@@ -20,8 +20,9 @@ __all__ = [
     "CLONE_NEWUTS", "MNT_DETACH", "MS_BIND", "MS_NODEV", "MS_NOEXEC", "MS_NOSUID",
     "MS_PRIVATE", "MS_RDONLY", "MS_REC", "MS_REMOUNT", "MS_SHARED", "MS_SLAVE", "MS_STRICTATIME",
     "cap_last_cap", "close_fds_except", "drop_capabilities", "held_capabilities",
-    "is_child_subreaper", "mount", "pivot_into", "pivot_root",
-    "resolve_in_root", "set_child_subreaper", "set_pdeathsig", "sethostname", "setns",
+    "is_child_subreaper", "mask_paths", "mount", "pivot_into", "pivot_root", "readonly_paths",
+    "remount_readonly", "resolve_in_root", "set_child_subreaper", "set_pdeathsig", "sethostname",
+    "setns",
     "set_capabilities", "set_keepcaps", "set_no_new_privs", "setup_rootfs", "umount2", "unshare",
 ]
 
@@ -298,3 +299,42 @@ def pivot_into(root: str) -> None:
     pivot_root(".", ".")
     umount2(".", MNT_DETACH)
     os.chdir("/")
+
+
+# --- after pivoting: hide or freeze parts of /proc and /sys (runc's maskPath, readonlyPath) ---
+
+_ST_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC  # statvfs's ST_* bits equal these MS_* ones
+
+
+def mask_paths(paths: tuple[str, ...]) -> None:
+    """Hide each path: /dev/null over a file, an empty read-only tmpfs over a directory.
+
+    A path that does not exist is skipped, as runc does.
+    """
+    for path in paths:
+        try:
+            is_dir = os.path.isdir(path) and not os.path.islink(path)
+            if not is_dir and not os.path.lexists(path):
+                continue
+            if is_dir:
+                mount("tmpfs", path, "tmpfs", MS_RDONLY)
+            else:
+                mount("/dev/null", path, None, MS_BIND)
+        except FileNotFoundError:
+            continue
+
+
+def readonly_paths(paths: tuple[str, ...]) -> None:
+    """Bind each path onto itself and remount it read-only; a missing path is skipped."""
+    for path in paths:
+        try:
+            mount(path, path, None, MS_BIND | MS_REC)
+        except FileNotFoundError:
+            continue
+        remount_readonly(path)
+
+
+def remount_readonly(path: str) -> None:
+    """Make the bind mount at path read-only, keeping its nosuid, nodev and noexec."""
+    keep = os.statvfs(path).f_flag & _ST_FLAGS  # a bind remount must not lose these
+    mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep)

@@ -150,9 +150,10 @@ def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
     ctx, cid, config, host = run.ctx, run.cid, run.plan.config, run.plan.host_config
     cdir, state_dir, log_path = _paths(ctx, cid)
     files = write_hostfiles(cdir, cid, run.ip, config.hostname)
-    mounts = (BindMount(source=files.hosts, target="/etc/hosts"),
-              BindMount(source=files.hostname, target="/etc/hostname"),
-              BindMount(source=files.resolv_conf, target="/etc/resolv.conf"))
+    ro = host.readonly_rootfs  # Docker: with --read-only these bind mounts are read-only too
+    mounts = (BindMount(source=files.hosts, target="/etc/hosts", readonly=ro),
+              BindMount(source=files.hostname, target="/etc/hostname", readonly=ro),
+              BindMount(source=files.resolv_conf, target="/etc/resolv.conf", readonly=ro))
     spec = ProcessSpec(
         container_id=cid, rootfs=run.rootfs,
         argv=(*(config.entrypoint or ()), *(config.cmd or ())), state_dir=state_dir,
@@ -161,7 +162,7 @@ def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
         limits=_limits(host), mounts=mounts,
         report=ctx.exit_report(cid, run.gen), generation=run.gen,
         capabilities=capability_mask(effective_caps(host.cap_add, host.cap_drop)),
-        no_new_privs=no_new_privileges(host.security_opt))
+        no_new_privs=no_new_privileges(host.security_opt), readonly_rootfs=host.readonly_rootfs)
     try:
         result = spawn(spec)
     except RunFinished as done:

@@ -29,7 +29,7 @@ _CONFIG_FIELDS = frozenset({
 })
 _HOST_FIELDS = frozenset({
     "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Memory", "PidsLimit",
-    "NanoCpus", "CapAdd", "CapDrop", "SecurityOpt",
+    "NanoCpus", "CapAdd", "CapDrop", "SecurityOpt", "ReadonlyRootfs",
 })
 # Values that mean "not set" for a field although they are not zero.
 _UNSET_MARKERS: dict[str, tuple[Any, ...]] = {
@@ -211,6 +211,7 @@ def container_spec(body: Any) -> tuple[ContainerConfig, HostConfig]:
         cap_add=_strings(host.get("CapAdd"), "HostConfig.CapAdd") or (),
         cap_drop=_strings(host.get("CapDrop"), "HostConfig.CapDrop") or (),
         security_opt=_strings(host.get("SecurityOpt"), "HostConfig.SecurityOpt") or (),
+        readonly_rootfs=bool(host.get("ReadonlyRootfs")),
     )
     return config, host_config
 

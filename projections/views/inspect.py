@@ -66,6 +66,7 @@ def _host_config(ctr: Container) -> dict[str, Any]:
         "CapAdd": list(host.cap_add) or None,
         "CapDrop": list(host.cap_drop) or None,
         "SecurityOpt": list(host.security_opt) or None,
+        "ReadonlyRootfs": host.readonly_rootfs,
     }
 
 

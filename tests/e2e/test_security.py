@@ -130,3 +130,97 @@ def test_capset_after_setuid_keeps_exactly_the_mask() -> None:
     assert got == {"CapInh": "0" * 16, "CapPrm": "0000000000000400",
                    "CapEff": "0000000000000400", "CapBnd": "0000000000000480",
                    "CapAmb": "0" * 16}
+
+
+# The container itself tries each write (nsenter keeps the host's caps); one line per probe.
+_PROBE = r"""
+probe() { name=$1; shift; out=$( ("$@") 2>&1 ); echo "$name rc=$? $out"; }
+probe drop sh -c 'echo 1 > /proc/sys/vm/drop_caches'
+probe sysrq sh -c 'echo h > /proc/sysrq-trigger'
+probe kcore sh -c 'wc -c < /proc/kcore'
+probe kcoretype stat -c %F /proc/kcore
+probe keys sh -c 'wc -c < /proc/keys'
+probe firmware sh -c 'ls -A /sys/firmware | wc -l'
+probe firmwarew sh -c 'touch /sys/firmware/x'
+probe hostname cat /proc/sys/kernel/hostname
+echo done
+"""
+
+
+def probe(engine: Engine, *flags: str) -> dict[str, str]:
+    cid = moor_run(engine, "--hostname", "probe", *flags, "busybox", "sh", "-c",
+                   "{ " + _PROBE + "} > /tmp/probe 2>&1; sleep 60")
+    out = wait_for(lambda: (lambda s: s if s.endswith("done") else "")(
+        engine.nsenter(cid, "cat", "/tmp/probe", check=False).strip()), 10, "the probes",
+        lambda: engine.nsenter(cid, "cat", "/tmp/probe", check=False))
+    lines = (line.split(" ", 1) for line in out.splitlines()[:-1])
+    return {k: v for k, v in lines}
+
+
+def test_default_container_masks_and_freezes_proc(engine: Engine) -> None:
+    got = probe(engine)
+    # Writes under /proc/sys (and to sysrq-trigger, where the kernel has it) are refused.
+    assert got["drop"].startswith("rc=1 ") and "Read-only file system" in got["drop"], got
+    if os.path.exists("/proc/sysrq-trigger"):
+        assert got["sysrq"].startswith("rc=1 ") and "Read-only file system" in got["sysrq"], got
+    # /proc/kcore (where the kernel has it) and /proc/keys are /dev/null: empty.
+    if os.path.exists("/proc/kcore"):
+        assert got["kcore"] == "rc=0 0", got
+        assert got["kcoretype"] == "rc=0 character special file", got
+    assert got["keys"] == "rc=0 0", got
+    # /sys/firmware is an empty read-only tmpfs.
+    assert got["firmware"] == "rc=0 0", got
+    assert got["firmwarew"].startswith("rc=1 ") and "Read-only file system" in got["firmwarew"]
+    # Reading stays allowed.
+    assert got["hostname"] == "rc=0 probe", got
+
+
+def test_masked_and_read_only_paths_are_mounts(engine: Engine) -> None:
+    cid = moor_run(engine, "busybox", "sleep", "60")
+    mounts = {}
+    for line in engine.nsenter(cid, "cat", "/proc/self/mountinfo").splitlines():
+        fields = line.split()
+        mounts[fields[4]] = fields[5].split(",")
+    for path in ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"):
+        if os.path.exists(path):
+            assert "ro" in mounts[path], (path, mounts.get(path))
+    for path in ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"):
+        if os.path.exists(path):
+            assert path in mounts, path
+    # /proc itself stays writable where Docker leaves it so (e.g. /proc/self/oom_score_adj).
+    assert "rw" in mounts["/proc"], mounts["/proc"]
+
+
+_RO_PROBE = r"""
+probe() { name=$1; shift; out=$( ("$@") 2>&1 ); echo "$name rc=$? $out"; }
+probe root touch /x
+probe tmp touch /tmp/x
+probe hosts sh -c 'echo 1.2.3.4 x >> /etc/hosts'
+probe shm touch /dev/shm/x
+probe null sh -c 'echo hi > /dev/null'
+echo done
+"""
+
+
+def ro_probe(engine: Engine, *flags: str) -> tuple[str, dict[str, str]]:
+    # The results go to /dev/shm: a tmpfs Docker leaves writable under --read-only.
+    cid = moor_run(engine, *flags, "busybox", "sh", "-c",
+                   "{ " + _RO_PROBE + "} > /dev/shm/probe 2>&1; sleep 60")
+    out = wait_for(lambda: (lambda s: s if s.endswith("done") else "")(
+        engine.nsenter(cid, "cat", "/dev/shm/probe", check=False).strip()), 10, "the probes",
+        lambda: engine.nsenter(cid, "cat", "/dev/shm/probe", check=False))
+    return cid, dict(line.split(" ", 1) for line in out.splitlines()[:-1])
+
+
+def test_read_only_rootfs_refuses_writes_outside_tmpfs(engine: Engine) -> None:
+    cid, got = ro_probe(engine, "--read-only")
+    for name in ("root", "tmp", "hosts"):  # no tmpfs at /tmp unless --tmpfs asks
+        assert got[name].startswith("rc=1 ") and "Read-only file system" in got[name], got
+    assert (got["shm"], got["null"]) == ("rc=0 ", "rc=0 "), got
+    assert engine.inspect(cid)["HostConfig"]["ReadonlyRootfs"] is True
+
+
+def test_without_read_only_the_rootfs_is_writable(engine: Engine) -> None:
+    cid, got = ro_probe(engine)
+    assert all(v == "rc=0 " for v in got.values()), got
+    assert engine.inspect(cid)["HostConfig"]["ReadonlyRootfs"] is False

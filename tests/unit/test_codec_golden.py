@@ -60,8 +60,9 @@ HOST_V1 = HostConfig(network_mode="backend",
                      restart_policy=RestartPolicy(name="on-failure", maximum_retry_count=3),
                      auto_remove=True, memory=64 * 1024 * 1024, pids_limit=100,
                      nano_cpus=500_000_000)
-HOST = msgspec.structs.replace(HOST_V1, cap_add=("CAP_NET_ADMIN",), cap_drop=("ALL",),
-                               security_opt=("no-new-privileges",))
+HOST_V2 = msgspec.structs.replace(HOST_V1, cap_add=("CAP_NET_ADMIN",), cap_drop=("ALL",),
+                                  security_opt=("no-new-privileges",))
+HOST = msgspec.structs.replace(HOST_V2, readonly_rootfs=True)
 
 EVENTS: dict[str, e.Event] = {
     "NetworkDefined": e.NetworkDefined(network=NETWORK),
@@ -242,6 +243,10 @@ LEGACY: dict[str, e.Event] = {
     "ContainerCreated-v1": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
                                               config=CONFIG, host_config=HOST_V1,
                                               created=1_700_000_000_000_000_000),
+    # Before ReadonlyRootfs.
+    "ContainerCreated-v2": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
+                                              config=CONFIG, host_config=HOST_V2,
+                                              created=1_700_000_000_000_000_000),
 }
 
 
@@ -271,6 +276,14 @@ LEGACY_WIRE: dict[str, tuple[Any, Callable[[bytes], Any]]] = {
     "StartPlan-v1.json": (
         saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
                        layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V1,
+                       endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn")),
+        lambda data: CODEC.plan(JSONSerializer.loads(data))),
+    # Before ReadonlyRootfs.
+    "CreateContainer-v2.msgpack": (
+        c.CreateContainer(config=CONFIG, name="web", host_config=HOST_V2), CODEC.command),
+    "StartPlan-v2.json": (
+        saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
+                       layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V2,
                        endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn")),
         lambda data: CODEC.plan(JSONSerializer.loads(data))),
 }

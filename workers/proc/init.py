@@ -27,10 +27,17 @@ from workers import nsutil
 from workers.proc import cgroups
 
 __all__ = [
-    "DEFAULT_PATH", "InitPlan", "SpawnError", "User", "await_exec", "environment", "errno_text",
-    "exit_code_for_errno", "resolve_user", "run",
+    "DEFAULT_PATH", "MASKED_PATHS", "READONLY_PATHS", "InitPlan", "SpawnError", "User",
+    "await_exec", "environment", "errno_text", "exit_code_for_errno", "resolve_user", "run",
 ]
 
+# Docker's defaults (moby oci/defaults.go), applied by runc after pivoting.
+MASKED_PATHS = (
+    "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _FAILURE_LIMIT = 4000  # bytes of error text on the pipe; a pipe write this small is atomic
 
@@ -81,6 +88,9 @@ class InitPlan(NamedTuple):
     binds: tuple[tuple[str, str, bool], ...]  # (host source, container target, read-only)
     capabilities: int = DEFAULT_MASK  # bounding, permitted and effective (events.caps)
     no_new_privs: bool = False
+    masked_paths: tuple[str, ...] = MASKED_PATHS
+    readonly_paths: tuple[str, ...] = READONLY_PATHS
+    readonly_rootfs: bool = False
 
 
 def exit_code_for_errno(err: int) -> int:
@@ -174,6 +184,17 @@ def _lookup(name: str, path_env: str) -> str:
     raise SpawnError(127, f'exec: "{name}": executable file not found in $PATH')
 
 
+def _thermal_throttle() -> tuple[str, ...]:
+    """Docker also masks each possible CPU's thermal_throttle directory where it exists."""
+    base = "/sys/devices/system/cpu"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return ()
+    return tuple(f"{base}/{n}/thermal_throttle" for n in sorted(names)
+                 if n.startswith("cpu") and n[3:].isdigit())
+
+
 def _enter(plan: InitPlan, netns_fd: int) -> None:
     """Enter the container's namespaces and rootfs, drop to the user and execve."""
     stage = "read cap_last_cap"
@@ -193,12 +214,20 @@ def _enter(plan: InitPlan, netns_fd: int) -> None:
         nsutil.setup_rootfs(plan.rootfs, plan.binds)
         stage = "pivot_root"
         nsutil.pivot_into(plan.rootfs)
+        # runc's order: read-only paths, then masked ones (a mask may sit inside a frozen tree).
+        stage = "make paths read-only"
+        nsutil.readonly_paths(plan.readonly_paths)
+        stage = "mask paths"
+        nsutil.mask_paths(plan.masked_paths + _thermal_throttle())
         if plan.hostname:
             stage = "sethostname"
             nsutil.sethostname(plan.hostname)
         workdir = plan.working_dir or "/"
         stage = f'mkdir cwd ("{workdir}")'
         os.makedirs(workdir, 0o755, exist_ok=True)
+        if plan.readonly_rootfs:  # last, as runc's finalizeRootfs: the cwd exists by now
+            stage = "remount rootfs read-only"
+            nsutil.remount_readonly("/")
         # runc's order: no_new_privs, the bounding set, the user (keeping the permitted
         # set across setuid), then permitted and effective; inheritable and ambient empty.
         if plan.no_new_privs:

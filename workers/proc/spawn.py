@@ -83,7 +83,8 @@ def _plan(spec: ProcessSpec) -> init.InitPlan:
         env=init.environment(spec.env, spec.hostname, user), user=user,
         working_dir=spec.working_dir, hostname=spec.hostname,
         binds=tuple((m.source, m.target, m.readonly) for m in spec.mounts),
-        capabilities=spec.capabilities, no_new_privs=spec.no_new_privs)
+        capabilities=spec.capabilities, no_new_privs=spec.no_new_privs,
+        readonly_rootfs=spec.readonly_rootfs)
 
 
 def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:

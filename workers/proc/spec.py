@@ -55,7 +55,8 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     host's network (network mode host). ``user`` is "uid[:gid]" or names,
     resolved through the rootfs's /etc/passwd and /etc/group. ``capabilities`` is the
     bounding, permitted and effective mask (`events.caps`; bits the kernel lacks are
-    ignored); ``no_new_privs`` sets PR_SET_NO_NEW_PRIVS before exec. Without a
+    ignored); ``no_new_privs`` sets PR_SET_NO_NEW_PRIVS before exec; ``readonly_rootfs``
+    remounts the root read-only (its other mounts keep theirs). Without a
     ``report``, the exit is only recorded in the state dir (exit.json).
     """
 
@@ -75,3 +76,4 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     generation: int = 0  # the start this run belongs to: recorded in exit.json
     capabilities: int = DEFAULT_MASK
     no_new_privs: bool = False
+    readonly_rootfs: bool = False
