@@ -12,6 +12,8 @@ __all__ = [
     "PROTOS",
     "parse_bytes",
     "parse_cpus",
+    "is_duration",
+    "parse_duration_ns",
     "parse_env",
     "parse_host_ip",
     "parse_host_port",
@@ -145,3 +147,22 @@ def parse_env(items: list[str]) -> tuple[str, ...]:
 
 def parse_labels(items: list[str]) -> dict[str, str]:
     return dict((item.split("=", 1) + [""])[:2] for item in items)  # type: ignore[misc]
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+            "m": 60_000_000_000, "h": 3_600_000_000_000}
+
+
+def is_duration(text: str) -> bool:
+    """Tell whether text is a Go-style duration ("10m", "1h30m", "250ms"), as docker's CLI."""
+    return bool(_DURATION.match(text.strip()))
+
+
+def parse_duration_ns(text: str) -> int:
+    """Return a Go-style duration ("10m", "1h30m", "250ms") in nanoseconds."""
+    value = text.strip()
+    if not _DURATION.match(value):
+        raise InvalidParameter(f"invalid duration {text!r}: use a duration like 10m or 24h")
+    return sum(int(float(num) * _UNIT_NS[unit]) for num, unit in _DURATION_PART.findall(value))

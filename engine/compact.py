@@ -22,10 +22,11 @@ from typing import Any, NamedTuple
 
 from commands import schema as c
 from commands.codec import CODEC, DecodeError
+from commands.options import parse_duration_ns
 from engine.keys import GROUP, Keys
 from events import model as e
 
-__all__ = ["COMPACT_PAGE", "Compacted", "Compaction", "compact", "settled_bound"]
+__all__ = ["COMPACT_PAGE", "Compacted", "Compaction", "compact", "retention_ms", "settled_bound"]
 
 log = logging.getLogger("moorage.reducer")
 
@@ -104,15 +105,10 @@ def compact(redis: Any, keys: Keys, epoch: int, cutoff_ms: int) -> Compacted:
             return Compacted(entries, marks, bound)
 
 
-def _duration_ms(text: str, default: int) -> int:
-    """Parse "90s", "30m", "24h", "7d" (or plain seconds) into milliseconds."""
-    units = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-    text = text.strip().lower()
-    if not text:
-        return default
-    if text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(float(text) * 1000)
+def retention_ms() -> int:
+    """Return the idempotency window: MOOR_DEDUPE_RETENTION (a duration, e.g. 24h)."""
+    text = os.environ.get("MOOR_DEDUPE_RETENTION", "").strip()
+    return parse_duration_ns(text) // 1_000_000 if text else DEFAULT_RETENTION_MS
 
 
 class Compaction:
@@ -125,8 +121,7 @@ class Compaction:
     """
 
     def __init__(self) -> None:
-        self.retain_ms = _duration_ms(os.environ.get("MOOR_DEDUPE_RETENTION", ""),
-                                      DEFAULT_RETENTION_MS)
+        self.retain_ms = retention_ms()
         self.interval_s = float(os.environ.get("MOOR_COMPACT_INTERVAL", DEFAULT_INTERVAL_S))
         self._next_ask = time.monotonic() + self.interval_s
         self._cutoffs: list[int] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+from commands.options import is_duration, parse_duration_ns
 from engine.errors import InvalidParameter
 
 __all__ = [
@@ -32,10 +33,6 @@ ZERO_TIME = "0001-01-01T00:00:00Z"
 _NS = 1_000_000_000
 _ID = re.compile(r"^(\d+)(?:-(\d+))?$")
 _FULL_ID = re.compile(r"^\d+-\d+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
-_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": _NS, "m": 60 * _NS,
-            "h": 3600 * _NS}
 _UNIX = re.compile(r"^(\d+)(?:\.(\d{1,9}))?$")
 _FRACTION = re.compile(r"\.(\d+)")
 
@@ -114,10 +111,8 @@ def human_duration(ns: int) -> str:
 def parse_time(text: str, now_ns: int) -> int:
     """Return unix ns for unix seconds ("1700000000.5"), RFC3339, a date, or a duration ago."""
     value = text.strip()
-    if _DURATION.match(value):
-        total = sum(int(float(num) * _UNIT_NS[unit]) for num, unit in
-                    _DURATION_PART.findall(value))
-        return now_ns - total
+    if is_duration(value):
+        return now_ns - parse_duration_ns(value)
     unix = _UNIX.match(value)
     if unix is not None:
         return int(unix.group(1)) * _NS + int((unix.group(2) or "0").ljust(9, "0"))
