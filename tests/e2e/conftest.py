@@ -410,6 +410,15 @@ def engine_host_leftovers(engine: Engine) -> list[str]:
     return found
 
 
+def moor_run(engine: Engine, *args: str) -> str:
+    """`moor run -d ARGS`; return the new container's id (tracked for the leak checks)."""
+    cid = engine.moor("run", "-d", *args).stdout.strip().splitlines()[-1]
+    assert len(cid) == 64, cid
+    engine.track(cid)
+    engine.note_pids(cid)
+    return cid
+
+
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
     """Stop one of our programs by PID: SIGTERM, then SIGKILL after a grace period."""
     if proc.poll() is not None:

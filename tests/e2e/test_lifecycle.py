@@ -17,6 +17,7 @@ from tests.e2e.conftest import (
     free_port,
     host_address,
     http_get,
+    moor_run,
     ps_status,
     start_ticks,
     wait_for,
@@ -25,13 +26,6 @@ from tests.e2e.conftest import (
 pytestmark = pytest.mark.privileged
 
 
-def moor_run(engine: Engine, *args: str) -> str:
-    """`moor run -d ARGS`; return the new container's id (tracked for the leak checks)."""
-    cid = engine.moor("run", "-d", *args).stdout.strip().splitlines()[-1]
-    assert len(cid) == 64, cid
-    engine.track(cid)
-    engine.note_pids(cid)
-    return cid
 
 
 def ns_ids(pid: int | str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from engine.core.react import Job, resume
 from engine.outbox import JobOutbox
 from engine.snapshot import load_world
 from events import model as e
-from tests.e2e.conftest import Engine, start_ticks, stop_process, wait_for
+from tests.e2e.conftest import Engine, moor_run, start_ticks, stop_process, wait_for
 
 pytestmark = pytest.mark.privileged
 
@@ -42,10 +42,7 @@ def _timed_rm_f(engine: Engine, cid: str) -> float:
 def test_an_engine_restart_while_a_restarting_container_exits_leaves_no_ghost(
         engine: Engine) -> None:
     """Finding 1: reconcile must not report gen N's exit as gen N+1's, nor hide N+1's."""
-    out = engine.moor("run", "-d", "--restart", "always", "busybox", "sh", "-c",
-                      "sleep 2; exit 3").stdout.strip()
-    cid = out.splitlines()[-1]
-    engine.track(cid)
+    cid = moor_run(engine, "--restart", "always", "busybox", "sh", "-c", "sleep 2; exit 3")
     _stop_engine(engine)
     try:
         time.sleep(2.5)  # gen 1 exits with nobody folding it: its report waits in Redis
@@ -154,9 +151,7 @@ def test_reconcile_leaves_a_restart_back_off_alone(engine: Engine) -> None:
     from workers.context import HostContext
     from workers.reconcile import reconcile
 
-    out = engine.moor("run", "-d", "--restart", "always", "busybox", "sh", "-c", "exit 1")
-    cid = out.stdout.strip().splitlines()[-1]
-    engine.track(cid)
+    cid = moor_run(engine, "--restart", "always", "busybox", "sh", "-c", "exit 1")
     wait_for(lambda: (c := engine.container(cid)) is not None and c.restarting
              and not c.saga and c.restart_due > time.time_ns() + 1_000_000_000, 30,
              "a back-off of more than a second")

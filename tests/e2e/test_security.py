@@ -6,20 +6,11 @@ import os
 
 import pytest
 
-from tests.e2e.conftest import Engine, wait_for
+from tests.e2e.conftest import Engine, moor_run, wait_for
 
 pytestmark = pytest.mark.privileged
 
 DEFAULT = "00000000a80425fb"
-
-
-def moor_run(engine: Engine, *args: str) -> str:
-    """`moor run -d ARGS`; return the container id once it runs (tracked for leak checks)."""
-    cid = engine.moor("run", "-d", *args).stdout.strip().splitlines()[-1]
-    assert len(cid) == 64, cid
-    engine.track(cid)
-    engine.note_pids(cid)
-    return cid
 
 
 def status(engine: Engine, cid: str) -> dict[str, str]:
