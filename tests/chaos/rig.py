@@ -40,10 +40,12 @@ from tests.e2e.conftest import (
     check_capabilities,
     pick_subnet,
     proc_env,
+    program_env,
+    require_busybox,
     stop_process,
     wait_for,
 )
-from tests.imagebuild import busybox_rootfs_tar, find_busybox
+from tests.imagebuild import busybox_rootfs_tar
 
 __all__ = ["ChaosEngine", "new_boot_id", "start_engine", "wait_quiet"]
 
@@ -257,12 +259,7 @@ class ChaosEngine(Engine):
 def start_engine(*, lease_ms: int, reconcile_interval: int) -> ChaosEngine:
     """Start Redis, two reducers and a worker with unique names; import busybox."""
     check_capabilities()
-    busybox = find_busybox()
-    if busybox is None:
-        from tests.conftest import missing_capability
-
-        missing_capability("/bin/busybox (apt-get install busybox-static)")
-        raise AssertionError("unreachable")
+    busybox = require_busybox()
     token = secrets.token_hex(3)
     workdir = tempfile.mkdtemp(prefix=f"moor-chaos-{token}-")
     redis_dir = os.path.join(workdir, "redis")
@@ -272,13 +269,11 @@ def start_engine(*, lease_ms: int, reconcile_interval: int) -> ChaosEngine:
     server = start_redis(redis_dir)
     prefix = f"moorchaos{token}"
     subnet = pick_subnet(token)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOOR_")}
-    env.update(MOOR_REDIS_URL=server.url, MOOR_DATA_ROOT=data_root, MOOR_PREFIX=prefix,
-               MOOR_SUBNET=subnet, MOOR_BRIDGE=f"moorch{token}",
-               MOOR_CGROUP_PARENT=f"moorchaos-{token}", MOOR_LOG_LEVEL="INFO",
-               MOOR_RECONCILE_INTERVAL=str(reconcile_interval), PYTHONUNBUFFERED="1",
-               # the kernel's boot id, as the worker reads it: a simulated reboot rewrites it
-               MOOR_BOOT_ID_FILE=os.path.join(workdir, "boot_id"))
+    env = program_env(server.url, data_root, prefix, subnet, f"moorch{token}",
+                      MOOR_CGROUP_PARENT=f"moorchaos-{token}", MOOR_LOG_LEVEL="INFO",
+                      MOOR_RECONCILE_INTERVAL=str(reconcile_interval),
+                      # the kernel's boot id, as the worker reads it: a reboot rewrites it
+                      MOOR_BOOT_ID_FILE=os.path.join(workdir, "boot_id"))
     new_boot_id(env["MOOR_BOOT_ID_FILE"])
     r = redislib.Redis.from_url(server.url)
     keys = keys_for(prefix=prefix)

@@ -467,14 +467,30 @@ def _session_leaks(engine: Engine) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="session")
-def moor_engine(redis_server: RedisServer) -> Iterator[Engine]:
-    """Start one isolated engine for the session; tear it down and prove nothing is left."""
-    check_capabilities()
+def program_env(redis_url: str, data_root: str, prefix: str, subnet: str, bridge: str,
+                **extra: str) -> dict[str, str]:
+    """Return the environment of a test engine's programs: none of ours (MOOR_*) inherited,
+    so each derives its own identity from what is given here."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOOR_")}
+    env.update(MOOR_REDIS_URL=redis_url, MOOR_DATA_ROOT=data_root, MOOR_PREFIX=prefix,
+               MOOR_SUBNET=subnet, MOOR_BRIDGE=bridge, PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def require_busybox() -> str:
+    """Return the busybox binary the test image is built from; fail loudly without it."""
     busybox = find_busybox()
     if busybox is None:
         missing_capability("/bin/busybox (apt-get install busybox-static)")
         raise AssertionError("unreachable")
+    return busybox
+
+
+@pytest.fixture(scope="session")
+def moor_engine(redis_server: RedisServer) -> Iterator[Engine]:
+    """Start one isolated engine for the session; tear it down and prove nothing is left."""
+    check_capabilities()
+    busybox = require_busybox()
     from workers.net.netconf import BridgeConfig
 
     token = secrets.token_hex(3)
@@ -484,9 +500,7 @@ def moor_engine(redis_server: RedisServer) -> Iterator[Engine]:
     prefix = f"moore2e{token}"
     subnet = pick_subnet(token)
     bridge = f"moortb{token}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOOR_")}
-    env.update(MOOR_REDIS_URL=redis_server.url, MOOR_DATA_ROOT=data_root, MOOR_PREFIX=prefix,
-               MOOR_SUBNET=subnet, MOOR_BRIDGE=bridge, PYTHONUNBUFFERED="1")
+    env = program_env(redis_server.url, data_root, prefix, subnet, bridge)
     redis = redislib.Redis.from_url(redis_server.url)
     keys = keys_for(prefix=prefix)
     engine = Engine(token=token, env=env, redis=redis, keys=keys,

@@ -34,6 +34,7 @@ from tests.e2e.conftest import (
     host_engine_id,
     http_get,
     pick_subnet,
+    program_env,
     ps_status,
     start_ticks,
     wait_for,
@@ -52,9 +53,7 @@ def second_engine(redis_server: RedisServer) -> Iterator[Engine]:
     data_root = os.path.join(workdir, "data")
     os.makedirs(data_root)
     prefix, bridge, subnet = f"moore2eb{token}", f"moorb2{token}", pick_subnet(token)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MOOR_")}
-    env.update(MOOR_REDIS_URL=redis_server.url, MOOR_DATA_ROOT=data_root, MOOR_PREFIX=prefix,
-               MOOR_SUBNET=subnet, MOOR_BRIDGE=bridge, PYTHONUNBUFFERED="1")
+    env = program_env(redis_server.url, data_root, prefix, subnet, bridge)
     redis = redislib.Redis.from_url(redis_server.url)
     keys = keys_for(prefix=prefix)
     b = Engine(token=token, env=env, redis=redis, keys=keys,
