@@ -10,6 +10,7 @@ import msgspec
 
 __all__ = [
     "ContainerConfig",
+    "DeviceMapping",
     "Endpoint",
     "HostConfig",
     "ImageConfig",
@@ -31,6 +32,14 @@ class PortBinding(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
 
     host_ip: str = ""
     host_port: str = ""
+
+
+class DeviceMapping(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """A host device made available in the container (Docker's DeviceMapping, `--device`)."""
+
+    path_on_host: str
+    path_in_container: str = ""
+    cgroup_permissions: str = "rwm"
 
 
 class ContainerConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -64,6 +73,19 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     cap_drop: tuple[str, ...] = ()
     security_opt: tuple[str, ...] = ()
     readonly_rootfs: bool = False  # --read-only
+    privileged: bool = False
+    tmpfs: dict[str, str] = {}  # container path -> mount options (--tmpfs)
+    sysctls: dict[str, str] = {}
+    devices: tuple[DeviceMapping, ...] = ()
+    device_cgroup_rules: tuple[str, ...] = ()
+    group_add: tuple[str, ...] = ()
+    pid_mode: str = ""  # "" (private), "host", "container:<id>"
+    ipc_mode: str = ""  # "" (private), "private", "shareable", "host", "none", "container:<id>"
+    uts_mode: str = ""  # "" (private), "host"
+    cgroupns_mode: str = ""  # "" (engine default), "host", "private"
+    init: bool = False  # --init: tini as PID 1
+    runtime: str = ""  # "" or "runc"
+    isolation: str = ""  # "" or "default"
 
 
 class ImageConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):

@@ -29,6 +29,7 @@ from events import model as e
 from events import runs, saga
 from events.specs import (
     ContainerConfig,
+    DeviceMapping,
     Endpoint,
     HostConfig,
     ImageConfig,
@@ -62,7 +63,14 @@ HOST_V1 = HostConfig(network_mode="backend",
                      nano_cpus=500_000_000)
 HOST_V2 = msgspec.structs.replace(HOST_V1, cap_add=("CAP_NET_ADMIN",), cap_drop=("ALL",),
                                   security_opt=("no-new-privileges",))
-HOST = msgspec.structs.replace(HOST_V2, readonly_rootfs=True)
+HOST_V3 = msgspec.structs.replace(HOST_V2, readonly_rootfs=True)
+HOST = msgspec.structs.replace(
+    HOST_V3, privileged=True, tmpfs={"/run": "size=64m"}, sysctls={"net.ipv4.ip_forward": "1"},
+    devices=(DeviceMapping(path_on_host="/dev/fuse", path_in_container="/dev/fuse",
+                           cgroup_permissions="rw"),),
+    device_cgroup_rules=("c 10:200 rwm",), group_add=("audio",), pid_mode="host",
+    ipc_mode="shareable", uts_mode="host", cgroupns_mode="private", init=True, runtime="runc",
+    isolation="default")
 
 EVENTS: dict[str, e.Event] = {
     "NetworkDefined": e.NetworkDefined(network=NETWORK),
@@ -247,6 +255,10 @@ LEGACY: dict[str, e.Event] = {
     "ContainerCreated-v2": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
                                               config=CONFIG, host_config=HOST_V2,
                                               created=1_700_000_000_000_000_000),
+    # Before Privileged, Tmpfs, Sysctls, Devices and the namespace options.
+    "ContainerCreated-v3": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
+                                              config=CONFIG, host_config=HOST_V3,
+                                              created=1_700_000_000_000_000_000),
 }
 
 
@@ -284,6 +296,14 @@ LEGACY_WIRE: dict[str, tuple[Any, Callable[[bytes], Any]]] = {
     "StartPlan-v2.json": (
         saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
                        layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V2,
+                       endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn")),
+        lambda data: CODEC.plan(JSONSerializer.loads(data))),
+    # Before Privileged, Tmpfs, Sysctls, Devices and the namespace options.
+    "CreateContainer-v3.msgpack": (
+        c.CreateContainer(config=CONFIG, name="web", host_config=HOST_V3), CODEC.command),
+    "StartPlan-v3.json": (
+        saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
+                       layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V3,
                        endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn")),
         lambda data: CODEC.plan(JSONSerializer.loads(data))),
 }
