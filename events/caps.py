@@ -62,13 +62,17 @@ def check_capabilities(field: str, names: Iterable[str]) -> None:
             raise ValueError(f"invalid {field}: unknown capability: {go_quote(name)}")
 
 
-def effective_caps(cap_add: Iterable[str], cap_drop: Iterable[str]) -> tuple[str, ...]:
+def effective_caps(cap_add: Iterable[str], cap_drop: Iterable[str],
+                   privileged: bool = False) -> tuple[str, ...]:
     """Return the capabilities a container gets, combined in Docker's order.
 
-    `ALL` in CapAdd: every capability but the dropped ones; else `ALL` in CapDrop: exactly
-    CapAdd; else the defaults minus CapDrop, then CapAdd. Unknown names are skipped (create
-    refused them).
+    Privileged: every capability (the init keeps those the engine holds), CapAdd and
+    CapDrop ignored; `ALL` in CapAdd: every capability but the dropped ones; else `ALL` in
+    CapDrop: exactly CapAdd; else the defaults minus CapDrop, then CapAdd. Unknown names are
+    skipped (create refused them).
     """
+    if privileged:
+        return tuple(CAPABILITIES)
     adds, drops = normalize_caps(cap_add), normalize_caps(cap_drop)
     if not adds and not drops:
         return DEFAULT_CAPS

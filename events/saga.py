@@ -16,7 +16,8 @@ import msgspec
 
 from events.specs import ContainerConfig, Endpoint, HostConfig, NetworkSpec
 
-__all__ = ["ENDPOINT", "MOUNT", "REMOVE", "SANDBOX", "SPAWN", "STEPS", "StartPlan", "saga_steps"]
+__all__ = ["ENDPOINT", "MOUNT", "REMOVE", "SANDBOX", "SPAWN", "STEPS", "Donor", "StartPlan",
+           "saga_steps"]
 
 MOUNT = "mount"  # the overlay rootfs
 SANDBOX = "sandbox"  # the network namespace
@@ -38,6 +39,13 @@ def saga_steps(network_mode: str) -> tuple[str, ...]:
     return _BY_MODE.get(network_mode, _BY_MODE["bridge"])
 
 
+class Donor(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A running container whose namespace another one enters (`--pid`/`--ipc container:`)."""
+
+    container_id: str
+    pid: int  # 0: not running any more, so the start must fail
+
+
 class StartPlan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Everything a host's worker needs to start one generation of a container.
 
@@ -56,3 +64,4 @@ class StartPlan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     endpoint: Endpoint | None = None
     network: NetworkSpec | None = None
     steps: tuple[str, ...] = ()
+    joins: dict[str, Donor] = {}  # namespace kind ("pid", "ipc") -> whose to enter

@@ -35,6 +35,61 @@ def _restart_policy(text: str) -> RestartPolicy:
     return RestartPolicy(name=name, maximum_retry_count=int(count) if count.isdigit() else 0)
 
 
+def _security_opts(values: list[str]) -> tuple[str, ...]:
+    """Read a `--security-opt seccomp=FILE` profile into its JSON text, as docker's CLI does
+    (the engine never sees the path); the engine checks the rest."""
+    import json
+
+    from engine.errors import InvalidParameter
+
+    out = []
+    for opt in values:
+        key, sep, value = opt.partition("=")
+        if key == "seccomp" and sep and value not in ("unconfined", "builtin"):
+            try:
+                with open(value, "rb") as f:
+                    text = f.read()
+            except OSError as e:
+                raise InvalidParameter(f"opening seccomp profile ({value}) failed: open "
+                                       f"{value}: {(e.strerror or str(e)).lower()}") from None
+            try:
+                compact = json.dumps(json.loads(text), separators=(",", ":"))
+            except ValueError as e:
+                raise InvalidParameter(f"compacting json for seccomp profile ({value}) "
+                                       f"failed: {e}") from None
+            opt = f"seccomp={compact}"
+        out.append(opt)
+    return tuple(out)
+
+
+def _host_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The namespace, device, sysctl and tmpfs flags as HostConfig fields (docker's CLI)."""
+    from engine.errors import InvalidParameter
+    from events.hostopts import is_namespaced_sysctl, parse_device
+
+    sysctls = {}
+    for item in args.sysctl:
+        key, sep, value = item.partition("=")
+        if not sep or not is_namespaced_sysctl(key.strip()):
+            raise InvalidParameter(f"sysctl '{item}' is not allowed")
+        sysctls[key.strip()] = value
+    tmpfs = {}
+    for item in args.tmpfs:
+        path, _, options = item.partition(":")
+        tmpfs[path] = options
+    try:
+        devices = tuple(parse_device(d) for d in args.device)
+    except ValueError as e:
+        raise InvalidParameter(str(e)) from None
+    return {
+        "privileged": args.privileged, "tmpfs": tmpfs, "sysctls": sysctls, "devices": devices,
+        "device_cgroup_rules": tuple(args.device_cgroup_rule), "group_add": tuple(args.group_add),
+        "pid_mode": args.pid or "", "ipc_mode": args.ipc or "", "uts_mode": args.uts or "",
+        "cgroupns_mode": args.cgroupns or "", "init": args.init, "runtime": args.runtime or "",
+        "isolation": args.isolation or "",
+    }
+
+
 def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfig]:
     """Build Config and HostConfig from docker-run-style flags."""
     from commands.options import parse_bytes, parse_cpus, parse_labels, parse_publish
@@ -69,8 +124,9 @@ def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfi
         # As docker's CLI sends them: upper-cased, CAP_-prefixed, deduplicated, sorted.
         cap_add=tuple(sorted(normalize_caps(args.cap_add))),
         cap_drop=tuple(sorted(normalize_caps(args.cap_drop))),
-        security_opt=tuple(args.security_opt),
+        security_opt=_security_opts(args.security_opt),
         readonly_rootfs=args.read_only,
+        **_host_options(args),
     )
     return config, host
 
@@ -143,6 +199,19 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cap-drop", action="append", default=[])
     p.add_argument("--security-opt", action="append", default=[])
     p.add_argument("--read-only", action="store_true")
+    p.add_argument("--privileged", action="store_true")
+    p.add_argument("--tmpfs", action="append", default=[])
+    p.add_argument("--sysctl", action="append", default=[])
+    p.add_argument("--device", action="append", default=[])
+    p.add_argument("--device-cgroup-rule", action="append", default=[])
+    p.add_argument("--group-add", action="append", default=[])
+    p.add_argument("--pid")
+    p.add_argument("--ipc")
+    p.add_argument("--uts")
+    p.add_argument("--cgroupns")
+    p.add_argument("--init", action="store_true")
+    p.add_argument("--runtime")
+    p.add_argument("--isolation")
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
 

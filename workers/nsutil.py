@@ -14,6 +14,9 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import stat
+
+from workers.proc.devices import DeviceNode
 
 __all__ = [
     "CLONE_NEWCGROUP", "CLONE_NEWIPC", "CLONE_NEWNET", "CLONE_NEWNS", "CLONE_NEWPID",
@@ -251,10 +254,34 @@ def _mountpoint(root: str, path: str, is_dir: bool = True) -> str:
     return host
 
 
-def setup_rootfs(root: str, binds: tuple[tuple[str, str, bool], ...] = ()) -> None:
-    """Mount /proc, a minimal /dev, a read-only /sys and binds (source, target, ro) under root.
+def _make_node(root: str, dev: str, node: DeviceNode) -> None:
+    """Make one device node in the container (a bind of the host's node if mknod fails)."""
+    path = dev + node.path[4:] if node.path.startswith("/dev/") else \
+        resolve_in_root(root, node.path)
+    if os.path.lexists(path):
+        return
+    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+    kind = stat.S_IFCHR if node.kind == "c" else stat.S_IFBLK
+    try:
+        os.mknod(path, kind | node.mode, os.makedev(node.major, node.minor))
+    except PermissionError:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+        host = f"/dev/{'char' if node.kind == 'c' else 'block'}/{node.major}:{node.minor}"
+        mount(host, path, None, MS_BIND)
+        return
+    os.chmod(path, node.mode)
+    os.chown(path, node.uid, node.gid)
+
+
+def setup_rootfs(root: str, binds: tuple[tuple[str, str, bool], ...] = (),
+                 tmpfs: tuple[tuple[str, int, str], ...] = (), shm: str = "",
+                 sysfs_rw: bool = False, nodes: tuple[DeviceNode, ...] = ()) -> None:
+    """Mount /proc, a minimal /dev, /sys, tmpfs mounts and binds (source, target, ro) under root.
 
     Call in a fresh mount namespace (and pid namespace, for /proc) before pivoting.
+    `tmpfs` is (target, mount flags, data) per `--tmpfs`; `shm` is "" for a private
+    /dev/shm, "none" for none, or the path of a donor's /dev/shm to bind; `nodes` are extra
+    device nodes (`--device`, `--privileged`); `sysfs_rw` (privileged) leaves /sys writable.
     """
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below leaks to the host
     mount(root, root, None, MS_BIND | MS_REC)  # pivot_root needs a mount point
@@ -274,16 +301,27 @@ def setup_rootfs(root: str, binds: tuple[tuple[str, str, bool], ...] = ()) -> No
               "newinstance,ptmxmode=0666,mode=0620")
     except OSError:
         pass  # optional: only terminals need it
-    os.mkdir(os.path.join(dev, "shm"), 0o1777)
-    mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-          "mode=1777,size=65536k")
+    if shm != "none":
+        os.mkdir(os.path.join(dev, "shm"), 0o1777)
+        if shm:
+            mount(shm, os.path.join(dev, "shm"), None, MS_BIND)
+        else:
+            mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  "mode=1777,size=65536k")
+    for extra in nodes:
+        _make_node(root, dev, extra)
     sys_dir = _mountpoint(root, "/sys")
+    ro = 0 if sysfs_rw else MS_RDONLY
     try:
-        mount("sysfs", sys_dir, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount("sysfs", sys_dir, "sysfs", ro | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except PermissionError:
-        # sysfs refuses a netns we do not own; a read-only bind of the host's will do.
-        mount("/sys", sys_dir, None, MS_BIND | MS_REC)
-        mount(None, sys_dir, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        # sysfs refuses a netns we do not own; the host's will do. Not recursive: the
+        # host's mounts under /sys (cgroups, securityfs…) must not come along writable.
+        mount("/sys", sys_dir, None, MS_BIND)
+        if ro:
+            mount(None, sys_dir, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    for target, flags, data in tmpfs:
+        mount("tmpfs", _mountpoint(root, target), "tmpfs", flags, data or None)
     for source, target, readonly in binds:
         host = _mountpoint(root, target, is_dir=os.path.isdir(source))
         mount(source, host, None, MS_BIND | MS_REC)

@@ -14,10 +14,12 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from commands import schema as c
 from engine.errors import Internal, MoorError
 from events.caps import capability_mask, effective_caps, no_new_privileges
+from events.hostopts import DEFAULT_SYSCTLS
 from events.runs import ExitStatus
 from events.saga import ENDPOINT, MOUNT, REMOVE, SANDBOX, SPAWN, StartPlan, saga_steps
 from events.specs import HostConfig
@@ -25,7 +27,8 @@ from workers.context import HostContext
 from workers.net import network, portmap
 from workers.net.hostfiles import write_hostfiles
 from workers.net.netconf import BridgeConfig, from_port_bindings
-from workers.proc import cgroups, process
+from workers.proc import cgroups, process, shm
+from workers.proc.init import SpawnError
 from workers.proc.spawn import RunFinished, spawn
 from workers.proc.spec import BindMount, Limits, ProcessSpec
 from workers.storage import images, rootfs
@@ -145,11 +148,58 @@ def _endpoint(run: _Start) -> tuple[c.SagaReport, str]:
             f"endpoint-{cid}-{run.gen}")
 
 
+def _namespace(plan: StartPlan, kind: str, mode: str) -> str:
+    """A ProcessSpec namespace field: "" new, "host", or the donor's namespace file."""
+    if not mode.startswith("container:"):
+        return "host" if mode == "host" else ""
+    donor = plan.joins.get(kind)
+    if donor is None or not donor.pid:
+        raise SpawnError(128, f"cannot join the {kind.upper()} namespace of {mode[10:]}: "
+                              "it is not running")
+    return f"/proc/{donor.pid}/ns/{kind}"
+
+
+def _shm(ctx: HostContext, plan: StartPlan, undo: _Undo) -> str:
+    """The container's /dev/shm: private, none, the host's, or a shareable one on the host."""
+    mode = plan.host_config.ipc_mode
+    if mode == "host":
+        return "/dev/shm"
+    if mode == "none":
+        return "none"
+    if mode == "shareable":
+        cdir = ctx.container_dir(plan.container_id)
+        undo.push("shm", lambda: shm.release_shm(cdir))
+        return shm.ensure_shm(cdir)
+    donor = plan.joins.get("ipc")
+    if donor is not None and donor.container_id:
+        return shm.shm_path(ctx.container_dir(donor.container_id))
+    return ""
+
+
+def _sharing(run: _Start) -> dict[str, Any]:
+    """The ProcessSpec fields for what the container shares with the host or another one."""
+    plan = run.plan
+    host = plan.host_config
+    sysctls = dict(DEFAULT_SYSCTLS) if run.netns is not None else {}
+    sysctls.update(host.sysctls)  # the user's win
+    return {
+        "privileged": host.privileged, "devices": host.devices,
+        "device_rules": host.device_cgroup_rules, "group_add": host.group_add,
+        "tmpfs": tuple(host.tmpfs.items()), "sysctls": tuple(sysctls.items()),
+        "pid_ns": _namespace(plan, "pid", host.pid_mode),
+        "ipc_ns": _namespace(plan, "ipc", host.ipc_mode), "shm": _shm(run.ctx, plan, run.undo),
+        "uts_host": host.uts_mode == "host",
+        "cgroupns_private": host.cgroupns_mode == "private", "init": host.init,
+    }
+
+
 def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
     """Write the container's host files and start its process under a supervisor."""
     ctx, cid, config, host = run.ctx, run.cid, run.plan.config, run.plan.host_config
     cdir, state_dir, log_path = _paths(ctx, cid)
-    files = write_hostfiles(cdir, cid, run.ip, config.hostname)
+    # --uts host: the host's name, as the container sees it anyway.
+    hostname = os.uname().nodename if host.uts_mode == "host" else config.hostname or cid[:12]
+    files = write_hostfiles(cdir, cid, run.ip, hostname)
     ro = host.readonly_rootfs  # Docker: with --read-only these bind mounts are read-only too
     mounts = (BindMount(source=files.hosts, target="/etc/hosts", readonly=ro),
               BindMount(source=files.hostname, target="/etc/hostname", readonly=ro),
@@ -158,11 +208,13 @@ def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
         container_id=cid, rootfs=run.rootfs,
         argv=(*(config.entrypoint or ()), *(config.cmd or ())), state_dir=state_dir,
         log_path=log_path, env=config.env, working_dir=config.working_dir or "/",
-        user=config.user, hostname=config.hostname or cid[:12], netns=run.netns,
+        user=config.user, hostname=hostname, netns=run.netns,
         limits=_limits(host), mounts=mounts,
         report=ctx.exit_report(cid, run.gen), generation=run.gen,
-        capabilities=capability_mask(effective_caps(host.cap_add, host.cap_drop)),
-        no_new_privs=no_new_privileges(host.security_opt), readonly_rootfs=host.readonly_rootfs)
+        capabilities=capability_mask(effective_caps(host.cap_add, host.cap_drop,
+                                                    host.privileged)),
+        no_new_privs=no_new_privileges(host.security_opt), readonly_rootfs=host.readonly_rootfs,
+        **_sharing(run))
     try:
         result = spawn(spec)
     except RunFinished as done:
@@ -300,6 +352,7 @@ def release_runtime(ctx: HostContext, cid: str, ports: bool = True,
         network.release_endpoint(cid)
     network.release_sandbox(cid, reuse=reuse)
     rootfs.release_mount(ctx.root, cid)
+    shm.release_shm(ctx.container_dir(cid))
     cgroups.release_cgroup(cid)
 
 

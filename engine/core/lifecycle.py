@@ -11,6 +11,7 @@ import msgspec
 from commands import schema as c
 from engine.core import names
 from engine.core.ipam import allocate
+from engine.core.joins import check_joins
 from engine.core.state import Container, World
 from engine.core.validate import merge_image_config, validate_create
 from engine.errors import Conflict, Internal, InvalidParameter, MoorError, NotFound, NotModified
@@ -43,7 +44,7 @@ def create(world: World, env: c.Envelope, cmd: c.CreateContainer) -> tuple[str, 
     validate_create(world, cmd.config, host)
     image_id = names.resolve_image(world, cmd.config.image)
     config = merge_image_config(cmd.config, world.images[image_id])
-    if not config.hostname:
+    if not config.hostname and host.uts_mode != "host":  # --uts host: the host's name
         config = msgspec.structs.replace(config, hostname=cid[:12])
     # A generated name can fall back to the short id, which a user may already hold.
     name = names.valid_name(cmd.name) if cmd.name else names.generate_name(cid, world.names)
@@ -93,6 +94,7 @@ def start(world: World, env: c.Envelope, cmd: c.StartContainer) -> tuple[str, li
         raise NotModified("container is already running")
     if ctr.removal_in_progress or ctr.dead:
         raise Conflict("container is marked for removal and cannot be started")
+    check_joins(world, ctr)
     return ctr.id, [begin_start(world, ctr, restart=False)]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from commands.codec import CODEC
+from engine.core.joins import namespace_joins
 from engine.core.state import Container, World
 from events import model as e
 from events.saga import StartPlan
@@ -36,7 +37,7 @@ def start_plan(world: World, ctr: Container) -> StartPlan:
     return StartPlan(container_id=ctr.id, generation=ctr.generation, name=ctr.name,
                      image_id=ctr.image_id, layers=image.layers if image is not None else (),
                      config=ctr.config, host_config=ctr.host_config, endpoint=ctr.endpoint,
-                     network=network, steps=ctr.saga)
+                     network=network, steps=ctr.saga, joins=namespace_joins(world, ctr))
 
 
 def _start_job(world: World, ctr: Container) -> Job:

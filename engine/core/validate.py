@@ -9,6 +9,7 @@ import msgspec
 from engine.core.state import Image, World
 from engine.errors import InvalidParameter, NotFound
 from events.caps import check_capabilities, no_new_privileges
+from events.hostopts import check_host_options
 from events.signals import parse_signal
 from events.specs import ContainerConfig, HostConfig
 
@@ -48,11 +49,12 @@ def _check_restart_policy(host: HostConfig) -> None:
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
 
 
-def _check_security(host: HostConfig) -> None:
+def _check_security(config: ContainerConfig, host: HostConfig) -> None:
     try:
         check_capabilities("CapAdd", host.cap_add)
         check_capabilities("CapDrop", host.cap_drop)
         no_new_privileges(host.security_opt)
+        check_host_options(config, host)
     except ValueError as exc:
         # Docker answers a bad --security-opt with 500 (unclassified); 400 is the honest class.
         raise InvalidParameter(str(exc)) from None
@@ -74,7 +76,7 @@ def validate_create(world: World, config: ContainerConfig, host: HostConfig) -> 
         if not entry or entry.startswith("="):
             raise InvalidParameter(f"invalid environment variable: {entry}")
     _check_restart_policy(host)
-    _check_security(host)
+    _check_security(config, host)
     if host.memory and host.memory < MIN_MEMORY:
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
     if host.memory < 0 or host.pids_limit < 0 or host.nano_cpus < 0:

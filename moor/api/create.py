@@ -16,7 +16,7 @@ from typing import Any
 
 from commands.options import parse_host_ip, parse_host_port
 from engine.errors import InvalidParameter
-from events.specs import ContainerConfig, HostConfig, PortBinding, RestartPolicy
+from events.specs import ContainerConfig, DeviceMapping, HostConfig, PortBinding, RestartPolicy
 
 __all__ = ["UnsupportedSetting", "container_spec", "create_warnings", "is_unset"]
 
@@ -29,15 +29,14 @@ _CONFIG_FIELDS = frozenset({
 })
 _HOST_FIELDS = frozenset({
     "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Memory", "PidsLimit",
-    "NanoCpus", "CapAdd", "CapDrop", "SecurityOpt", "ReadonlyRootfs",
+    "NanoCpus", "CapAdd", "CapDrop", "SecurityOpt", "ReadonlyRootfs", "Privileged", "Tmpfs",
+    "Sysctls", "Devices", "DeviceCgroupRules", "GroupAdd", "PidMode", "IpcMode", "UTSMode",
+    "CgroupnsMode", "Init", "Runtime", "Isolation",
 })
 # Values that mean "not set" for a field although they are not zero.
 _UNSET_MARKERS: dict[str, tuple[Any, ...]] = {
     "HostConfig.MemorySwappiness": (-1,),
     "HostConfig.LogConfig.Type": ("json-file",),
-    "HostConfig.IpcMode": ("private", "shareable"),
-    "HostConfig.CgroupnsMode": ("private",),
-    "HostConfig.Isolation": ("default",),
     "HostConfig.ConsoleSize": ([0, 0],),
 }
 
@@ -126,6 +125,50 @@ def _labels(value: Any) -> dict[str, str]:
     return dict(labels)
 
 
+def _text_map(value: Any, name: str) -> dict[str, str]:
+    doc = _object(value, name)
+    if not all(isinstance(v, str) for v in doc.values()):
+        raise InvalidParameter(f"invalid JSON: {name} must map strings to strings")
+    return dict(doc)
+
+
+def _devices(value: Any) -> tuple[DeviceMapping, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidParameter("invalid JSON: HostConfig.Devices must be a list")
+    out = []
+    for item in value:
+        doc = _object(item, "HostConfig.Devices entry")
+        host_path = _text(doc.get("PathOnHost"), "PathOnHost")
+        out.append(DeviceMapping(
+            path_on_host=host_path,
+            path_in_container=_text(doc.get("PathInContainer"), "PathInContainer") or host_path,
+            cgroup_permissions=_text(doc.get("CgroupPermissions"), "CgroupPermissions") or "rwm"))
+    return tuple(out)
+
+
+def _security_fields(host: Mapping[str, Any]) -> dict[str, Any]:
+    """The namespace, device, sysctl and tmpfs fields of HostConfig."""
+    ipc = _text(host.get("IpcMode"), "HostConfig.IpcMode")
+    return {
+        "privileged": bool(host.get("Privileged")),
+        "tmpfs": _text_map(host.get("Tmpfs"), "HostConfig.Tmpfs"),
+        "sysctls": _text_map(host.get("Sysctls"), "HostConfig.Sysctls"),
+        "devices": _devices(host.get("Devices")),
+        "device_cgroup_rules": _strings(host.get("DeviceCgroupRules"),
+                                        "HostConfig.DeviceCgroupRules") or (),
+        "group_add": _strings(host.get("GroupAdd"), "HostConfig.GroupAdd") or (),
+        "pid_mode": _text(host.get("PidMode"), "HostConfig.PidMode"),
+        "ipc_mode": "" if ipc == "private" else ipc,  # "" is Docker 20.10's default, private
+        "uts_mode": _text(host.get("UTSMode"), "HostConfig.UTSMode"),
+        "cgroupns_mode": _text(host.get("CgroupnsMode"), "HostConfig.CgroupnsMode"),
+        "init": bool(host.get("Init")),
+        "runtime": _text(host.get("Runtime"), "HostConfig.Runtime"),
+        "isolation": _text(host.get("Isolation"), "HostConfig.Isolation"),
+    }
+
+
 def _port_key(key: str) -> str:
     return key if "/" in key else f"{key}/tcp"
 
@@ -212,6 +255,7 @@ def container_spec(body: Any) -> tuple[ContainerConfig, HostConfig]:
         cap_drop=_strings(host.get("CapDrop"), "HostConfig.CapDrop") or (),
         security_opt=_strings(host.get("SecurityOpt"), "HostConfig.SecurityOpt") or (),
         readonly_rootfs=bool(host.get("ReadonlyRootfs")),
+        **_security_fields(host),
     )
     return config, host_config
 

@@ -10,6 +10,7 @@ from typing import Any
 from engine.core import names
 from engine.core.state import Container, Image, World, status_of
 from engine.errors import NotFound
+from events.hostopts import MASKED_PATHS, READONLY_PATHS
 from projections.views.points import rfc3339_nano
 from projections.views.shape import (
     network_endpoints,
@@ -67,6 +68,25 @@ def _host_config(ctr: Container) -> dict[str, Any]:
         "CapDrop": list(host.cap_drop) or None,
         "SecurityOpt": list(host.security_opt) or None,
         "ReadonlyRootfs": host.readonly_rootfs,
+        "Privileged": host.privileged,
+        "Devices": [{"PathOnHost": d.path_on_host,
+                     "PathInContainer": d.path_in_container or d.path_on_host,
+                     "CgroupPermissions": d.cgroup_permissions} for d in host.devices],
+        "DeviceCgroupRules": list(host.device_cgroup_rules) or None,
+        "GroupAdd": list(host.group_add) or None,
+        "PidMode": host.pid_mode,
+        "IpcMode": host.ipc_mode or "private",  # Docker 20.10's default mode
+        "UTSMode": host.uts_mode,
+        "CgroupnsMode": host.cgroupns_mode or "host",  # the engine's default (cgroup v1)
+        "Runtime": host.runtime or "runc",
+        "Isolation": host.isolation,
+        # Docker omits these when unset (omitempty).
+        **({"Tmpfs": dict(host.tmpfs)} if host.tmpfs else {}),
+        **({"Sysctls": dict(host.sysctls)} if host.sysctls else {}),
+        **({"Init": True} if host.init else {}),
+        # Docker writes its defaults into HostConfig at create; privileged has none.
+        "MaskedPaths": None if host.privileged else list(MASKED_PATHS),
+        "ReadonlyPaths": None if host.privileged else list(READONLY_PATHS),
     }
 
 

@@ -376,8 +376,8 @@ def test_errors_are_dockers(dk: DockerApi, image: tuple[str, str]) -> None:
         "docker: Error response from daemon: invalid restart policy: unknown policy "
         "'sometimes'; use one of 'no', 'always', 'on-failure', or 'unless-stopped'")
 
-    done = dk.docker("run", "-d", "--privileged", tag, "true", check=False)
-    assert done.returncode == 125 and "HostConfig.Privileged" in daemon_error(done)
+    done = dk.docker("run", "-d", "--oom-score-adj", "500", tag, "true", check=False)
+    assert done.returncode == 125 and "HostConfig.OomScoreAdj" in daemon_error(done)
     dk.docker("rm", name)
 
 
@@ -401,6 +401,31 @@ def test_capabilities_and_security_opt(dk: DockerApi, image: tuple[str, str]) ->
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         got = dict(line.split(":", 1) for line in f)
     assert (got["CapEff"].strip(), got["NoNewPrivs"].strip()) == ("0000000000000400", "1")
+    dk.docker("rm", "-f", cid)
+
+
+def test_host_sharing_options_through_the_docker_cli(dk: DockerApi,
+                                                    image: tuple[str, str]) -> None:
+    tag, _ = image
+    for flags, text in (
+        (("--ipc", "public"), "invalid IPC mode: public"),
+        (("--runtime", "kata"), "Unknown runtime specified kata"),
+        (("--uts", "host", "--hostname", "box"), "conflicting options: hostname and the UTS mode"),
+    ):
+        done = dk.docker("run", "-d", *flags, tag, "true", check=False)
+        assert done.returncode == 125, flags
+        assert daemon_error(done) == f"docker: Error response from daemon: {text}"
+    cid = cid_of(dk.docker("run", "-d", "--privileged", "--init", "--ipc", "shareable",
+                           "--tmpfs", "/run:size=1m", "--sysctl", "net.ipv4.tcp_syncookies=0",
+                           "--group-add", "4242", tag, "sleep", "60"))
+    host = inspect(dk, cid)["HostConfig"]
+    assert (host["Privileged"], host["Init"], host["IpcMode"], host["Tmpfs"], host["Sysctls"],
+            host["GroupAdd"], host["Runtime"]) == (
+        True, True, "shareable", {"/run": "size=1m"}, {"net.ipv4.tcp_syncookies": "0"},
+        ["4242"], "runc")
+    pid = inspect(dk, cid)["State"]["Pid"]
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert f.read().startswith(b"/sbin/docker-init\0--\0sleep")
     dk.docker("rm", "-f", cid)
 
 

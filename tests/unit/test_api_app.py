@@ -113,9 +113,9 @@ def test_create_inspect_list_rename_and_errors(context: ApiContext) -> None:
                                  headers={"Content-Type": "application/json"})
         assert (await body(resp))["message"] == "invalid JSON: got EOF while reading request body"
         resp = await client.post("/containers/create",
-                                 json={**spec, "HostConfig": {"Privileged": True}})
+                                 json={**spec, "HostConfig": {"OomScoreAdj": 500}})
         assert resp.status == 400
-        assert "HostConfig.Privileged" in (await body(resp))["message"]
+        assert "HostConfig.OomScoreAdj" in (await body(resp))["message"]
 
         resp = await client.get("/containers/web/json")
         doc = await body(resp)

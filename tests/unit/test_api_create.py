@@ -93,7 +93,7 @@ def test_supported_fields_are_mapped() -> None:
 
 
 @pytest.mark.parametrize(("where", "key", "value"), [
-    ("HostConfig", "Privileged", True),
+    ("HostConfig", "OomScoreAdj", 500),
     ("HostConfig", "Binds", ["/tmp:/tmp"]),
     ("HostConfig", "Capabilities", ["CAP_NET_ADMIN"]),
     ("HostConfig", "MemorySwappiness", 10),

@@ -152,10 +152,14 @@ COMMANDS: dict[str, c.Command] = {
 # The host hand-offs, by Struct name: the value, and how its reader decodes the file.
 HANDOFFS: dict[str, tuple[Any, Callable[[bytes], Any]]] = {
     # An rq job's argument: rq's JSONSerializer loads it, the worker types it (CODEC.plan).
+    # Travels inside StartPlan.joins; its own file pins its field names.
+    "Donor": (saga.Donor(container_id=CID, pid=4242),
+              lambda data: msgspec.json.decode(data, type=saga.Donor)),
     "StartPlan": (saga.StartPlan(container_id=CID, generation=2, name="web",
                                  image_id=IMAGE_ID, layers=("sha256:" + "ab" * 32,),
                                  config=CONFIG, host_config=HOST, endpoint=ENDPOINT,
-                                 network=NETWORK, steps=("endpoint", "spawn")),
+                                 network=NETWORK, steps=("endpoint", "spawn"),
+                                 joins={"ipc": saga.Donor(container_id=CID, pid=4242)}),
                   lambda data: CODEC.plan(JSONSerializer.loads(data))),
     "SpawnResult": (runs.SpawnResult(pid=4242, supervisor_pid=4241,
                                      started_at_ns=1_700_000_000_000_000_017),

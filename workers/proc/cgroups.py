@@ -2,7 +2,7 @@
 
 Each container gets ``<parent>/<cid>`` (parent ``moorage/<engine id>`` by
 default, so two engines on one host keep their containers apart) in the v1
-``memory``, ``pids`` and ``cpu`` hierarchies, or one group when
+``memory``, ``pids``, ``cpu`` and ``devices`` hierarchies, or one group when
 ``/sys/fs/cgroup`` is the unified (v2) hierarchy. Limits follow Docker's
 defaults: swap defaults to twice the memory limit, CPU quota is
 ``nano_cpus * period / 1e9`` with a 100 ms period, ``pids <= 0`` is unlimited.
@@ -21,13 +21,14 @@ import signal
 import time
 
 from engine.config import cgroup_parent
+from workers.proc.devices import apply_rules
 
 __all__ = [
     "cgroup_dirs", "ensure_cgroup", "is_unified", "join_cgroup", "oom_killed", "release_cgroup",
     "release_parent",
 ]
 
-V1_CONTROLLERS = ("memory", "pids", "cpu")
+V1_CONTROLLERS = ("memory", "pids", "cpu", "devices")
 CPU_PERIOD_US = 100_000
 _VALID_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 LEGACY_PARENT = "moorage"  # every engine's parent before engines had ids
@@ -105,8 +106,14 @@ def _set_v1_memory(path: str, mem: int, swap: int) -> None:
 
 
 def ensure_cgroup(cid: str, memory: int | None = None, pids: int | None = None,
-                  nano_cpus: int | None = None, memory_swap: int | None = None) -> dict[str, str]:
-    """Create the container's groups (idempotent) and set every limit; return the dirs."""
+                  nano_cpus: int | None = None, memory_swap: int | None = None,
+                  device_rules: tuple[str, ...] = ()) -> dict[str, str]:
+    """Create the container's groups (idempotent) and set every limit; return the dirs.
+
+    `device_rules` (`events.hostopts.device_rules`) confine the devices the container may
+    use, on v1; none leaves them unconfined. On v2 the kernel wants an eBPF program for that,
+    which moorage does not build yet (the capability set and the masked /dev still apply).
+    """
     mem, swap = _memory_limits(memory, memory_swap)
     quota = -1
     if nano_cpus and nano_cpus > 0:
@@ -122,6 +129,8 @@ def ensure_cgroup(cid: str, memory: int | None = None, pids: int | None = None,
             _set_v1_memory(path, mem, swap)
         elif controller == "pids":
             _write(os.path.join(path, "pids.max"), pids_max)
+        elif controller == "devices" and device_rules:
+            apply_rules(path, device_rules)
         elif controller == "cpu":
             if not os.path.exists(os.path.join(path, "cpu.cfs_quota_us")):
                 if quota > 0:

@@ -23,21 +23,16 @@ from typing import NamedTuple, NoReturn
 
 from engine.errors import MoorError
 from events.caps import DEFAULT_MASK
+from events.hostopts import MASKED_PATHS, READONLY_PATHS
 from workers import nsutil
 from workers.proc import cgroups
+from workers.proc.devices import DeviceNode
 
 __all__ = [
-    "DEFAULT_PATH", "MASKED_PATHS", "READONLY_PATHS", "InitPlan", "SpawnError", "User",
+    "DEFAULT_PATH", "InitPlan", "SpawnError", "User",
     "await_exec", "environment", "errno_text", "exit_code_for_errno", "resolve_user", "run",
 ]
 
-# Docker's defaults (moby oci/defaults.go), applied by runc after pivoting.
-MASKED_PATHS = (
-    "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
-    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
-    "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
-)
-READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _FAILURE_LIMIT = 4000  # bytes of error text on the pipe; a pipe write this small is atomic
 
@@ -91,6 +86,14 @@ class InitPlan(NamedTuple):
     masked_paths: tuple[str, ...] = MASKED_PATHS
     readonly_paths: tuple[str, ...] = READONLY_PATHS
     readonly_rootfs: bool = False
+    tmpfs: tuple[tuple[str, int, str], ...] = ()  # (target, mount flags, data)
+    shm: str = ""  # /dev/shm: "" private, "none", or a path to bind (shared IPC)
+    sysfs_rw: bool = False  # privileged
+    nodes: tuple[DeviceNode, ...] = ()  # extra device nodes (--device, --privileged)
+    sysctls: tuple[tuple[str, str], ...] = ()
+    ipc_ns: str = ""  # "" new, "host", or a donor's /proc/<pid>/ns/ipc
+    uts_host: bool = False
+    cgroupns_private: bool = False
 
 
 def exit_code_for_errno(err: int) -> int:
@@ -118,8 +121,9 @@ def _db(rootfs: str, path: str) -> list[list[str]]:
         return []
 
 
-def resolve_user(rootfs: str, spec: str) -> User:
-    """Resolve "user[:group]" (names or ids) against the rootfs as runc does."""
+def resolve_user(rootfs: str, spec: str, group_add: tuple[str, ...] = ()) -> User:
+    """Resolve "user[:group]" (names or ids) and `--group-add` against the rootfs as runc
+    and dockerd do."""
     name, _, group = (spec or "0").partition(":")
     uid, gid, home, login = 0, 0, "/", ""
     entry = next((e for e in _db(rootfs, "/etc/passwd") if len(e) >= 6 and
@@ -145,6 +149,15 @@ def resolve_user(rootfs: str, spec: str) -> User:
     elif login:
         extra = tuple(int(g[2]) for g in groups
                       if len(g) >= 4 and login in g[3].split(",") and g[2].isdigit())
+    for name in group_add:
+        match = next((g for g in groups if len(g) >= 3 and g[0] == name), None)
+        if match is not None and match[2].isdigit():
+            extra += (int(match[2]),)
+        elif name.isdigit():
+            extra += (int(name),)
+        else:
+            raise SpawnError(128, f"Unable to find group {name}: no matching entries in "
+                                  "group file")
     return User(uid, gid, tuple(dict.fromkeys((gid, *extra))), home)
 
 
@@ -204,22 +217,40 @@ def _enter(plan: InitPlan, netns_fd: int) -> None:
         keep = plan.capabilities & ((1 << (last_cap + 1)) - 1) & nsutil.held_capabilities()
         stage = "join cgroup"
         cgroups.join_cgroup(plan.container_id, 0)  # before pivoting: /sys is the host's
+        if plan.cgroupns_private:  # after joining: the container's group becomes its root
+            stage = "unshare cgroup namespace"
+            nsutil.unshare(nsutil.CLONE_NEWCGROUP)
         if netns_fd >= 0:
             stage = "join network namespace"
             nsutil.setns(netns_fd, nsutil.CLONE_NEWNET)
             os.close(netns_fd)
+        flags = nsutil.CLONE_NEWNS
+        if plan.ipc_ns not in ("", "host"):
+            stage = f"join IPC namespace {plan.ipc_ns}"
+            fd = os.open(plan.ipc_ns, os.O_RDONLY | os.O_CLOEXEC)
+            nsutil.setns(fd, nsutil.CLONE_NEWIPC)
+            os.close(fd)
+        elif not plan.ipc_ns:
+            flags |= nsutil.CLONE_NEWIPC
+        if not plan.uts_host:
+            flags |= nsutil.CLONE_NEWUTS
         stage = "unshare"
-        nsutil.unshare(nsutil.CLONE_NEWNS | nsutil.CLONE_NEWUTS | nsutil.CLONE_NEWIPC)
+        nsutil.unshare(flags)
         stage = "prepare rootfs"
-        nsutil.setup_rootfs(plan.rootfs, plan.binds)
+        nsutil.setup_rootfs(plan.rootfs, plan.binds, tmpfs=plan.tmpfs, shm=plan.shm,
+                            sysfs_rw=plan.sysfs_rw, nodes=plan.nodes)
         stage = "pivot_root"
         nsutil.pivot_into(plan.rootfs)
+        for key, value in plan.sysctls:  # before /proc/sys turns read-only
+            stage = f"write sysctl {key}"
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
         # runc's order: read-only paths, then masked ones (a mask may sit inside a frozen tree).
         stage = "make paths read-only"
         nsutil.readonly_paths(plan.readonly_paths)
         stage = "mask paths"
         nsutil.mask_paths(plan.masked_paths + _thermal_throttle())
-        if plan.hostname:
+        if plan.hostname and not plan.uts_host:
             stage = "sethostname"
             nsutil.sethostname(plan.hostname)
         workdir = plan.working_dir or "/"

@@ -17,9 +17,11 @@ import signal
 import time
 
 from commands.codec import CODEC
+from events.hostopts import MASKED_PATHS, READONLY_PATHS, device_rules, tmpfs_options
 from events.runs import ExitStatus, SpawnFailure, SpawnResult
 from workers import nsutil
 from workers.proc import cgroups, init, process
+from workers.proc.devices import host_devices, resolve_devices
 from workers.proc.init import SpawnError
 from workers.proc.spec import ProcessSpec
 from workers.proc.supervisor import supervise
@@ -75,16 +77,51 @@ def _kill_supervisor(state_dir: str) -> None:
         os.kill(ref.pid, signal.SIGKILL)
 
 
-def _plan(spec: ProcessSpec) -> init.InitPlan:
-    """Resolve everything C needs that can be resolved before forking."""
-    user = init.resolve_user(spec.rootfs, spec.user)
-    return init.InitPlan(
-        container_id=spec.container_id, rootfs=spec.rootfs, argv=spec.argv,
+# Where `--init` finds its init on the host, best first: a static tini runs in any image.
+_INIT_BINARIES = ("/usr/bin/tini-static", "/usr/bin/docker-init", "/usr/libexec/docker/docker-init")
+INIT_TARGET = "/sbin/docker-init"  # where Docker puts it in the container
+
+
+def _init_binary() -> str:
+    for path in _INIT_BINARIES:
+        if os.access(path, os.X_OK):
+            return path
+    raise SpawnError(128, 'exec: "docker-init": executable file not found in $PATH '
+                          "(--init needs Debian's tini package: apt-get install tini)")
+
+
+def _plan(spec: ProcessSpec) -> tuple[tuple[str, ...], init.InitPlan]:
+    """Resolve everything C needs that can be resolved before forking, and the devices
+    cgroup rules."""
+    user = init.resolve_user(spec.rootfs, spec.user, spec.group_add)
+    try:
+        nodes = resolve_devices(spec.devices)
+    except OSError as e:
+        raise SpawnError(128, str(e.strerror)) from None
+    rules = device_rules(spec.privileged, ((n.kind, n.major, n.minor, n.perms) for n in nodes),
+                         spec.device_rules)
+    if spec.privileged:
+        nodes = host_devices() + nodes
+    binds = tuple((m.source, m.target, m.readonly) for m in spec.mounts)
+    argv = spec.argv
+    if spec.init:
+        binds += ((_init_binary(), INIT_TARGET, True),)
+        argv = (INIT_TARGET, "--", *argv)
+    try:
+        tmpfs = tuple((path, *tmpfs_options(options)) for path, options in spec.tmpfs)
+    except ValueError as e:
+        raise SpawnError(128, str(e)) from None
+    return rules, init.InitPlan(
+        container_id=spec.container_id, rootfs=spec.rootfs, argv=argv,
         env=init.environment(spec.env, spec.hostname, user), user=user,
-        working_dir=spec.working_dir, hostname=spec.hostname,
-        binds=tuple((m.source, m.target, m.readonly) for m in spec.mounts),
+        working_dir=spec.working_dir, hostname=spec.hostname, binds=binds,
         capabilities=spec.capabilities, no_new_privs=spec.no_new_privs,
-        readonly_rootfs=spec.readonly_rootfs)
+        readonly_rootfs=spec.readonly_rootfs,
+        masked_paths=() if spec.privileged else MASKED_PATHS,
+        readonly_paths=() if spec.privileged else READONLY_PATHS,
+        tmpfs=tmpfs, shm=spec.shm, sysfs_rw=spec.privileged, nodes=nodes,
+        sysctls=spec.sysctls, ipc_ns=spec.ipc_ns,
+        uts_host=spec.uts_host, cgroupns_private=spec.cgroupns_private)
 
 
 def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
@@ -113,11 +150,12 @@ def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
             os.unlink(os.path.join(spec.state_dir, name))
         except FileNotFoundError:
             pass
-    plan = _plan(spec)
+    rules, plan = _plan(spec)
     lim = spec.limits
     try:
         cgroups.ensure_cgroup(spec.container_id, memory=lim.memory, pids=lim.pids,
-                              nano_cpus=lim.nano_cpus, memory_swap=lim.memory_swap)
+                              nano_cpus=lim.nano_cpus, memory_swap=lim.memory_swap,
+                              device_rules=rules)
     except (OSError, ValueError) as e:
         raise SpawnError(128, f"cgroup {spec.container_id}: {e}") from e
     netns_fd = -1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from events.caps import DEFAULT_MASK
+from events.specs import DeviceMapping
 
 __all__ = ["BindMount", "ExitReport", "Limits", "ProcessSpec"]
 
@@ -39,6 +40,8 @@ class ExitReport(msgspec.Struct, frozen=True, kw_only=True):
     `container_id` and `actor` (issued when the exit is reported) and the command id
     `commands.schema.exit_command_id` gives that process: deterministic, so a retry after
     a lost reply, or reconcile reporting the same exit, is dropped by the reducer.
+    `stream` is the reports stream; `credential_file` the worker's Redis credential
+    (engine.acl; "" without ACLs), read when the exit is reported, never copied here.
     """
 
     redis_url: str
@@ -46,6 +49,7 @@ class ExitReport(msgspec.Struct, frozen=True, kw_only=True):
     container_id: str
     generation: int
     actor: str = "supervisor"
+    credential_file: str = ""
 
 
 class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,3 +81,18 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     capabilities: int = DEFAULT_MASK
     no_new_privs: bool = False
     readonly_rootfs: bool = False
+    # --privileged: every host device, /sys writable, no masked or read-only paths.
+    privileged: bool = False
+    devices: tuple[DeviceMapping, ...] = ()  # --device: nodes made in the container's /dev
+    device_rules: tuple[str, ...] = ()  # --device-cgroup-rule, after Docker's allow-list
+    group_add: tuple[str, ...] = ()  # supplementary groups, names or ids (/etc/group)
+    tmpfs: tuple[tuple[str, str], ...] = ()  # (container path, options) per --tmpfs
+    sysctls: tuple[tuple[str, str], ...] = ()  # written in the container's namespaces
+    # Namespaces shared rather than new: "" new, "host" the host's, or a donor's
+    # /proc/<pid>/ns/<kind> to enter.
+    pid_ns: str = ""
+    ipc_ns: str = ""
+    shm: str = ""  # /dev/shm: "" private, "none", or a host tmpfs to bind (shared IPC)
+    uts_host: bool = False
+    cgroupns_private: bool = False
+    init: bool = False  # --init: tini as PID 1, the command its child

@@ -128,6 +128,14 @@ def _report_client(report: ExitReport) -> Any:
         kwargs["driver_info"] = None  # redis-py >= 7.1: None disables SETINFO
     else:
         kwargs["lib_name"] = kwargs["lib_version"] = None
+    if report.credential_file:  # the worker's ACL user (engine.acl), read at each attempt
+        from engine.acl import read_credential
+
+        try:
+            user, password = read_credential(report.credential_file)
+        except (OSError, ValueError) as e:
+            raise redis.AuthenticationError(f"credential: {e}") from e
+        kwargs.update(username=user, password=password)
     return redis.Redis.from_url(report.redis_url, **kwargs)
 
 
@@ -211,7 +219,7 @@ def _start(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int,
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
     exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
-    nsutil.unshare(nsutil.CLONE_NEWPID)
+    _pid_namespace(spec.pid_ns)
     pid = os.fork()
     if pid == 0:
         init.run(plan, netns_fd, stdout_w, stderr_w, exec_w)
@@ -237,6 +245,22 @@ def _start(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int,
                            process.ProcRef(pid, ticks, started_at))
     _tell(status_w, SpawnResult(pid=pid, supervisor_pid=me, started_at_ns=started_at))
     return _Started(pid, started_at, stdout_r, stderr_r, writer)
+
+
+def _pid_namespace(mode: str) -> None:
+    """Choose the pid namespace C is forked into: a new one, the host's, or a donor's."""
+    if not mode:
+        nsutil.unshare(nsutil.CLONE_NEWPID)
+    elif mode != "host":
+        try:
+            fd = os.open(mode, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise SpawnError(128, "cannot join PID of a container that is no longer "
+                                  "running") from None
+        try:
+            nsutil.setns(fd, nsutil.CLONE_NEWPID)
+        finally:
+            os.close(fd)
 
 
 def _release(cid: str) -> None:
