@@ -37,7 +37,7 @@ DEFAULT_CAPS: tuple[str, ...] = (
 
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")
 _FALSE = ("0", "f", "F", "FALSE", "false", "False")  # Go's strconv.ParseBool
-_NOT_YET = ("label", "apparmor", "seccomp", "writable-cgroups")
+_NOT_YET = ("label", "apparmor", "writable-cgroups")
 
 
 def go_quote(text: str) -> str:
@@ -113,6 +113,8 @@ def no_new_privileges(security_opt: Iterable[str]) -> bool:
         key, _, value = opt.partition(sep)
         if key == "no-new-privileges" and value in (*_TRUE, *_FALSE):
             nnp = value in _TRUE
+        elif key == "seccomp" and value:
+            continue  # events.seccomp selects and decodes the profile
         elif key in _NOT_YET:
             raise ValueError(f"moorage does not support --security-opt {key} yet: "
                              f"{go_quote(opt)}")

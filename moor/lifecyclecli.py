@@ -38,26 +38,21 @@ def _restart_policy(text: str) -> RestartPolicy:
 def _security_opts(values: list[str]) -> tuple[str, ...]:
     """Read a `--security-opt seccomp=FILE` profile into its JSON text, as docker's CLI does
     (the engine never sees the path); the engine checks the rest."""
-    import json
-
     from engine.errors import InvalidParameter
+    from events.seccomp import BUILTIN, UNCONFINED, profile_option
 
     out = []
     for opt in values:
         key, sep, value = opt.partition("=")
-        if key == "seccomp" and sep and value not in ("unconfined", "builtin"):
+        if key == "seccomp" and sep and value not in (UNCONFINED, BUILTIN):
             try:
                 with open(value, "rb") as f:
-                    text = f.read()
+                    opt = profile_option(value, f.read())
             except OSError as e:
                 raise InvalidParameter(f"opening seccomp profile ({value}) failed: open "
                                        f"{value}: {(e.strerror or str(e)).lower()}") from None
-            try:
-                compact = json.dumps(json.loads(text), separators=(",", ":"))
             except ValueError as e:
-                raise InvalidParameter(f"compacting json for seccomp profile ({value}) "
-                                       f"failed: {e}") from None
-            opt = f"seccomp={compact}"
+                raise InvalidParameter(str(e)) from None
         out.append(opt)
     return tuple(out)
 

@@ -12,7 +12,7 @@ die() { printf '!!! %s\n' "$*" >&2; exit 1; }
 # --- Debian packages ------------------------------------------------------------------
 # package:command pairs; a package is missing if dpkg does not list it as installed.
 REQUIRED=(redis-server:redis-server busybox-static:busybox iptables:iptables
-          iproute2:ip kmod:modprobe iputils-ping:ping tini:tini-static)
+          iproute2:ip kmod:modprobe iputils-ping:ping tini:tini-static libseccomp2:)
 
 installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
@@ -25,7 +25,7 @@ command -v docker >/dev/null || REQUIRED+=(docker.io:docker)
 for pair in "${REQUIRED[@]}"; do
     pkg=${pair%%:*} cmd=${pair#*:}
     if installed "$pkg"; then
-        say "package $pkg: installed ($(command -v "$cmd" || echo "no $cmd on PATH"))"
+        say "package $pkg: installed${cmd:+ ($(command -v "$cmd" || echo "no $cmd on PATH"))}"
     else
         missing+=("$pkg")
     fi

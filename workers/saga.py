@@ -27,7 +27,7 @@ from workers.context import HostContext
 from workers.net import network, portmap
 from workers.net.hostfiles import write_hostfiles
 from workers.net.netconf import BridgeConfig, from_port_bindings
-from workers.proc import cgroups, process, shm
+from workers.proc import cgroups, process, seccomp, shm
 from workers.proc.init import SpawnError
 from workers.proc.spawn import RunFinished, spawn
 from workers.proc.spec import BindMount, Limits, ProcessSpec
@@ -176,6 +176,15 @@ def _shm(ctx: HostContext, plan: StartPlan, undo: _Undo) -> str:
     return ""
 
 
+def _seccomp(ctx: HostContext, host: HostConfig, caps: int) -> seccomp.Program | None:
+    """The container's compiled filter (None: unconfined), from the per-host cache."""
+    try:
+        return seccomp.program_for(host.security_opt, host.privileged, caps,
+                                   os.path.join(ctx.root, "seccomp"))
+    except ValueError as e:  # a bad profile fails the start, as Docker's spec generation does
+        raise SpawnError(128, str(e)) from None
+
+
 def _sharing(run: _Start) -> dict[str, Any]:
     """The ProcessSpec fields for what the container shares with the host or another one."""
     plan = run.plan
@@ -204,6 +213,7 @@ def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
     mounts = (BindMount(source=files.hosts, target="/etc/hosts", readonly=ro),
               BindMount(source=files.hostname, target="/etc/hostname", readonly=ro),
               BindMount(source=files.resolv_conf, target="/etc/resolv.conf", readonly=ro))
+    caps = capability_mask(effective_caps(host.cap_add, host.cap_drop, host.privileged))
     spec = ProcessSpec(
         container_id=cid, rootfs=run.rootfs,
         argv=(*(config.entrypoint or ()), *(config.cmd or ())), state_dir=state_dir,
@@ -211,9 +221,8 @@ def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
         user=config.user, hostname=hostname, netns=run.netns,
         limits=_limits(host), mounts=mounts,
         report=ctx.exit_report(cid, run.gen), generation=run.gen,
-        capabilities=capability_mask(effective_caps(host.cap_add, host.cap_drop,
-                                                    host.privileged)),
-        no_new_privs=no_new_privileges(host.security_opt), readonly_rootfs=host.readonly_rootfs,
+        capabilities=caps, no_new_privs=no_new_privileges(host.security_opt),
+        readonly_rootfs=host.readonly_rootfs, seccomp=_seccomp(ctx, host, caps),
         **_sharing(run))
     try:
         result = spawn(spec)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 import pytest
 
@@ -215,3 +217,70 @@ def test_without_read_only_the_rootfs_is_writable(engine: Engine) -> None:
     cid, got = ro_probe(engine)
     assert all(v == "rc=0 " for v in got.values()), got
     assert engine.inspect(cid)["HostConfig"]["ReadonlyRootfs"] is False
+
+
+# --- seccomp (Docker's default profile, custom profiles, unconfined) ----------------------
+
+def seccomp_status(engine: Engine, cid: str) -> str:
+    ctr = engine.container(cid)
+    assert ctr is not None and ctr.running and ctr.pid
+    with open(f"/proc/{ctr.pid}/status", encoding="ascii") as f:
+        return next(line.split()[1] for line in f if line.startswith("Seccomp:"))
+
+
+def test_default_container_is_filtered(engine: Engine) -> None:
+    cid = moor_run(engine, "busybox", "sleep", "60")
+    assert seccomp_status(engine, cid) == "2"
+    off = moor_run(engine, "--security-opt", "seccomp=unconfined", "busybox", "sleep", "60")
+    assert seccomp_status(engine, off) == "0"
+    assert seccomp_status(engine, moor_run(engine, "--privileged", "busybox", "sleep", "60")) \
+        == "0"
+
+
+PROBES = ("mkdir /m; mount -t tmpfs none /m; echo mount=$?; unshare -U true; echo unshare=$?; "
+          "reboot -f; echo reboot=$?; echo x > /tmp/m.ko; insmod /tmp/m.ko; echo insmod=$?; "
+          "mkdir /tmp/d; echo mkdir=$?")
+
+
+def syscall_probe(engine: Engine, *flags: str) -> dict[str, str]:
+    cid = moor_run(engine, *flags, "busybox", "sh", "-c", PROBES + " 2>&1; sleep 60")
+    out = wait_for(lambda: "mkdir=" in (text := engine.moor("logs", cid).stdout) and text, 20,
+                   "the probes")
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_default_profile_refuses_mount_unshare_reboot_and_modules(engine: Engine) -> None:
+    got = syscall_probe(engine)
+    assert (got["mount"], got["unshare"], got["reboot"], got["insmod"], got["mkdir"]) == (
+        "1", "1", "1", "1", "0"), got
+    # With CAP_SYS_ADMIN the profile lets unshare through (it depends on the granted caps).
+    assert syscall_probe(engine, "--cap-add", "SYS_ADMIN")["unshare"] == "0"
+
+
+def test_custom_profile_denying_mkdir(engine: Engine, tmp_path: Any) -> None:
+    profile = tmp_path / "no-mkdir.json"
+    profile.write_text(json.dumps({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}))
+    cid = moor_run(engine, "--security-opt", f"seccomp={profile}", "busybox", "sh", "-c",
+                   "mkdir /tmp/d 2>&1; sleep 60")
+    out = wait_for(lambda: engine.moor("logs", cid).stdout, 20, "mkdir's answer")
+    assert "Operation not permitted" in out
+    assert engine.inspect(cid)["HostConfig"]["SecurityOpt"][0].startswith(
+        'seccomp={"defaultAction":"SCMP_ACT_ALLOW"')
+
+
+def test_bad_profiles_get_dockers_text(engine: Engine, tmp_path: Any) -> None:
+    done = engine.moor("run", "-d", "--security-opt", "seccomp=/nope/p.json", "busybox", "true",
+                       check=False)
+    assert done.stderr.strip().endswith("opening seccomp profile (/nope/p.json) failed: open "
+                                        "/nope/p.json: no such file or directory")
+    bad = tmp_path / "both.json"
+    bad.write_text(json.dumps({
+        "defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"],
+        "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": []}]}))
+    done = engine.moor("run", "-d", "--security-opt", f"seccomp={bad}", "busybox", "true",
+                       check=False)
+    assert done.returncode == 1 and done.stderr.strip().endswith(
+        "both 'architectures' and 'archMap' are specified in the seccomp profile, use either "
+        "'architectures' or 'archMap'"), done.stderr

@@ -88,8 +88,8 @@ def test_no_new_privileges(opts: list[str], want: bool) -> None:
     ("bogus", 'invalid --security-opt 1: "bogus"'),
     ("no-new-privileges=yes", 'invalid --security-opt 2: "no-new-privileges=yes"'),
     ("foo=bar", 'invalid --security-opt 2: "foo=bar"'),
-    ("seccomp=unconfined", 'moorage does not support --security-opt seccomp yet: '
-                           '"seccomp=unconfined"'),
+    ("apparmor=unconfined", 'moorage does not support --security-opt apparmor yet: '
+                            '"apparmor=unconfined"'),
 ])
 def test_bad_security_opt(opt: str, text: str) -> None:
     with pytest.raises(ValueError) as err:

@@ -25,7 +25,7 @@ from engine.errors import MoorError
 from events.caps import DEFAULT_MASK
 from events.hostopts import MASKED_PATHS, READONLY_PATHS
 from workers import nsutil
-from workers.proc import cgroups
+from workers.proc import cgroups, seccomp
 from workers.proc.devices import DeviceNode
 
 __all__ = [
@@ -94,6 +94,7 @@ class InitPlan(NamedTuple):
     ipc_ns: str = ""  # "" new, "host", or a donor's /proc/<pid>/ns/ipc
     uts_host: bool = False
     cgroupns_private: bool = False
+    seccomp: seccomp.Program | None = None
 
 
 def exit_code_for_errno(err: int) -> int:
@@ -212,6 +213,8 @@ def _enter(plan: InitPlan, netns_fd: int) -> None:
     """Enter the container's namespaces and rootfs, drop to the user and execve."""
     stage = "read cap_last_cap"
     try:
+        # Built now: after pivot_root the host's libraries are out of reach.
+        prepared = seccomp.prepare(plan.seccomp) if plan.seccomp is not None else None
         last_cap = nsutil.cap_last_cap()  # before pivoting: the host's /proc
         # As Docker: only what the kernel knows and the engine itself holds.
         keep = plan.capabilities & ((1 << (last_cap + 1)) - 1) & nsutil.held_capabilities()
@@ -264,6 +267,9 @@ def _enter(plan: InitPlan, netns_fd: int) -> None:
         if plan.no_new_privs:
             stage = "set no_new_privs"
             nsutil.set_no_new_privs()
+        elif prepared is not None:  # needs CAP_SYS_ADMIN without no_new_privs: load it now
+            stage = "load seccomp filter"
+            seccomp.install(prepared)
         stage = "apply bounding capabilities"
         nsutil.drop_capabilities(keep, last_cap)
         stage = "set user"
@@ -278,6 +284,9 @@ def _enter(plan: InitPlan, netns_fd: int) -> None:
         os.chdir(workdir)
         stage = "exec"
         path = _lookup(plan.argv[0], plan.env.get("PATH", DEFAULT_PATH))
+        if plan.no_new_privs and prepared is not None:  # as late as runc loads it then
+            stage = "load seccomp filter"
+            seccomp.install(prepared)
         try:
             os.execve(path, list(plan.argv), plan.env)
         except OSError as e:

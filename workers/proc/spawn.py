@@ -121,7 +121,7 @@ def _plan(spec: ProcessSpec) -> tuple[tuple[str, ...], init.InitPlan]:
         readonly_paths=() if spec.privileged else READONLY_PATHS,
         tmpfs=tmpfs, shm=spec.shm, sysfs_rw=spec.privileged, nodes=nodes,
         sysctls=spec.sysctls, ipc_ns=spec.ipc_ns,
-        uts_host=spec.uts_host, cgroupns_private=spec.cgroupns_private)
+        uts_host=spec.uts_host, cgroupns_private=spec.cgroupns_private, seccomp=spec.seccomp)
 
 
 def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:

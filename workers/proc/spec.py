@@ -11,6 +11,7 @@ import msgspec
 
 from events.caps import DEFAULT_MASK
 from events.specs import DeviceMapping
+from workers.proc.seccomp import Program
 
 __all__ = ["BindMount", "ExitReport", "Limits", "ProcessSpec"]
 
@@ -96,3 +97,4 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     uts_host: bool = False
     cgroupns_private: bool = False
     init: bool = False  # --init: tini as PID 1, the command its child
+    seccomp: Program | None = None  # the compiled filter; None: unconfined
