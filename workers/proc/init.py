@@ -29,7 +29,8 @@ from workers.proc import cgroups, seccomp
 from workers.proc.devices import DeviceNode
 
 __all__ = [
-    "DEFAULT_PATH", "InitPlan", "SpawnError", "User",
+    "DEFAULT_PATH", "Confinement", "InitPlan", "SpawnError", "User", "allowed_capabilities",
+    "confine_and_exec",
     "await_exec", "environment", "errno_text", "exit_code_for_errno", "resolve_user", "run",
 ]
 
@@ -209,15 +210,14 @@ def _thermal_throttle() -> tuple[str, ...]:
                  if n.startswith("cpu") and n[3:].isdigit())
 
 
-def _enter(plan: InitPlan, netns_fd: int) -> None:
+def _enter(plan: InitPlan, netns_fd: int) -> NoReturn:
     """Enter the container's namespaces and rootfs, drop to the user and execve."""
     stage = "read cap_last_cap"
     try:
         # Built now: after pivot_root the host's libraries are out of reach.
         prepared = seccomp.prepare(plan.seccomp) if plan.seccomp is not None else None
         last_cap = nsutil.cap_last_cap()  # before pivoting: the host's /proc
-        # As Docker: only what the kernel knows and the engine itself holds.
-        keep = plan.capabilities & ((1 << (last_cap + 1)) - 1) & nsutil.held_capabilities()
+        keep = allowed_capabilities(plan.capabilities, last_cap)
         stage = "join cgroup"
         cgroups.join_cgroup(plan.container_id, 0)  # before pivoting: /sys is the host's
         if plan.cgroupns_private:  # after joining: the container's group becomes its root
@@ -262,39 +262,69 @@ def _enter(plan: InitPlan, netns_fd: int) -> None:
         if plan.readonly_rootfs:  # last, as runc's finalizeRootfs: the cwd exists by now
             stage = "remount rootfs read-only"
             nsutil.remount_readonly("/")
-        # runc's order: no_new_privs, the bounding set, the user (keeping the permitted
-        # set across setuid), then permitted and effective; inheritable and ambient empty.
-        if plan.no_new_privs:
-            stage = "set no_new_privs"
+        confine_and_exec(Confinement(keep, last_cap, plan.user, plan.no_new_privs, prepared),
+                         workdir, plan.argv, plan.env)
+    except OSError as e:
+        err = e.errno or 0
+        raise SpawnError(exit_code_for_errno(err), f"{stage}: {errno_text(err)}") from None
+
+
+class Confinement(NamedTuple):
+    """What a container's processes are held to (its PID 1 and every exec alike)."""
+
+    keep: int  # bounding, permitted and effective capabilities, already masked
+    last_cap: int
+    user: User
+    no_new_privs: bool
+    seccomp: seccomp.Prepared | None
+
+
+def confine_and_exec(conf: Confinement, workdir: str, argv: tuple[str, ...],
+                     env: dict[str, str]) -> NoReturn:
+    """Drop to the container's confinement in runc's order and execve; SpawnError if not.
+
+    runc's order: no_new_privs, the bounding set, the user (keeping the permitted set across
+    setuid), then permitted and effective; inheritable and ambient empty. Seccomp loads
+    before the capabilities go (it needs CAP_SYS_ADMIN) unless no_new_privs is set, when
+    it loads last, just before execve.
+    """
+    stage = "set no_new_privs"
+    try:
+        if conf.no_new_privs:
             nsutil.set_no_new_privs()
-        elif prepared is not None:  # needs CAP_SYS_ADMIN without no_new_privs: load it now
+        elif conf.seccomp is not None:
             stage = "load seccomp filter"
-            seccomp.install(prepared)
+            seccomp.install(conf.seccomp)
         stage = "apply bounding capabilities"
-        nsutil.drop_capabilities(keep, last_cap)
+        nsutil.drop_capabilities(conf.keep, conf.last_cap)
         stage = "set user"
         nsutil.set_keepcaps(True)
-        os.setgroups(list(plan.user.groups))
-        os.setgid(plan.user.gid)
-        os.setuid(plan.user.uid)
+        os.setgroups(list(conf.user.groups))
+        os.setgid(conf.user.gid)
+        os.setuid(conf.user.uid)
         nsutil.set_keepcaps(False)
         stage = "apply capabilities"
-        nsutil.set_capabilities(keep)
+        nsutil.set_capabilities(conf.keep)
         stage = f'chdir to cwd ("{workdir}") set in config.json failed'
         os.chdir(workdir)
         stage = "exec"
-        path = _lookup(plan.argv[0], plan.env.get("PATH", DEFAULT_PATH))
-        if plan.no_new_privs and prepared is not None:  # as late as runc loads it then
+        path = _lookup(argv[0], env.get("PATH", DEFAULT_PATH))
+        if conf.no_new_privs and conf.seccomp is not None:
             stage = "load seccomp filter"
-            seccomp.install(prepared)
+            seccomp.install(conf.seccomp)
         try:
-            os.execve(path, list(plan.argv), plan.env)
+            os.execve(path, list(argv), env)
         except OSError as e:
             err = e.errno or 0
             raise SpawnError(exit_code_for_errno(err), f"exec {path}: {errno_text(err)}") from None
     except OSError as e:
         err = e.errno or 0
         raise SpawnError(exit_code_for_errno(err), f"{stage}: {errno_text(err)}") from None
+
+
+def allowed_capabilities(mask: int, last_cap: int) -> int:
+    """As Docker: only what the kernel knows and the engine itself holds."""
+    return mask & ((1 << (last_cap + 1)) - 1) & nsutil.held_capabilities()
 
 
 def run(plan: InitPlan, netns_fd: int, stdout_w: int, stderr_w: int, exec_w: int) -> NoReturn:
