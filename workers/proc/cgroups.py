@@ -2,8 +2,9 @@
 
 Each container gets ``<parent>/<cid>`` (parent ``moorage/<engine id>`` by
 default, so two engines on one host keep their containers apart) in the v1
-``memory``, ``pids``, ``cpu`` and ``devices`` hierarchies, or one group when
-``/sys/fs/cgroup`` is the unified (v2) hierarchy. Limits follow Docker's
+``memory``, ``pids``, ``cpu`` and ``devices`` hierarchies (and ``cpuacct`` and
+``blkio`` where mounted, for stats), or one group when ``/sys/fs/cgroup`` is the
+unified (v2) hierarchy. Limits follow Docker's
 defaults: swap defaults to twice the memory limit, CPU quota is
 ``nano_cpus * period / 1e9`` with a 100 ms period, ``pids <= 0`` is unlimited.
 
@@ -21,6 +22,7 @@ import signal
 import time
 
 from engine.config import cgroup_parent
+from workers.proc.devfilter import apply_filter
 from workers.proc.devices import apply_rules
 
 __all__ = [
@@ -28,7 +30,9 @@ __all__ = [
     "release_parent",
 ]
 
-V1_CONTROLLERS = ("memory", "pids", "cpu", "devices")
+V1_CONTROLLERS = ("memory", "pids", "cpu", "devices", "freezer")  # freezer: pause
+# Accounting only, no limits (workers.proc.stats reads them); used where mounted.
+V1_ACCOUNTING = ("cpuacct", "blkio")
 CPU_PERIOD_US = 100_000
 _VALID_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 LEGACY_PARENT = "moorage"  # every engine's parent before engines had ids
@@ -51,7 +55,8 @@ def _parent_dirs(parent: str) -> dict[str, str]:
     root = _root()
     if is_unified():
         return {"unified": os.path.join(root, parent)}
-    return {c: os.path.join(root, c, parent) for c in V1_CONTROLLERS}
+    mounted = [c for c in V1_ACCOUNTING if os.path.exists(os.path.join(root, c, "cgroup.procs"))]
+    return {c: os.path.join(root, c, parent) for c in (*V1_CONTROLLERS, *mounted)}
 
 
 def cgroup_dirs(cid: str, parent: str | None = None) -> dict[str, str]:
@@ -111,8 +116,8 @@ def ensure_cgroup(cid: str, memory: int | None = None, pids: int | None = None,
     """Create the container's groups (idempotent) and set every limit; return the dirs.
 
     `device_rules` (`events.hostopts.device_rules`) confine the devices the container may
-    use, on v1; none leaves them unconfined. On v2 the kernel wants an eBPF program for that,
-    which moorage does not build yet (the capability set and the masked /dev still apply).
+    use: written to the v1 `devices` group, or on v2 attached to the group as an eBPF
+    program (`workers.proc.devfilter`); none leaves them unconfined.
     """
     mem, swap = _memory_limits(memory, memory_swap)
     quota = -1
@@ -121,7 +126,7 @@ def ensure_cgroup(cid: str, memory: int | None = None, pids: int | None = None,
     pids_max = str(pids) if pids and pids > 0 else "max"
     dirs = cgroup_dirs(cid)
     if "unified" in dirs:
-        _ensure_v2(dirs["unified"], mem, swap, pids_max, quota)
+        _ensure_v2(dirs["unified"], mem, swap, pids_max, quota, device_rules)
         return dirs
     for controller, path in dirs.items():
         os.makedirs(path, exist_ok=True)
@@ -144,7 +149,8 @@ def ensure_cgroup(cid: str, memory: int | None = None, pids: int | None = None,
     return dirs
 
 
-def _ensure_v2(path: str, mem: int, swap: int, pids_max: str, quota: int) -> None:
+def _ensure_v2(path: str, mem: int, swap: int, pids_max: str, quota: int,
+               device_rules: tuple[str, ...] = ()) -> None:
     """Create the v2 group, enabling the controllers on the way down."""
     root = _root()
     parent = os.path.dirname(path)
@@ -168,6 +174,8 @@ def _ensure_v2(path: str, mem: int, swap: int, pids_max: str, quota: int) -> Non
     _write(os.path.join(path, "pids.max"), pids_max)
     _write(os.path.join(path, "cpu.max"),
            f"{quota if quota > 0 else 'max'} {CPU_PERIOD_US}")
+    if device_rules:
+        apply_filter(path, device_rules)
 
 
 def join_cgroup(cid: str, pid: int) -> None:
