@@ -113,8 +113,12 @@ def bench_e2e(r: Any, keys: Keys, n: int, mix: str = "lifecycle") -> dict[str, f
     pipe = r.pipeline(transaction=False)
     count = 0
     source = workload(n) if mix == "lifecycle" else control_workload(n)
+    base_ms = time.time_ns() // 1_000_000
     for env, cmd in source:
-        pipe.xadd(keys.commands, {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)})
+        # Each to the inbox its writer uses; the ids keep the one order across them.
+        stream = keys.reports if isinstance(cmd, c.REPORT_TYPES) else keys.commands
+        pipe.xadd(stream, {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)},
+                  id=f"{base_ms}-{count + 1}")
         count += 1
         if count % 1000 == 0:
             pipe.execute()

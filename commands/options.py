@@ -9,6 +9,7 @@ from engine.errors import InvalidParameter
 from events.specs import PortBinding
 
 __all__ = [
+    "DEFAULT_DETACH_KEYS", "detach_key_bytes",
     "PROTOS",
     "parse_bytes",
     "parse_cpus",
@@ -166,3 +167,26 @@ def parse_duration_ns(text: str) -> int:
     if not _DURATION.match(value):
         raise InvalidParameter(f"invalid duration {text!r}: use a duration like 10m or 24h")
     return sum(int(float(num) * _UNIT_NS[unit]) for num, unit in _DURATION_PART.findall(value))
+
+
+DEFAULT_DETACH_KEYS = b"\x10\x11"  # ctrl-p, ctrl-q
+
+
+def detach_key_bytes(keys: str) -> bytes:
+    """Parse Docker's detach keys ("ctrl-p,ctrl-q", "a,ctrl-@") into the byte sequence;
+    ValueError on anything else (the caller words the error: exec and attach differ)."""
+    if not keys:
+        return DEFAULT_DETACH_KEYS
+    out = bytearray()
+    for key in keys.split(","):
+        if len(key) == 1:
+            out.append(ord(key))
+        elif key.startswith("ctrl-") and len(key) == 6:
+            char = key[5].lower()
+            if char == "@" or "a" <= char <= "z" or char in "[\\]^_":
+                out.append(ord(char.upper()) & 0x1F if char != "@" else 0)
+            else:
+                raise ValueError(keys)
+        else:
+            raise ValueError(keys)
+    return bytes(out)

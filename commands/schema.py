@@ -12,16 +12,24 @@ import msgspec
 
 from events import saga
 from events.runs import ExitStatus
-from events.specs import ContainerConfig, HostConfig, ImageConfig, NetworkSpec
+from events.specs import (
+    ContainerConfig,
+    ExecConfig,
+    HostConfig,
+    ImageConfig,
+    NetworkSpec,
+)
 
 __all__ = [
     "Command",
     "CompactLog",
     "CreateContainer",
+    "CreateExec",
     "DefineNetwork",
     "Envelope",
     "exit_command_id",
     "KillContainer",
+    "PauseContainer",
     "RegisterImage",
     "RemoveContainer",
     "RemoveImage",
@@ -29,6 +37,8 @@ __all__ = [
     "Report",
     "ReportHostBooted",
     "ReportEndpoint",
+    "ReportExecExited",
+    "ReportFrozen",
     "ReportMounted",
     "ReportProcessExited",
     "ReportProcessStarted",
@@ -43,7 +53,9 @@ __all__ = [
     "SAGA_REPORTS",
     "SagaReport",
     "StartContainer",
+    "StartExec",
     "StopContainer",
+    "UnpauseContainer",
     "REPORT_TYPES",
 ]
 
@@ -254,6 +266,42 @@ class ReportDrift(_Command, tag="ReportDrift"):
     generation: int = 0
 
 
+class PauseContainer(_Command, tag="PauseContainer"):
+    ref: str
+
+
+class UnpauseContainer(_Command, tag="UnpauseContainer"):
+    ref: str
+
+
+class CreateExec(_Command, tag="CreateExec"):
+    """`docker exec` create: `exec_id` is the client's (64 hex, like container ids)."""
+
+    ref: str
+    exec_id: str
+    config: ExecConfig
+
+
+class StartExec(_Command, tag="StartExec"):
+    exec_id: str
+    detach: bool = False
+
+
+class ReportFrozen(_Command, tag="ReportFrozen"):
+    """The host froze (or thawed) the container's processes, or could not (`error`)."""
+
+    generation: int
+    frozen: bool
+    error: str = ""
+
+
+class ReportExecExited(_Command, tag="ReportExecExited"):
+    """An exec's process ended with `exit_code` (its exec supervisor reports it)."""
+
+    exec_id: str
+    exit_code: int
+
+
 Report = (
     ReportMounted
     | ReportSandbox
@@ -265,6 +313,8 @@ Report = (
     | ReportDrift
     | ReportHostBooted
     | RestoreContainer
+    | ReportFrozen
+    | ReportExecExited
 )
 
 SagaReport = ReportMounted | ReportSandbox | ReportEndpoint | ReportProcessStarted
@@ -276,7 +326,7 @@ SAGA_REPORTS: tuple[type[SagaReport], ...] = (
 REPORT_TYPES: tuple[type, ...] = (
     ReportMounted, ReportSandbox, ReportEndpoint, ReportProcessStarted,
     ReportProcessExited, ReportStepFailed, ReportRemoved, ReportDrift, ReportHostBooted,
-    RestoreContainer,
+    RestoreContainer, ReportFrozen, ReportExecExited,
 )
 
 Command = (
@@ -302,4 +352,10 @@ Command = (
     | CompactLog
     | ReportHostBooted
     | RestoreContainer
+    | PauseContainer
+    | UnpauseContainer
+    | CreateExec
+    | StartExec
+    | ReportFrozen
+    | ReportExecExited
 )

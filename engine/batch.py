@@ -35,9 +35,11 @@ class Redo(Exception):
 
 
 class Batch(NamedTuple):
-    """A decided batch: its write's ARGV, the command ids it answers, its fencing epoch."""
+    """A decided batch: its write's ARGV, the inbox streams it acknowledges (the write's
+    last KEYS), the dedupe marks it answers, its fencing epoch."""
 
     argv: list[Any]
+    streams: tuple[str, ...]
     command_ids: frozenset[str]
     epoch: int | None
 
@@ -64,20 +66,20 @@ def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: 
     for item in decoded:
         env = item[1]
         if env is None:
-            quarantine += (item[0], item[2], _raw(item[3]))
+            quarantine += (item[0], item[4], item[2], _raw(item[3]))
             continue
-        command_id = env.command_id
+        mark = item[0]  # the command id, or principal/id (engine.keys.Inbox.mark)
         # Fire-and-forget senders (worker reports) get no wake-up list: nobody pops it.
-        if command_id in done or command_id in seen:
+        if mark in done or mark in seen:
             if env.reply:  # a duplicate: answer with the stored result again
-                replies += (command_id, reply_key(command_id))
+                replies += (mark, reply_key(env.command_id))
             continue
-        seen.add(command_id)
-        cid, expected_version, records, result = apply_command(world, env, item[2])
-        commands += (command_id, encode(result), len(records))
+        seen.add(mark)
+        cid, expected_version, records, result = apply_command(world, env, item[2], item[3])
+        commands += (mark, encode(result), len(records))
         commands += map(encode, records)
         if env.reply:
-            replies += (command_id, reply_key(command_id))
+            replies += (mark, reply_key(env.command_id))
         timers.observe(records)
         for observe in observers:
             observe(records)
@@ -109,8 +111,11 @@ def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: 
         else:
             snapshots += (cid, encode(ctr))
     argv: list[Any] = [epoch, GROUP, reply_ttl,
-                       encode_world_parts(world) if world_changed else ""]
-    for section in (acks, list(before), list(before.values()), versions, snapshots,
+                       encode_world_parts(world) if world_changed else "", len(acks)]
+    for ids in acks.values():
+        argv.append(len(ids))
+        argv += ids
+    for section in (list(before), list(before.values()), versions, snapshots,
                     deleted, jobs):
         argv.append(len(section))
         argv += section
@@ -119,7 +124,7 @@ def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: 
     for section in (replies, quarantine):
         argv.append(len(section))
         argv += section
-    return Batch(argv, frozenset(seen), epoch)
+    return Batch(argv, tuple(acks), frozenset(seen), epoch)
 
 
 def _raw(fields: dict[bytes, bytes]) -> bytes:

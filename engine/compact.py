@@ -1,10 +1,11 @@
-"""Compact the commands stream and the dedupe marks below a recorded cut-off.
+"""Compact the inbox streams and the dedupe marks below a recorded cut-off.
 
-The events stream is the journal and is never trimmed. The commands stream is only the
-inbox: once an entry was decided and acknowledged, the facts it produced live in the
-journal, and what remains of it is its dedupe mark in `done`. Both are kept for a
-retention window (the idempotency window: a command re-sent within it is answered with
-its first result; later it is decided again), then dropped here.
+The events stream is the journal and is never trimmed. The inbox streams (commands,
+reports, the reducer's own) are only inboxes: once an entry was decided and
+acknowledged, the facts it produced live in the journal, and what remains of it is its
+dedupe mark in `done`. Both are kept for a retention window (the idempotency window: a
+command re-sent within it is answered with its first result; later it is decided
+again), then dropped here.
 
 Only entries that are both older than the cut-off and settled go: below the oldest
 pending entry of the group and below the group's last delivered id, so nothing that a
@@ -20,10 +21,12 @@ import time
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+import redis as redislib
+
 from commands import schema as c
 from commands.codec import CODEC, DecodeError
 from commands.options import parse_duration_ns
-from engine.keys import GROUP, Keys
+from engine.keys import GROUP, Inbox, Keys
 from events import model as e
 
 __all__ = ["COMPACT_PAGE", "Compacted", "Compaction", "compact", "retention_ms", "settled_bound"]
@@ -64,26 +67,46 @@ def _id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def settled_bound(redis: Any, keys: Keys, cutoff_ms: int) -> str:
-    """Return the lowest stream id that must stay: nothing at or above it is trimmed."""
+def settled_bound(redis: Any, stream: str, cutoff_ms: int) -> str:
+    """Return the lowest id of an inbox stream that must stay: nothing at or above it is
+    trimmed."""
     bound = (cutoff_ms, 0)
-    pending = redis.xpending(keys.commands, GROUP)
+    pending = redis.xpending(stream, GROUP)
     if pending and pending.get("pending"):
         bound = min(bound, _id(_text(pending["min"])))
-    for group in redis.xinfo_groups(keys.commands):
+    for group in redis.xinfo_groups(stream):
         if _text(group["name"]) == GROUP:
             ms, seq = _id(_text(group["last-delivered-id"]))
             bound = min(bound, (ms, seq + 1))
     return f"{bound[0]}-{bound[1]}"
 
 
-def compact(redis: Any, keys: Keys, epoch: int, cutoff_ms: int) -> Compacted:
-    """Drop settled commands older than `cutoff_ms` and their dedupe marks (paged)."""
-    bound = settled_bound(redis, keys, cutoff_ms)
+def compact(redis: Any, keys: Keys, epoch: int, cutoff_ms: int,
+            inboxes: Iterable[Inbox] = ()) -> Compacted:
+    """Drop settled entries older than `cutoff_ms` from every inbox (default: the built-in
+    ones) and their dedupe marks; return the sums, and the default commands stream's bound."""
+    entries = marks = 0
+    bound = ""
+    for inbox in inboxes or keys.builtin_inboxes():
+        done = _compact_inbox(redis, keys, epoch, cutoff_ms, inbox)
+        entries, marks = entries + done.entries, marks + done.marks
+        bound = bound or done.bound
+    return Compacted(entries, marks, bound)
+
+
+def _compact_inbox(redis: Any, keys: Keys, epoch: int, cutoff_ms: int,
+                   inbox: Inbox) -> Compacted:
+    """Drop one inbox's settled entries below the cut-off and their marks (paged)."""
+    try:
+        bound = settled_bound(redis, inbox.key, cutoff_ms)
+    except redislib.ResponseError as exc:
+        if "NOGROUP" not in str(exc) and "no such key" not in str(exc):
+            raise
+        return Compacted(0, 0, "")  # never read: nothing settled
     drop = redis.register_script(_DROP)
     entries = marks = 0
     while True:
-        page = redis.xrange(keys.commands, "-", f"({bound}", count=COMPACT_PAGE)
+        page = redis.xrange(inbox.key, "-", f"({bound}", count=COMPACT_PAGE)
         if not page:
             return Compacted(entries, marks, bound)
         ids: list[str] = []
@@ -93,9 +116,9 @@ def compact(redis: Any, keys: Keys, epoch: int, cutoff_ms: int) -> Compacted:
                 env = CODEC.envelope(raw if isinstance(raw, bytes) else str(raw).encode())
             except (DecodeError, TypeError, ValueError):
                 continue  # a quarantined entry: it never got a mark
-            ids.append(env.command_id)
+            ids.append(inbox.mark(env.command_id))
         last = _id(_text(page[-1][0]))
-        trimmed = drop(keys=[keys.commands, keys.done, keys.epoch],
+        trimmed = drop(keys=[inbox.key, keys.done, keys.epoch],
                        args=[epoch, f"{last[0]}-{last[1] + 1}", *ids])
         if trimmed < 0:
             return Compacted(entries, marks, bound)  # fenced: the new leader compacts
@@ -136,12 +159,13 @@ class Compaction:
         """Drop what memory noted: a refused or failed write recorded nothing."""
         self._cutoffs.clear()
 
-    def tick(self, redis: Any, keys: Keys, epoch: int | None) -> Compacted | None:
+    def tick(self, redis: Any, keys: Keys, epoch: int | None,
+             inboxes: Iterable[Inbox] = ()) -> Compacted | None:
         """Perform a recorded compaction, or ask for the next one when it is due."""
         if self._cutoffs and epoch is not None:
             cutoff = max(self._cutoffs)
             self._cutoffs.clear()
-            done = compact(redis, keys, epoch, cutoff)
+            done = compact(redis, keys, epoch, cutoff, inboxes)
             log.info("compacted %d commands and %d dedupe marks below %s", done.entries,
                      done.marks, done.bound)
             return done
@@ -150,5 +174,5 @@ class Compaction:
             now = time.time_ns()
             env = c.Envelope(command_id=f"compact-{epoch}-{now}", issued_at=now,
                              actor="reducer", reason="retention")
-            redis.xadd(keys.commands, CODEC.entry(env, c.CompactLog(retain_ms=self.retain_ms)))
+            redis.xadd(keys.internal, CODEC.entry(env, c.CompactLog(retain_ms=self.retain_ms)))
         return None

@@ -7,9 +7,13 @@ import hashlib
 import ipaddress
 import os
 import re
+from typing import TYPE_CHECKING
 
 from engine.errors import InvalidParameter
 from events.specs import NetworkSpec
+
+if TYPE_CHECKING:
+    from engine.core.admission import Policy
 
 __all__ = [
     "DEFAULT_BRIDGE",
@@ -22,6 +26,7 @@ __all__ = [
     "derive_engine_id",
     "engine_id",
     "key_prefix",
+    "load_policy",
     "named_redis_url",
     "validate_engine_id",
 ]
@@ -125,3 +130,25 @@ def named_redis_url(explicit: str | None = None) -> str | None:
     the embedded one. The one home of that rule; moor.embedded.resolve_redis_url adds
     the embedded fallback, and the CLI's fast path uses it without importing redis-py."""
     return explicit or os.environ.get("MOOR_REDIS_URL") or None
+
+
+def load_policy(path: str | None = None) -> Policy:
+    """Return the admission policy in `path`, else in MOOR_POLICY (JSON), else allow-all.
+
+    The reducer loads it once at start and hands it to the decider (engine.core.admission
+    documents the format); a file that does not parse stops the reducer rather than run
+    it with a policy nobody wrote.
+    """
+    import msgspec
+
+    from engine.core.admission import ALLOW_ALL, Policy
+
+    path = path or os.environ.get("MOOR_POLICY") or None
+    if path is None:
+        return ALLOW_ALL
+    try:
+        with open(path, "rb") as fp:
+            policy = msgspec.json.decode(fp.read(), type=Policy)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidParameter(f"admission policy {path}: {exc}") from None
+    return ALLOW_ALL if policy.allows_all else policy  # the decider skips ALLOW_ALL

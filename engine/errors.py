@@ -2,6 +2,7 @@
 
     MoorError                      status  exit
     ├── InvalidParameter           400     1
+    ├── Forbidden                  403     1   (refused by the admission policy)
     ├── NotFound                   404     1
     ├── Conflict                   409     1
     ├── NotModified                304     0   (nothing to do: not a failure)
@@ -18,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "Conflict",
     "FencedOut",
+    "Forbidden",
     "Internal",
     "InvalidParameter",
     "MoorError",
@@ -42,6 +44,10 @@ class MoorError(Exception):
 
 class InvalidParameter(MoorError):
     status = 400
+
+
+class Forbidden(MoorError):
+    status = 403
 
 
 class NotFound(MoorError):
@@ -74,7 +80,7 @@ class FencedOut(Internal):
 
 
 _BY_STATUS: dict[int, type[MoorError]] = {
-    400: InvalidParameter, 404: NotFound, 409: Conflict, 304: NotModified,
+    400: InvalidParameter, 403: Forbidden, 404: NotFound, 409: Conflict, 304: NotModified,
     503: Unavailable, 500: Internal,
 }
 

@@ -2,16 +2,59 @@
 
 All keys of a shard share the hash tag `{S}`, so a shard's Lua scripts touch one slot and
 run unchanged on Redis Cluster. Only shard "0" exists for now.
+
+The reducer reads several input streams ("inboxes"), one per kind of writer, because
+Redis ACLs see keys, not payloads: a credential that may append to one stream cannot
+append to another (docs/decisions/0006-control-boundary.md). Each inbox names the
+principal its entries are recorded as: the stream an entry came from says who wrote it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
-__all__ = ["GROUP", "PREFIX", "Keys", "consumer_name", "keys_for"]
+__all__ = ["CONTROL", "GROUP", "INTERNAL", "KINDS", "PREFIX", "REPORTS", "RESERVED", "Inbox",
+           "Keys", "check_principal", "consumer_name", "keys_for"]
 
 PREFIX = "moor:v1"
-GROUP = "reducer"  # the commands stream's consumer group
+GROUP = "reducer"  # every inbox stream's consumer group
+
+# Inbox kinds: what a stream may carry (engine.core.admission.accepts).
+CONTROL = "control"  # lifecycle commands from the control plane; also the default principal
+REPORTS = "reports"  # what workers and supervisors observed
+INTERNAL = "internal"  # the reducer's own requests (restart timers, compaction, default net)
+KINDS = (CONTROL, REPORTS, INTERNAL)
+
+# Principal names that are roles, never a control-plane principal of their own.
+RESERVED = frozenset({"control", "worker", "reducer", "admin"})
+_PRINCIPAL = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def check_principal(name: str) -> str:
+    """Return `name` if it can name a control-plane principal, else raise ValueError."""
+    if _PRINCIPAL.fullmatch(name) is None or name in RESERVED:
+        raise ValueError(f"invalid principal {name!r}: 1-32 of [a-z0-9_-] starting with a "
+                         f"letter, not one of {', '.join(sorted(RESERVED))}")
+    return name
+
+
+class Inbox(NamedTuple):
+    """One input stream of the reducer: its key, whom it speaks for, what it may carry.
+
+    `namespaced`: the dedupe marks of its commands are prefixed with the principal, so a
+    principal can neither take another's command id (nor a report's deterministic one)
+    nor learn another's result by re-sending its id.
+    """
+
+    key: str
+    principal: str
+    kind: str
+    namespaced: bool = False
+
+    def mark(self, command_id: str) -> str:
+        """Return the `done` field (dedupe mark and stored result) of a command id."""
+        return f"{self.principal}/{command_id}" if self.namespaced else command_id
 
 
 def consumer_name(owner: str, epoch: int) -> str:
@@ -29,7 +72,10 @@ class Keys(NamedTuple):
 
     prefix: str
     shard: str
-    commands: str  # stream: commands and reports, many writers
+    commands: str  # stream: the default control principal's commands (moor CLI, API)
+    reports: str  # stream: worker and supervisor reports
+    internal: str  # stream: the reducer's own commands (timers, compaction)
+    principals: str  # set: control principals with a commands stream of their own
     events: str  # stream: the facts decided, one writer, never trimmed
     quarantine: str  # stream: entries that could not be decoded or validated
     containers: str  # hash: container id -> snapshot (msgpack Container)
@@ -45,6 +91,25 @@ class Keys(NamedTuple):
         """Return the list a waiting client blocks on for one command's result."""
         return f"{self.prefix}:{{{self.shard}}}:reply:{command_id}"
 
+    def inbox(self, principal: str = CONTROL) -> Inbox:
+        """Return the commands inbox of a control principal (CONTROL: the default one)."""
+        if principal == CONTROL:
+            return Inbox(self.commands, CONTROL, CONTROL)
+        check_principal(principal)
+        return Inbox(f"{self.commands}:{principal}", principal, CONTROL, namespaced=True)
+
+    def reports_inbox(self) -> Inbox:
+        """Return the workers' and supervisors' inbox (principal "worker")."""
+        return Inbox(self.reports, "worker", REPORTS)
+
+    def reducer_inbox(self) -> Inbox:
+        """Return the reducer's own inbox (principal "reducer")."""
+        return Inbox(self.internal, "reducer", INTERNAL)
+
+    def builtin_inboxes(self) -> tuple[Inbox, ...]:
+        """Return the inboxes every reducer reads (principals' own come from `principals`)."""
+        return (self.inbox(), self.reports_inbox(), self.reducer_inbox())
+
 
 def keys_for(shard: str = "0", prefix: str = PREFIX) -> Keys:
     """Return the key names of a shard under a prefix (tests use their own prefix)."""
@@ -53,6 +118,9 @@ def keys_for(shard: str = "0", prefix: str = PREFIX) -> Keys:
         prefix=prefix,
         shard=shard,
         commands=f"{base}:commands",
+        reports=f"{base}:reports",
+        internal=f"{base}:internal",
+        principals=f"{base}:principals",
         events=f"{base}:events",
         quarantine=f"{base}:quarantine",
         containers=f"{base}:containers",

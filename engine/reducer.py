@@ -1,4 +1,4 @@
-"""Run the single writer: fold the commands stream into events and state, batch by batch.
+"""Run the single writer: fold the inbox streams into events and state, batch by batch.
 
 Life of a reducer: standby until it takes the lease (which bumps the fencing epoch), then
 boot (consumer group, snapshot check, claim what earlier readers left pending, outbox
@@ -24,11 +24,12 @@ import redis as redislib
 
 from engine.batch import Batch, Redo, decide_batch
 from engine.compact import Compaction
+from engine.core.admission import ALLOW_ALL, Policy
 from engine.core.react import resume
 from engine.core.state import World
 from engine.eventlog import read_records
 from engine.intake import CommandReader, Entry, Prepared
-from engine.keys import GROUP, Keys, consumer_name
+from engine.keys import Keys, consumer_name
 from engine.lease import Deposed, Lease
 from engine.outbox import JobOutbox
 from engine.snapshot import fold_for_snapshot, load_world, queue_snapshot_writes
@@ -63,13 +64,15 @@ class Reducer:
     """One shard's single writer (run several: one leads, the others stand by).
 
     Its parts: `lease` (the lease and the fencing epoch), `intake` (reading and decoding
-    the commands stream), engine.batch (deciding a batch, no I/O) and `writer` (the
-    fenced write and the hand-off of its jobs to rq).
+    the inbox streams), engine.batch (deciding a batch, no I/O) and `writer` (the
+    fenced write and the hand-off of its jobs to rq). `policy` is the admission policy
+    the decider applies (engine.core.admission; default: allow everything).
     """
 
     def __init__(self, redis: Any, keys: Keys, *, owner: str | None = None,
                  lease_ms: int = 3000, batch: int = 500, block_ms: int = 500,
-                 reply_ttl: int = 300, reclaim_ms: int = 200) -> None:
+                 reply_ttl: int = 300, reclaim_ms: int = 200,
+                 policy: Policy = ALLOW_ALL) -> None:
         self.redis = redis
         self.keys = keys
         self.owner = owner or f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -82,7 +85,7 @@ class Reducer:
         self.compaction = Compaction()
         self.outbox = JobOutbox(redis, keys)
         self.lease = Lease(redis, keys, self.owner, lease_ms)
-        self.intake = CommandReader(redis, keys, batch, reclaim_ms)
+        self.intake = CommandReader(redis, keys, batch, reclaim_ms, policy)
         self.writer = BatchWriter(redis, keys, self.outbox)
 
     @property
@@ -111,13 +114,8 @@ class Reducer:
     # --- boot -----------------------------------------------------------------------
 
     def boot(self) -> None:
-        """Prepare to lead: group, snapshot (rebuilt if stale), entries others left
-        pending, outbox, owed work."""
-        try:
-            self.redis.xgroup_create(self.keys.commands, GROUP, id="0", mkstream=True)
-        except redislib.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Prepare to lead: snapshot (rebuilt if stale), groups and the entries others
+        left pending, outbox, owed work."""
         self.writer.reset()
         self.world = self._load_or_rebuild()
         self.timers.load(self.world)
@@ -180,9 +178,9 @@ class Reducer:
                         stop.wait(self.lease_ms / 3000)
                         continue
                 self.renew()
-                self.timers.fire(self.redis, self.keys.commands)
+                self.timers.fire(self.redis, self.keys.internal)
                 self.step()
-                self.compaction.tick(self.redis, self.keys, self.epoch)
+                self.compaction.tick(self.redis, self.keys, self.epoch, self.intake.inboxes)
                 backoff.reset()
             except Deposed:
                 log.warning("reducer %s lost the lease; standing by", self.owner)
@@ -258,14 +256,15 @@ class Reducer:
         by, or rebuild) with every unwritten entry still pending. A batch's dedupe marks
         are fetched once the write before it has landed; the commands of the batch still
         in flight count as done. Reading ahead stops when the lease is due for renewal,
-        so run() can renew it; every batch read is written before step() returns.
+        so run() can renew it; every batch decided is written before step() returns
+        (entries the intake holds back for the id order stay pending: engine.intake).
         """
         intake, writer, lease = self.intake, self.writer, self.lease
         folded = len(entries)
         batch = self._decide(intake.prepare(entries, frozenset()))
-        # A short batch means the stream was drained when read: write at once rather than
-        # spend a round trip reading ahead (keeps a lone command's latency low).
-        drained = len(entries) < self.batch
+        # Short batches mean the inboxes were drained when read: write at once rather
+        # than spend a round trip reading ahead (keeps a lone command's latency low).
+        drained = not intake.more
         ahead = [] if drained or lease.renewal_due() else intake.read()
         while ahead:
             folded += len(ahead)
@@ -276,7 +275,8 @@ class Reducer:
             try:
                 batch = self._decide(prepared)
             finally:
-                ahead = receive()  # a refused write raises here, whatever decide did
+                reply = receive()  # a refused write raises here, whatever decide did
+            ahead = intake.take(reply) if read_next else []
             if not read_next and not lease.renewal_due():
                 ahead = intake.read()
         writer.commit(batch)

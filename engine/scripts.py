@@ -6,22 +6,25 @@ __all__ = ["ACQUIRE", "RECLAIM", "RELEASE", "RENEW", "TRIM_OUTBOX", "WRITE"]
 
 # WRITE: apply one batch of decided commands atomically, or nothing at all.
 # KEYS[1] events      KEYS[2] containers   KEYS[3] versions   KEYS[4] world
-# KEYS[5] done        KEYS[6] commands     KEYS[7] epoch      KEYS[8] quarantine
-# KEYS[9] outbox
+# KEYS[5] done        KEYS[6] epoch        KEYS[7] quarantine KEYS[8] outbox
+# KEYS[9..] the inbox streams the batch read from, in the order of the acks sections
 # ARGV[1] fencing epoch the writer holds   ARGV[2] consumer group   ARGV[3] reply TTL (s)
 # ARGV[4] msgpack of the engine-wide parts (images+networks) to store, or ""
-# ARGV[5..] sections, each a count of ARGV items followed by that many items:
-#   acks       every entry id of the batch (decided, duplicate or quarantined)
+# ARGV[5] the number m of inbox streams (KEYS[9..8+m])
+# ARGV[6..] sections, each a count of ARGV items followed by that many items:
+#   acks x m   per inbox stream: every entry id read from it (decided, duplicate or
+#              quarantined)
 #   checked    ids of the containers the batch touches, each once
 #   expected   aligned with `checked`: the version each must have now ("-1": none yet)
 #   versions   cid new-version pairs to store
 #   snapshots  cid msgpack-Container pairs to store (each container's state at batch end)
 #   deleted    cids whose snapshot goes (destroyed; their version stays as a tombstone)
 #   jobs       msgpack jobs for the outbox, in decision order
-#   commands   per decided command, in order: cmd_id result n_events e1..en
-#   replies    cmd_id reply-list pairs: push that command's stored result (decided in this
+#   commands   per decided command, in order: mark result n_events e1..en (the mark is
+#              the command's `done` field: its id, prefixed for a namespaced principal)
+#   replies    mark reply-list pairs: push that command's stored result (decided in this
 #              batch or earlier: a duplicate) to a list a client blocks on
-#   quarantine entry reason raw triples: undecodable entries
+#   quarantine entry stream reason raw quadruples: entries not decided
 # Returns {"OK", last_event_id} or {"FENCED"} or {"VERSION", cid, stored}.
 #
 # Why this shape: the cost of a write is dominated by the number of ARGV items (redis-py
@@ -32,7 +35,7 @@ __all__ = ["ACQUIRE", "RECLAIM", "RELEASE", "RENEW", "TRIM_OUTBOX", "WRITE"]
 # Dedupe is decided by the writer before the batch (HMGET done); the epoch makes it the
 # only writer, so the script checks versions, not command ids.
 WRITE = r"""
-if redis.call('GET', KEYS[7]) ~= ARGV[1] then return {'FENCED'} end
+if redis.call('GET', KEYS[6]) ~= ARGV[1] then return {'FENCED'} end
 local ttl = tonumber(ARGV[3])
 -- the section starting at ARGV[i]: first item, last item, start of the next section
 local function section(i)
@@ -51,7 +54,13 @@ local function bulk(cmd, key, extra, list, s, e)
   end
   return out
 end
-local acks_s, acks_e, i = section(5)
+local inboxes = tonumber(ARGV[5])
+local acks, i = {}, 6
+for j = 1, inboxes do
+  local s, e
+  s, e, i = section(i)
+  acks[j] = {s, e}
+end
 local cids_s, cids_e, exp_s, exp_e
 cids_s, cids_e, i = section(i)
 exp_s, exp_e, i = section(i)
@@ -92,20 +101,23 @@ for k = s, e, 2 do
   end
 end
 s, e, i = section(i)
-for k = s, e, 3 do
-  redis.call('XADD', KEYS[8], '*', 'entry', ARGV[k], 'reason', ARGV[k+1], 'raw', ARGV[k+2])
+for k = s, e, 4 do
+  redis.call('XADD', KEYS[7], '*', 'entry', ARGV[k], 'stream', ARGV[k+1], 'reason', ARGV[k+2],
+             'raw', ARGV[k+3])
 end
 bulk('HSET', KEYS[2], nil, ARGV, snaps_s, snaps_e)
 bulk('HDEL', KEYS[2], nil, ARGV, dels_s, dels_e)
 bulk('HSET', KEYS[3], nil, ARGV, vers_s, vers_e)
-bulk('RPUSH', KEYS[9], nil, ARGV, jobs_s, jobs_e)
+bulk('RPUSH', KEYS[8], nil, ARGV, jobs_s, jobs_e)
 bulk('HSET', KEYS[5], nil, done, 1, #done)
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], 'parts', ARGV[4]) end
 if last ~= '' then
   -- the container count lets a reader notice a lost containers hash
   redis.call('HSET', KEYS[4], 'checkpoint', last, 'count', redis.call('HLEN', KEYS[2]))
 end
-bulk('XACK', KEYS[6], ARGV[2], ARGV, acks_s, acks_e)
+for j = 1, inboxes do
+  bulk('XACK', KEYS[8 + j], ARGV[2], ARGV, acks[j][1], acks[j][2])
+end
 return {'OK', last}
 """
 
@@ -117,11 +129,14 @@ redis.call('LTRIM', KEYS[1], tonumber(ARGV[1]), -1)
 return 1
 """
 
-# RECLAIM: move every pending entry of the group to the leader's consumer, then delete the
-# consumers left with nothing pending; only while the epoch is the caller's.
-# KEYS[1] commands  KEYS[2] epoch
+# RECLAIM: move every pending entry of each inbox's group to the leader's consumer, then
+# delete the consumers left with nothing pending; only while the epoch is the caller's.
+# KEYS[1] epoch  KEYS[2] the registered principals (set)  KEYS[3..] the inbox streams
 # ARGV[1] consumer group  ARGV[2] the leader's consumer (this term)  ARGV[3] its epoch
-# Returns {claimed, retired}, or -1 when fenced (a deposed reducer claims nothing).
+# Returns {claimed, retired, principals}, or -1 when fenced (a deposed reducer claims
+# nothing); `claimed` counts the entries other consumers held. The principals let the
+# leader start reading a principal's stream as soon as it is registered, without a round
+# trip of its own.
 #
 # Why every other consumer's entries, at once (min-idle 0): a consumer name is one term of
 # one reducer (engine.keys.consumer_name) and only the current epoch's writes land, so an
@@ -133,24 +148,31 @@ return 1
 # pending entries from the group: they would be stranded for good).
 # XAUTOCLAIM needs Redis 6.2; from 7.0 its reply has a third element (ignored here).
 RECLAIM = r"""
-if redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end
-local claimed, start = 0, '0-0'
-repeat
-  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, start,
-                       'COUNT', 1000, 'JUSTID')
-  start = r[1]
-  claimed = claimed + #r[2]
-until start == '0-0'
-local retired = 0
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local f = {}
-  for k = 1, #c, 2 do f[c[k]] = c[k+1] end
-  if f['name'] ~= ARGV[2] and tonumber(f['pending']) == 0 then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
-    retired = retired + 1
+if redis.call('GET', KEYS[1]) ~= ARGV[3] then return -1 end
+local claimed, retired = 0, 0
+for k = 3, #KEYS do
+  local others = 0
+  for _, c in ipairs(redis.call('XPENDING', KEYS[k], ARGV[1])[4] or {}) do
+    if c[1] ~= ARGV[2] then others = others + tonumber(c[2]) end
+  end
+  local start = '0-0'
+  while others > 0 do
+    local r = redis.call('XAUTOCLAIM', KEYS[k], ARGV[1], ARGV[2], 0, start,
+                         'COUNT', 1000, 'JUSTID')
+    start = r[1]
+    if start == '0-0' then break end
+  end
+  claimed = claimed + others
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[k], ARGV[1])) do
+    local f = {}
+    for n = 1, #c, 2 do f[c[n]] = c[n+1] end
+    if f['name'] ~= ARGV[2] and tonumber(f['pending']) == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[k], ARGV[1], f['name'])
+      retired = retired + 1
+    end
   end
 end
-return {claimed, retired}
+return {claimed, retired, redis.call('SMEMBERS', KEYS[2])}
 """
 
 # ACQUIRE: take the lease if free and bump the fencing epoch.

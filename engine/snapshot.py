@@ -6,7 +6,7 @@ Layout (keys in engine.keys):
   is how tombstones survive a reload
 - `world` hash: "parts" -> msgpack WorldParts (images, networks, the host's boot id);
   "checkpoint" -> the last events-stream id the snapshot includes
-Names, tags and addresses are derived on load, so they cannot disagree with containers.
+Names, tags, addresses and exec ids are derived on load, so they cannot disagree with containers.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def world_from_parts(containers: dict[bytes, bytes], versions: dict[bytes, bytes
         world.names[ctr.name] = ctr.id
         if ctr.endpoint is not None:
             world.addresses[address_key(ctr.endpoint.network, ctr.endpoint.ip_address)] = ctr.id
+        for exec_id in ctr.execs:
+            world.execs[exec_id] = ctr.id
     for cid in versions:
         text = cid.decode()
         if text not in world.containers:

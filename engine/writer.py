@@ -16,7 +16,6 @@ import redis as redislib
 
 from engine import scripts
 from engine.batch import Batch, Redo
-from engine.intake import Entry
 from engine.keys import Keys
 from engine.lease import Deposed
 from engine.outbox import JobOutbox
@@ -34,8 +33,9 @@ class BatchWriter:
         self.outbox = outbox
         self._script = redis.register_script(scripts.WRITE)
         self.write = self._script  # one synchronous write (reloads the script if needed)
+        # The inbox streams a batch acknowledges follow these (Batch.streams).
         self._keys = [keys.events, keys.containers, keys.versions, keys.world, keys.done,
-                      keys.commands, keys.epoch, keys.quarantine, keys.outbox]
+                      keys.epoch, keys.quarantine, keys.outbox]
         self._conn: Any = None  # the connection send() pipelines writes on
 
     def reset(self) -> None:
@@ -49,17 +49,18 @@ class BatchWriter:
 
     def commit(self, batch: Batch) -> None:
         """Write one decided batch (the single atomic write), then hand its jobs to rq."""
-        self._written(self.write(keys=self._keys, args=batch.argv), batch)
+        self._written(self.write(keys=[*self._keys, *batch.streams], args=batch.argv),
+                      batch)
 
     def send(self, batch: Batch, read_next: tuple[Any, ...] | None
-             ) -> Callable[[], list[Entry]]:
+             ) -> Callable[[], Any]:
         """Send one batch's write (the script commit runs) without waiting, and with
         read_next (a command) behind it; return the function that reads the replies,
-        acts on the write's like commit, and returns the entries read_next read."""
+        acts on the write's like commit, and returns read_next's reply (None without)."""
         conn = self._conn
         if conn is None:
             conn = self._conn = self.redis.connection_pool.make_connection()
-        keys = self._keys
+        keys = [*self._keys, *batch.streams]
         commands: list[tuple[Any, ...]] = [
             ("EVALSHA", self._script.sha, len(keys), *keys, *batch.argv)]
         if read_next:
@@ -70,7 +71,7 @@ class BatchWriter:
             conn.disconnect()
             raise
 
-        def receive() -> list[Entry]:
+        def receive() -> Any:
             try:
                 try:
                     result = self.redis.parse_response(conn, "EVALSHA")
@@ -84,7 +85,7 @@ class BatchWriter:
                 # Redis restarted or flushed its scripts: run it the loading way.
                 result = self.write(keys=keys, args=batch.argv)
             self._written(result, batch)
-            return reply[0][1] if reply else []
+            return reply
         return receive
 
     def _written(self, result: Any, batch: Batch) -> None:

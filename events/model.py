@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import msgspec
 
-from events.specs import ContainerConfig, Endpoint, HostConfig, ImageConfig, NetworkSpec
+from events.specs import (
+    ContainerConfig,
+    Endpoint,
+    ExecConfig,
+    HostConfig,
+    ImageConfig,
+    NetworkSpec,
+)
 
 __all__ = [
     "CommandRejected",
@@ -19,14 +26,21 @@ __all__ = [
     "ContainerDied",
     "ContainerMarkedDead",
     "ContainerOOMKilled",
+    "ContainerPaused",
     "ContainerRenamed",
     "ContainerRestarted",
     "ContainerStarted",
     "ContainerStopped",
+    "ContainerUnpaused",
     "DriftObserved",
     "Event",
     "EventMeta",
     "EventRecord",
+    "ExecCreated",
+    "ExecDied",
+    "ExecStarted",
+    "FreezeFailed",
+    "FreezeRequested",
     "HostBooted",
     "ImageRegistered",
     "ImageRemoved",
@@ -219,11 +233,15 @@ class DriftObserved(_Event, tag="DriftObserved"):
 
 
 class CommandRejected(_Event, tag="CommandRejected"):
-    """A command the engine refused, with Docker's HTTP status and message."""
+    """A command the engine refused, with Docker's HTTP status and message.
+
+    `rule` names the admission policy rule that refused it ("" for Docker's own guards).
+    """
 
     command: str
     status: int
     message: str
+    rule: str = ""
 
 
 class ReportIgnored(_Event, tag="ReportIgnored"):
@@ -232,6 +250,51 @@ class ReportIgnored(_Event, tag="ReportIgnored"):
     report: str
     generation: int
     reason: str
+
+
+class FreezeRequested(_Event, tag="FreezeRequested"):
+    """Pause (`frozen`) or unpause asked: the host freezes or thaws the processes."""
+
+    generation: int
+    frozen: bool
+
+
+class ContainerPaused(_Event, tag="ContainerPaused"):
+    generation: int
+
+
+class ContainerUnpaused(_Event, tag="ContainerUnpaused"):
+    generation: int
+
+
+class FreezeFailed(_Event, tag="FreezeFailed"):
+    """The host could not freeze or thaw the container; it stays as it was."""
+
+    generation: int
+    frozen: bool
+    error: str
+
+
+class ExecCreated(_Event, tag="ExecCreated"):
+    """`docker exec` create (Docker's exec_create)."""
+
+    exec_id: str
+    config: ExecConfig
+
+
+class ExecStarted(_Event, tag="ExecStarted"):
+    """Its process is being started on the host (Docker's exec_start)."""
+
+    exec_id: str
+    generation: int  # the container run it belongs to
+    detach: bool = False
+
+
+class ExecDied(_Event, tag="ExecDied"):
+    """Its process ended (Docker's exec_die)."""
+
+    exec_id: str
+    exit_code: int
 
 
 Event = (
@@ -263,6 +326,13 @@ Event = (
     | DriftObserved
     | CommandRejected
     | ReportIgnored
+    | FreezeRequested
+    | ContainerPaused
+    | ContainerUnpaused
+    | FreezeFailed
+    | ExecCreated
+    | ExecStarted
+    | ExecDied
 )
 
 
@@ -271,12 +341,16 @@ class EventMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, g
 
     `version` is the container's version after this event (0 for engine-wide facts).
     `at` is the causing command's issued-at time (unix ns), so replay needs no clock.
+    `principal` is who wrote the command, as the reducer authenticated it: the input
+    stream it read the command from, which only that principal's Redis user may append
+    to ("" in records from before principals). `actor` is who the writer says it acts for.
     """
 
     container_id: str = ""
     version: int = 0
     command_id: str
     at: int
+    principal: str = ""
     actor: str = ""
     reason: str = ""
     correlation_id: str = ""

@@ -12,6 +12,7 @@ __all__ = [
     "ContainerConfig",
     "DeviceMapping",
     "Endpoint",
+    "ExecConfig",
     "HostConfig",
     "ImageConfig",
     "NetworkSpec",
@@ -86,6 +87,21 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     init: bool = False  # --init: tini as PID 1
     runtime: str = ""  # "" or "runc"
     isolation: str = ""  # "" or "default"
+
+
+class ExecConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """Docker's exec create body: a process to run inside a running container."""
+
+    cmd: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    user: str = ""  # "" runs as the container's user
+    working_dir: str = ""  # "" runs in the container's working directory
+    tty: bool = False
+    attach_stdin: bool = False
+    attach_stdout: bool = False
+    attach_stderr: bool = False
+    privileged: bool = False
+    detach_keys: str = ""
 
 
 class ImageConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):

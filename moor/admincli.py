@@ -1,7 +1,14 @@
-"""`moor compact`: forget settled commands and their dedupe marks past the retention window.
+"""Maintenance commands: `moor compact` and `moor acl`. Module level stays import-free.
 
-The compaction is itself a command, so the journal records who compacted and when
-(`LogCompacted`); the reducer trims after recording it. Module level stays import-free.
+`moor compact` asks for a compaction, itself a command, so the journal records who
+compacted and when (`LogCompacted`); the reducer trims after recording it.
+
+`moor acl` manages the Redis ACL users of the control boundary (engine.acl): `print`
+writes the missing credential files and prints the ACL SETUSER lines that set the same
+users up on an external Redis (the embedded one gets them from `moor up`); `add NAME`
+creates a control principal with a commands stream of its own, its Redis user (applied
+as admin on the engine's Redis) and its credential file, and registers it so the reducer
+reads its stream.
 """
 
 from __future__ import annotations
@@ -33,10 +40,79 @@ def _compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _acl_print(args: argparse.Namespace) -> int:
+    import sys
+
+    from engine.acl import ROLES, ensure_credential, principals_with_files, user_line
+    from engine.config import data_root, key_prefix
+    from engine.keys import keys_for
+
+    root, keys = data_root(), keys_for(prefix=key_prefix())
+    names = [*ROLES, *sorted({*principals_with_files(root), *args.principal})]
+    for name in args.principal:
+        _principal(name)
+    print(f"moor acl: users for prefix {keys.prefix} (Redis 7+), passwords in {root}/"
+          "credentials/<name> (0600), below only as SHA-256; pipe into redis-cli (ACL SAVE "
+          "needs an aclfile)", file=sys.stderr)
+    for name in names:
+        words = user_line(keys, name, ensure_credential(root, keys, name)).split()
+        print("ACL SETUSER", words[1], "reset", *words[2:])
+    print("ACL SETUSER default off")
+    print("ACL SAVE")
+    return 0
+
+
+def _acl_add(args: argparse.Namespace) -> int:
+    import redis
+
+    from engine.acl import ensure_credential, user_line
+    from engine.config import data_root
+    from moor.connect import redis_and_keys
+
+    _principal(args.name)
+    r, keys = redis_and_keys(args.redis_url, role="admin")
+    inbox = keys.inbox(args.name)
+    credential = ensure_credential(data_root(), keys, args.name)
+    words = user_line(keys, args.name, credential).split()
+    r.execute_command("ACL", "SETUSER", words[1], "reset", *words[2:])
+    try:
+        r.execute_command("ACL", "SAVE")
+    except redis.ResponseError:
+        print("moor acl: no aclfile: the user lasts until Redis restarts (add it to "
+              "redis.conf, see `moor acl print`)")
+    r.sadd(keys.principals, args.name)
+    print(f"principal {args.name}: Redis user {credential.user}, credential "
+          f"{data_root()}/credentials/{args.name}, commands to {inbox.key} "
+          f"(MOOR_PRINCIPAL={args.name} moor ...)")
+    return 0
+
+
+def _principal(name: str) -> None:
+    """Refuse a principal name that cannot have a stream of its own (Docker's 400)."""
+    from engine.errors import InvalidParameter
+    from engine.keys import check_principal
+
+    try:
+        check_principal(name)
+    except ValueError as exc:
+        raise InvalidParameter(str(exc)) from None
+
+
 def register(sub: Any) -> None:
-    """Add `compact` to `moor`'s parser."""
+    """Add `compact` and `acl` to `moor`'s parser."""
     p = sub.add_parser("compact", help="forget settled commands older than the retention")
     p.add_argument("--retain", default=None,
                    help="retention window, e.g. 24h (default MOOR_DEDUPE_RETENTION, else 24h; "
                         "at least 1m)")
     p.set_defaults(func=guard(_compact))
+
+    p = sub.add_parser("acl", help="Redis ACL users of the control boundary")
+    acl = p.add_subparsers(dest="acl_command", required=True, metavar="ACTION")
+    q = acl.add_parser("print", help="write missing credentials; print ACL SETUSER lines "
+                                     "for an external Redis")
+    q.add_argument("--principal", action="append", default=[], metavar="NAME",
+                   help="also a control principal of that name")
+    q.set_defaults(func=guard(_acl_print))
+    q = acl.add_parser("add", help="add a control principal with a commands stream of its own")
+    q.add_argument("name", metavar="NAME")
+    q.set_defaults(func=guard(_acl_add))

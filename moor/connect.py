@@ -1,18 +1,40 @@
-"""Open the engine's Redis and keys for a program: one place, so every program asks alike."""
+"""Open the engine's Redis and keys for a program: one place, so every program asks alike.
+
+Each program connects as a role (engine.acl): `moor reducer` as the reducer, `moor
+worker` as the worker, `moor api` as the default control principal, `moor import` and
+`moor acl` as admin, every other command as the control principal MOOR_PRINCIPAL names
+(default: the default one, "control"). The role's credential file under the data root
+is used when the Redis URL names no user of its own; without one, no AUTH.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from commands.client import Client
     from engine.keys import Keys
 
-__all__ = ["client_for", "open_lite", "open_redis", "redis_and_keys"]
+__all__ = ["client_for", "open_lite", "open_redis", "principal", "redis_and_keys"]
 
 
-def open_redis(explicit: str | None = None, *, lite: bool = False) -> Any:
-    """Return a redis-py client on `explicit`, else MOOR_REDIS_URL, else the embedded server.
+def principal() -> str:
+    """Return the control principal this command acts as (MOOR_PRINCIPAL, else "control")."""
+    return os.environ.get("MOOR_PRINCIPAL") or "control"
+
+
+def _auth(url: str, role: str | None) -> dict[str, Any]:
+    from engine.acl import connect_kwargs
+    from engine.config import data_root
+
+    return connect_kwargs(url, data_root(), role or principal())
+
+
+def open_redis(explicit: str | None = None, *, lite: bool = False,
+               role: str | None = None) -> Any:
+    """Return a redis-py client on `explicit`, else MOOR_REDIS_URL, else the embedded server,
+    authenticated as `role` (default: the control principal).
 
     Without CLIENT SETINFO: it costs a round trip per connection and, the first time,
     redis-py's package-metadata lookup (importlib.metadata), a few ms of every CLI call.
@@ -20,17 +42,18 @@ def open_redis(explicit: str | None = None, *, lite: bool = False) -> Any:
     (open_lite): no redis-py import, ~65 ms of a `moor ps`.
     """
     if lite:
-        conn = open_lite(explicit)
+        conn = open_lite(explicit, role=role)
         if conn is not None:
             return conn
     import redis
 
     from moor.embedded import NO_CLIENT_INFO, resolve_redis_url
 
-    return redis.Redis.from_url(resolve_redis_url(explicit), **NO_CLIENT_INFO)
+    url = resolve_redis_url(explicit)
+    return redis.Redis.from_url(url, **NO_CLIENT_INFO, **_auth(url, role))
 
 
-def open_lite(explicit: str | None = None) -> Any:
+def open_lite(explicit: str | None = None, *, role: str | None = None) -> Any:
     """Return an engine.resp connection to the Redis the user named, or None.
 
     With no URL named, the embedded server is used when it already answers on its socket
@@ -38,10 +61,11 @@ def open_lite(explicit: str | None = None) -> Any:
     embedded server is the launcher's, which imports redis-py). None too for URLs
     engine.resp does not speak (rediss://, query options).
     """
-    import os
-
     from engine.config import data_root, named_redis_url
-    from engine.resp import RespError, RespRedis, Unsupported
+    from engine.resp import RespError, RespRedis, Unsupported, parse_url
+
+    def connect(url: str) -> RespRedis:
+        return RespRedis(**{**parse_url(url), **_auth(url, role)})
 
     url = named_redis_url(explicit)
     if not url:
@@ -50,30 +74,32 @@ def open_lite(explicit: str | None = None) -> Any:
         if not os.path.exists(sock):
             return None
         try:
-            conn = RespRedis.from_url(f"unix://{sock}")
+            conn = connect(f"unix://{sock}")
             conn.ping()
             return conn
-        except RespError:
+        except (RespError, OSError, ValueError):
             return None
     try:
-        return RespRedis.from_url(url)
+        return connect(url)
     except Unsupported:
         return None
 
 
 def redis_and_keys(explicit: str | None = None, prefix: str | None = None, *,
-                   lite: bool = False) -> tuple[Any, Keys]:
+                   lite: bool = False, role: str | None = None) -> tuple[Any, Keys]:
     """Return the Redis client and the shard's keys (MOOR_PREFIX unless `prefix`)."""
     from engine.config import key_prefix
     from engine.keys import keys_for
 
-    return open_redis(explicit, lite=lite), keys_for(prefix=prefix or key_prefix())
+    return open_redis(explicit, lite=lite, role=role), keys_for(prefix=prefix or key_prefix())
 
 
 def client_for(redis_url: str | None, *, actor: str, reason: str = "",
                timeout: float = 30.0, lite: bool = False) -> Client:
-    """Return the control-plane client for one CLI call (`lite`: see open_redis)."""
+    """Return the control-plane client for one CLI call (`lite`: see open_redis): it
+    appends to the commands stream of the principal it acts as."""
     from commands.client import Client
 
     redis, keys = redis_and_keys(redis_url, lite=lite)
-    return Client(redis, keys, actor=actor, reason=reason, timeout=timeout)
+    return Client(redis, keys, actor=actor, reason=reason, timeout=timeout,
+                  inbox=keys.inbox(principal()))

@@ -239,6 +239,9 @@ _VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "kill": ("send a signal (default SIGKILL)", _kill_flags,
              lambda a: lambda c, r: c.kill(r, a.signal)),
     "rm": ("remove containers", _rm_flags, lambda a: lambda c, r: c.remove(r, a.force)),
+    "pause": ("pause containers (freeze their processes)", _no_flags,
+              lambda a: lambda c, r: c.pause(r)),
+    "unpause": ("unpause containers", _no_flags, lambda a: lambda c, r: c.unpause(r)),
 }
 
 

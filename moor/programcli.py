@@ -33,16 +33,17 @@ def _reducer(args: argparse.Namespace) -> int:
     """Run the single writer (standby until it holds the lease) until SIGTERM/SIGINT."""
     _set_title("moor reducer")
     from commands.client import Client
-    from engine.config import default_network
+    from engine.config import default_network, load_policy
     from engine.errors import MoorError
     from engine.reducer import Reducer
     from moor.connect import redis_and_keys
 
-    r, keys = redis_and_keys(args.redis_url)
+    policy = load_policy(args.policy)
+    r, keys = redis_and_keys(args.redis_url, role="reducer")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    reducer = Reducer(r, keys, lease_ms=args.lease_ms, batch=args.batch)
+    reducer = Reducer(r, keys, lease_ms=args.lease_ms, batch=args.batch, policy=policy)
     failed: list[BaseException] = []
 
     def lead() -> None:
@@ -56,7 +57,8 @@ def _reducer(args: argparse.Namespace) -> int:
     thread.start()
     if not args.no_default_network:
         try:
-            Client(r, keys, actor="moor-reducer", timeout=30).define_network(default_network())
+            Client(r, keys, actor="moor-reducer", timeout=30,
+                   inbox=keys.reducer_inbox()).define_network(default_network())
         except MoorError as err:
             logging.getLogger("moorage").warning("default network: %s", err.message)
     while thread.is_alive():
@@ -137,6 +139,8 @@ def register(sub: Any) -> None:
     p.add_argument("--lease-ms", type=int, default=3000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--no-default-network", action="store_true")
+    p.add_argument("--policy", default=None, metavar="FILE",
+                   help="admission policy, JSON (default: MOOR_POLICY, else allow all)")
     p.set_defaults(func=guard(_reducer), log_level=logging.INFO, long_running=True)
 
     p = sub.add_parser("worker", help="run this host's worker (root)")
@@ -161,4 +165,6 @@ def register(sub: Any) -> None:
     p = sub.add_parser("up", help="embedded Redis + reducer + worker + Docker API socket")
     p.add_argument("--no-reconcile", action="store_true",
                    help="start the worker without reconciling this host first")
+    p.add_argument("--group", default=None,
+                   help="group that owns the API socket (mode 0660), like dockerd's -G")
     p.set_defaults(func=guard(_up), long_running=True)

@@ -308,11 +308,12 @@ def _import(get: GetRedis, args: argparse.Namespace) -> int:
     return 0
 
 
-def _from_flags(args: argparse.Namespace, lite: bool = False) -> GetRedis:
+def _from_flags(args: argparse.Namespace, lite: bool = False, role: str | None = None
+                ) -> GetRedis:
     def get() -> tuple[Any, Keys]:
         from moor.connect import redis_and_keys
 
-        return redis_and_keys(getattr(args, "redis_url", None), lite=lite)
+        return redis_and_keys(getattr(args, "redis_url", None), lite=lite, role=role)
     return get
 
 
@@ -325,13 +326,15 @@ def register(subparsers: Any, get_redis_and_keys: GetRedis | None = None) -> Non
     the command line's --redis-url (or MOOR_REDIS_URL, or the embedded server).
     """
     def add(name: str, fn: Callable[[GetRedis, argparse.Namespace], int],
-            help_text: str, lite: bool = False) -> argparse.ArgumentParser:
-        """`lite`: a one-shot snapshot read, served by engine.resp (moor.connect)."""
+            help_text: str, lite: bool = False, role: str | None = None
+            ) -> argparse.ArgumentParser:
+        """`lite`: a one-shot snapshot read, served by engine.resp (moor.connect); `role`:
+        the Redis user it needs (moor.connect; default: the control principal)."""
         parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text,
                                                                 description=help_text)
 
         def handler(args: argparse.Namespace) -> int:
-            return fn(get_redis_and_keys or _from_flags(args, lite), args)
+            return fn(get_redis_and_keys or _from_flags(args, lite, role), args)
         # Following a stream until Ctrl-C is how watch/events end: not a failure.
         parser.set_defaults(func=guard(handler, interrupt_code=0))
         return parser
@@ -375,6 +378,7 @@ def register(subparsers: Any, get_redis_and_keys: GetRedis | None = None) -> Non
     p = add("export", _export, "Write the events stream as JSON Lines")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
 
-    p = add("import", _import, "Load an export into an empty events stream and rebuild state")
+    p = add("import", _import, "Load an export into an empty events stream and rebuild state",
+            role="admin")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--skip-bad", action="store_true", help="import despite bad lines")

@@ -1,9 +1,11 @@
 """`moor up`: run the whole engine on this machine, and own what it starts.
 
-It starts the embedded Redis (unless MOOR_REDIS_URL or --redis-url names one), then the
-reducer, this host's worker and the Docker API as child processes, and prints which
-process is which. A child that dies after running a while is restarted; one that dies at
-once (no root for the worker, a busy socket) stops everything.
+It starts the embedded Redis (unless MOOR_REDIS_URL or --redis-url names one) and gives
+it one ACL user per role with the default user off (moor.embedded.acl), then the
+reducer, this host's worker and the Docker API as child processes, each speaking to
+Redis as its role, and prints which process is which. A child that dies after running a
+while is restarted; one that dies at once (no root for the worker, a busy socket) stops
+everything.
 
 On Ctrl-C, SIGTERM or SIGHUP it stops its children, then the embedded Redis if this
 `moor up` started it (one it found running, it leaves). Containers keep running (live
@@ -29,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.config import data_root
+from engine.config import data_root, named_redis_url
 from workers.proc.process import start_ticks
 
 __all__ = ["run"]
@@ -138,6 +140,15 @@ def _redis(args: argparse.Namespace, root: str, previous: dict[str, object]
     return server.url, mine, f"redis {server.url} pid {server.pid} ({how})"
 
 
+def _options(args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """Return the flags of `moor up` that one child program takes."""
+    if argv == ["worker"] and args.no_reconcile:
+        return ["--no-reconcile"]
+    if argv == ["api"] and args.group:
+        return ["--group", args.group]
+    return []
+
+
 def _spawn(title: str, argv: list[str], env: dict[str, str]) -> Child:
     from moor.lifeline import die_with_parent
 
@@ -192,10 +203,15 @@ def run(args: argparse.Namespace) -> int:
     failed = False
     try:
         url, owned, redis_line = _redis(args, root, _take_over(root))
+        if not named_redis_url(args.redis_url):
+            from engine.config import key_prefix
+            from engine.keys import keys_for
+            from moor.embedded.acl import provision
+
+            print(f"moor up: {provision(root, keys_for(prefix=key_prefix()))}", flush=True)
         env = dict(os.environ, MOOR_REDIS_URL=url)
-        programs = [(title, [*argv, *(["--no-reconcile"] if args.no_reconcile and
-                                         argv == ["worker"] else [])])
-                    for title, argv, _ in CHILDREN]
+        env.pop("MOOR_PRINCIPAL", None)  # each program speaks as its own role
+        programs = [(title, [*argv, *_options(args, argv)]) for title, argv, _ in CHILDREN]
         children = [_spawn(title, argv, env) for title, argv in programs]
         _write_record(root, owned, children)
         _describe(children, redis_line)

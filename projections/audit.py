@@ -30,7 +30,12 @@ __all__ = [
 
 
 class TimelineEntry(NamedTuple):
-    """One line of the audit timeline: what was recorded, when, for whom, and why."""
+    """One line of the audit timeline: what was recorded, when, for whom, and why.
+
+    `principal` is who wrote the command as the engine authenticated it (the stream it
+    came from; "" in records from before principals), `actor` who the writer said it acts
+    for (`moor --actor`, the API's peer credentials).
+    """
 
     stream_id: str
     recorded_ns: int  # the stream id's time: when the reducer wrote it
@@ -38,6 +43,7 @@ class TimelineEntry(NamedTuple):
     container_id: str
     version: int
     event_type: str
+    principal: str
     actor: str
     cause: str
     reason: str
@@ -50,7 +56,8 @@ class TimelineEntry(NamedTuple):
 
 def _detail(ev: e.Event) -> str:
     if isinstance(ev, e.CommandRejected):
-        return f"rejected {ev.command} {ev.status}: {ev.message}"
+        rule = f" [rule {ev.rule}]" if ev.rule else ""
+        return f"rejected {ev.command} {ev.status}{rule}: {ev.message}"
     if isinstance(ev, e.ReportIgnored):
         return f"ignored {ev.report} generation={ev.generation}: {ev.reason}"
     if isinstance(ev, e.StartFailed):
@@ -63,8 +70,8 @@ def _detail(ev: e.Event) -> str:
 def _entry(stream_id: str, record: e.EventRecord) -> TimelineEntry:
     meta = record.meta
     return TimelineEntry(stream_id, id_ms(stream_id) * 1_000_000, meta.at, meta.container_id,
-                         meta.version, type(record.event).__name__, meta.actor,
-                         meta.command_id, meta.reason, _detail(record.event))
+                         meta.version, type(record.event).__name__, meta.principal,
+                         meta.actor, meta.command_id, meta.reason, _detail(record.event))
 
 
 def _field(value: str) -> str:
@@ -77,10 +84,12 @@ def _field(value: str) -> str:
 
 
 def format_entry(entry: TimelineEntry) -> str:
-    """Render a timeline line: id time container vN Type actor= cause= reason= [detail]."""
+    """Render a timeline line: id time container vN Type [principal=] actor= cause= reason=
+    [detail] (principal= only for records that carry one)."""
     short = entry.container_id[:12] or "-"
+    who = f"principal={_field(entry.principal)} " if entry.principal else ""
     line = (f"{entry.stream_id} {rfc3339_millis(entry.recorded_ns)} {short} v{entry.version} "
-            f"{entry.event_type} actor={_field(entry.actor)} cause={_field(entry.cause)} "
+            f"{entry.event_type} {who}actor={_field(entry.actor)} cause={_field(entry.cause)} "
             f"reason={_field(entry.reason)}")
     return f"{line} {entry.detail}" if entry.detail else line
 

@@ -14,6 +14,7 @@ import msgspec
 
 from commands import schema as c
 from commands.client import Client
+from engine.acl import WORKER, credential_file
 from engine.core.state import Container
 from engine.keys import Keys
 from events.runs import ExitStatus
@@ -52,9 +53,10 @@ class HostContext:
 
     def exit_report(self, container_id: str, generation: int) -> ExitReport:
         """Return where and as whom a supervisor reports this generation's exit."""
-        return ExitReport(redis_url=self.redis_url, stream=self.keys.commands,
+        return ExitReport(redis_url=self.redis_url, stream=self.keys.reports,
                           container_id=container_id, generation=generation,
-                          actor=f"supervisor@{self.host}")
+                          actor=f"supervisor@{self.host}",
+                          credential_file=credential_file(self.root, WORKER))
 
     def report_exit(self, container_id: str, generation: int, status: ExitStatus) -> None:
         """Report a run's exit under its process's id (a repeat of the supervisor's drops)."""

@@ -12,11 +12,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from commands.codec import CODEC
-from workers import saga
+from workers import interactive, saga
 from workers.context import current
 from workers.proc import process
 
-__all__ = ["remove_container", "signal_container", "start_container", "teardown_container"]
+__all__ = ["freeze_container", "remove_container", "signal_container", "start_container",
+           "start_exec", "teardown_container"]
 
 log = logging.getLogger("moorage.worker")
 
@@ -54,3 +55,13 @@ def remove_container(container_id: str, generation: int, ports: bool = True) -> 
         saga.remove(current(), container_id, generation, ports)
 
 
+
+
+def freeze_container(container_id: str, generation: int, frozen: bool, version: int) -> None:
+    with _timed("pause" if frozen else "unpause", container_id):
+        interactive.freeze(current(), container_id, generation, frozen, version)
+
+
+def start_exec(container_id: str, exec_id: str, detach: bool = False) -> None:
+    with _timed(f"exec {exec_id[:12]}", container_id):
+        interactive.start_exec(current(), container_id, exec_id, detach)

@@ -23,6 +23,7 @@ from events.hostopts import DEFAULT_SYSCTLS
 from events.runs import ExitStatus
 from events.saga import ENDPOINT, MOUNT, REMOVE, SANDBOX, SPAWN, StartPlan, saga_steps
 from events.specs import HostConfig
+from workers import interactive
 from workers.context import HostContext
 from workers.net import network, portmap
 from workers.net.hostfiles import write_hostfiles
@@ -320,6 +321,8 @@ def signal(ctx: HostContext, cid: str, generation: int, sig: int, timeout: int |
         delivered = process.signal_container(state_dir, sig)
     if not delivered and ctr.running and ctr.pid and not process.is_alive(state_dir):
         ctx.report_exit(cid, generation, lost_exit(state_dir, ctr.pid, generation))
+    elif ctr.paused or ctr.freezing:  # a frozen process only sees its signal once thawed
+        interactive.thaw_for_signal(ctx, ctr, f"thawed-{cid}-{generation}-{sig}-{purpose}")
 
 
 def lost_exit(state_dir: str, pid: int, generation: int) -> ExitStatus:

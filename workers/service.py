@@ -11,6 +11,7 @@ import redis
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
+from engine.acl import WORKER, connect_kwargs
 from engine.config import data_root, key_prefix
 from engine.errors import Unavailable
 from engine.keys import keys_for
@@ -82,8 +83,9 @@ def serve(url: str, *, burst: bool = False, reconcile_first: bool = True) -> int
     """Run this host's worker on the Redis at `url` until SIGTERM/SIGINT (or, burst, idle)."""
     # Supervisors are re-parented to us rather than to a slow-reaping PID 1.
     nsutil.set_child_subreaper(True)
-    context = HostContext(redis=redis.Redis.from_url(url), redis_url=url,
-                          keys=keys_for(prefix=key_prefix()), root=data_root())
+    root = data_root()
+    context = HostContext(redis=redis.Redis.from_url(url, **connect_kwargs(url, root, WORKER)),
+                          redis_url=url, keys=keys_for(prefix=key_prefix()), root=root)
     os.makedirs(context.root, exist_ok=True)
     worker = make_worker(context)
     level = os.environ.get("MOOR_LOG_LEVEL", "WARNING")

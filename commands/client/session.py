@@ -26,10 +26,10 @@ from engine.errors import (
     Unavailable,
     error_for_status,
 )
-from engine.keys import Keys
+from engine.keys import Inbox, Keys
 from engine.resp import redis_errors
 from events import model as e
-from events.specs import ContainerConfig, HostConfig
+from events.specs import ContainerConfig, ExecConfig, HostConfig
 
 __all__ = ["Client", "Submitted", "new_container_id"]
 
@@ -51,15 +51,22 @@ class Submitted:
 
 
 class Client:
-    """Submit commands to one shard and wait for what the reducer decided."""
+    """Submit commands to one shard and wait for what the reducer decided.
+
+    Commands go to `inbox` (default: the default control principal's commands stream;
+    `keys.inbox("alice")` for principal alice, whose Redis user alone may append there);
+    reports go to the reports stream. The reducer records the principal from the stream,
+    and `actor` as who the caller says it acts for.
+    """
 
     def __init__(self, redis: Any, keys: Keys, *, actor: str = "moor", reason: str = "",
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, inbox: Inbox | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.actor = actor
         self.reason = reason
         self.timeout = timeout
+        self.inbox = inbox or keys.inbox()
 
     # --- the primitive ------------------------------------------------------------
 
@@ -74,9 +81,9 @@ class Client:
                          issued_at=time.time_ns(), actor=self.actor,
                          reason=self.reason if reason is None else reason,
                          causation_id=causation_id, reply=reply)
+        stream = self.keys.reports if type(cmd) in _REPORTS else self.inbox.key
         try:
-            self.redis.xadd(self.keys.commands,
-                            {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)})
+            self.redis.xadd(stream, {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)})
         except redis_errors() as exc:  # unreachable, or refusing writes (READONLY)
             raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
         return env.command_id
@@ -90,13 +97,16 @@ class Client:
         """
         command_id = self.send(cmd, container_id=container_id, command_id=command_id,
                                reason=reason, reply=True)
-        submitted = self.wait_result(command_id, timeout)
+        mark = command_id if type(cmd) in _REPORTS else self.inbox.mark(command_id)
+        submitted = self.wait_result(command_id, timeout, mark=mark)
         if check and not submitted.result.ok:
             raise error_for_status(submitted.result.status, submitted.result.message)
         return submitted
 
-    def wait_result(self, command_id: str, timeout: float | None = None) -> Submitted:
-        """Block on the command's reply list (no polling); fall back to the stored result."""
+    def wait_result(self, command_id: str, timeout: float | None = None,
+                    mark: str | None = None) -> Submitted:
+        """Block on the command's reply list (no polling); fall back to the stored result
+        (under `mark`, its dedupe mark: by default that of a command on this inbox)."""
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         key = self.keys.reply(command_id)
@@ -109,7 +119,7 @@ class Client:
                 if reply:
                     value = reply[1]
                 elif left <= 2.0:
-                    value = self.redis.hget(self.keys.done, command_id)
+                    value = self.redis.hget(self.keys.done, mark or self.inbox.mark(command_id))
                     break
         except redis_errors() as exc:
             raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
@@ -232,6 +242,36 @@ class Client:
     def rename(self, ref: str, new_name: str) -> str:
         return self.submit(c.RenameContainer(ref=ref, new_name=new_name)).result.container_id
 
+    def pause(self, ref: str, wait: bool = True) -> str:
+        """Pause; with `wait`, until the host froze it (its failure raised as Docker's 500)."""
+        return self._freeze(c.PauseContainer(ref=ref), wait)
+
+    def unpause(self, ref: str, wait: bool = True) -> str:
+        return self._freeze(c.UnpauseContainer(ref=ref), wait)
+
+    def _freeze(self, cmd: c.PauseContainer | c.UnpauseContainer, wait: bool) -> str:
+        sub = self.submit(cmd)
+        cid = sub.result.container_id
+        if wait:
+            done = e.ContainerPaused if isinstance(cmd, c.PauseContainer) else e.ContainerUnpaused
+            _, record = self.wait_event(
+                cid, sub.last_event_id,
+                lambda ev: isinstance(ev, done | e.FreezeFailed | e.ContainerDied))
+            if isinstance(record.event, e.FreezeFailed):
+                raise MoorError(record.event.error)
+        return cid
+
+    def create_exec(self, ref: str, config: ExecConfig) -> str:
+        """Create an exec instance; return its id (64 hex, chosen here like container ids)."""
+        exec_id = secrets.token_hex(32)
+        self.submit(c.CreateExec(ref=ref, exec_id=exec_id, config=config))
+        return exec_id
+
+    def start_exec(self, exec_id: str, detach: bool = False) -> str:
+        """Start it (its process starts on the host once a client attaches, unless
+        detached); return the container id."""
+        return self.submit(c.StartExec(exec_id=exec_id, detach=detach)).result.container_id
+
     def report(self, container_id: str, report: c.Command, wait: bool = False) -> str:
         """Append a worker/supervisor report for a container."""
         if wait:
@@ -240,6 +280,7 @@ class Client:
 
 
 _STOPPED_AT_ONCE = frozenset({"ContainerStopped", "ContainerDied"})
+_REPORTS = frozenset(c.REPORT_TYPES)
 
 
 def _start_error(event: e.StartFailed) -> MoorError:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from commands import schema as c
-from engine.core import catalog, lifecycle, names, reports, restore
+from engine.core import admission, catalog, interactive, lifecycle, names, reports, restore
 from engine.core.state import World
 from engine.errors import MoorError
 from events import model as e
@@ -22,15 +22,23 @@ from events import model as e
 __all__ = ["decide"]
 
 
-def decide(world: World, env: c.Envelope, cmd: c.Command) -> tuple[str, list[e.Event]]:
-    """Return (container id, events) for a command; rejections are events too."""
+def decide(world: World, env: c.Envelope, cmd: c.Command,
+           origin: admission.Origin | None = None) -> tuple[str, list[e.Event]]:
+    """Return (container id, events) for a command; rejections are events too.
+
+    `origin` (the reducer's: who wrote it, and the policy) puts the admission policy
+    first, as Docker's authorization plugins see a request before the daemon does.
+    """
     handler = _HANDLERS[type(cmd)]
     try:
+        if origin is not None and origin.policy is not admission.ALLOW_ALL:
+            admission.check(origin, env, cmd)
         return handler(world, env, cmd)
     except MoorError as err:
         target = _target_id(world, env, cmd)
         rejected = e.CommandRejected(
-            command=type(cmd).__name__, status=err.status, message=err.message
+            command=type(cmd).__name__, status=err.status, message=err.message,
+            rule=getattr(err, "rule", ""),
         )
         return target, [rejected]
 
@@ -66,4 +74,10 @@ _HANDLERS: dict[type, Callable[..., tuple[str, list[e.Event]]]] = {
     c.CompactLog: catalog.compact_log,
     c.ReportHostBooted: restore.host_booted,
     c.RestoreContainer: restore.restore_container,
+    c.PauseContainer: interactive.pause,
+    c.UnpauseContainer: interactive.unpause,
+    c.ReportFrozen: interactive.frozen,
+    c.CreateExec: interactive.create_exec,
+    c.StartExec: interactive.start_exec,
+    c.ReportExecExited: interactive.exec_exited,
 }

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 from commands.codec import CommandResult
 from commands.schema import Command, Envelope
+from engine.core.admission import Origin
 from engine.core.decide import decide
 from engine.core.evolve import evolve
 from engine.core.state import World
@@ -23,9 +24,11 @@ class Outcome(NamedTuple):
     result: CommandResult
 
 
-def decide_records(world: World, env: Envelope, cmd: Command) -> Outcome:
-    """Decide, and stamp each event with its envelope and the container's next version."""
-    cid, events = decide(world, env, cmd)
+def decide_records(world: World, env: Envelope, cmd: Command,
+                   origin: Origin | None = None) -> Outcome:
+    """Decide, and stamp each event with its envelope, the principal the command came
+    from (`origin`, as the reducer authenticated it) and the container's next version."""
+    cid, events = decide(world, env, cmd, origin)
     ctr = world.containers.get(cid) if cid else None
     expected = ctr.version if ctr is not None else -1
     version = max(expected, 0)
@@ -34,6 +37,7 @@ def decide_records(world: World, env: Envelope, cmd: Command) -> Outcome:
     # every command the reducer folds).
     command_id = env.command_id
     at, actor, reason = env.issued_at, env.actor, env.reason
+    principal = origin.principal if origin is not None else ""
     correlation_id = env.correlation_id or command_id
     records = []
     for event in events:
@@ -42,7 +46,8 @@ def decide_records(world: World, env: Envelope, cmd: Command) -> Outcome:
         if has_container:
             version += 1
         meta = e.EventMeta(container_id=cid, version=version if has_container else 0,
-                           command_id=command_id, at=at, actor=actor, reason=reason,
+                           command_id=command_id, at=at, principal=principal,
+                           actor=actor, reason=reason,
                            correlation_id=correlation_id)
         records.append(e.EventRecord(meta=meta, event=event))
     first = events[0] if events else None
@@ -59,9 +64,10 @@ def decide_records(world: World, env: Envelope, cmd: Command) -> Outcome:
     return Outcome(cid, expected, records, result)
 
 
-def apply_command(world: World, env: Envelope, cmd: Command) -> Outcome:
+def apply_command(world: World, env: Envelope, cmd: Command,
+                  origin: Origin | None = None) -> Outcome:
     """Decide a command and fold its records into the world (the reducer's step)."""
-    outcome = decide_records(world, env, cmd)
+    outcome = decide_records(world, env, cmd, origin)
     for record in outcome.records:
         evolve(world, record)
     return outcome

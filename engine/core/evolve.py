@@ -12,7 +12,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from engine.core.ipam import address_key
-from engine.core.state import Container, Image, World
+from engine.core.state import Container, Exec, Image, World
 from events import model as e
 from events import saga
 
@@ -105,6 +105,8 @@ def _created(world: World, meta: e.EventMeta, ev: e.ContainerCreated) -> None:
 
 def _destroyed(world: World, ctr: Container) -> None:
     _release_address(world, ctr)
+    for exec_id in ctr.execs:
+        world.execs.pop(exec_id, None)
     if world.names.get(ctr.name) == ctr.id:
         del world.names[ctr.name]
     del world.containers[ctr.id]
@@ -197,9 +199,9 @@ def _oom(world: World, ctr: Container, ev: e.ContainerOOMKilled) -> dict[str, An
 def _died(world: World, ctr: Container, ev: e.ContainerDied) -> dict[str, Any]:
     # Docker's SetStopped, then releaseNetwork.
     _release_address(world, ctr)
-    return {"running": False, "paused": False, "restarting": False, "pid": 0, "saga": (),
-            "exit_code": ev.exit_code, "finished_at": ev.finished_at, "endpoint": None,
-            "connected": False, "sandbox_key": "", "rootfs": "",
+    return {"running": False, "paused": False, "freezing": False, "restarting": False,
+            "pid": 0, "saga": (), "exit_code": ev.exit_code, "finished_at": ev.finished_at,
+            "endpoint": None, "connected": False, "sandbox_key": "", "rootfs": "",
             "oom_killed": ctr.oom_killed or ev.oom_killed}
 
 
@@ -235,6 +237,42 @@ def _removal_failed(world: World, ctr: Container, ev: e.RemovalFailed) -> dict[s
     return {"removal_in_progress": False, "error": ev.error}
 
 
+def _freeze_requested(world: World, ctr: Container, ev: e.FreezeRequested) -> dict[str, Any]:
+    return {"freezing": True}
+
+
+def _paused(world: World, ctr: Container, ev: e.ContainerPaused) -> dict[str, Any]:
+    return {"paused": True, "freezing": False}
+
+
+def _unpaused(world: World, ctr: Container, ev: e.ContainerUnpaused) -> dict[str, Any]:
+    return {"paused": False, "freezing": False}
+
+
+def _freeze_failed(world: World, ctr: Container, ev: e.FreezeFailed) -> dict[str, Any]:
+    return {"freezing": False}
+
+
+def _exec(ctr: Container, exec_id: str, **changes: Any) -> dict[str, Any]:
+    record = ctr.execs.get(exec_id)
+    if record is None:
+        return {}
+    return {"execs": {**ctr.execs, exec_id: replace(record, **changes)}}
+
+
+def _exec_created(world: World, ctr: Container, ev: e.ExecCreated) -> dict[str, Any]:
+    world.execs[ev.exec_id] = ctr.id
+    return {"execs": {**ctr.execs, ev.exec_id: Exec(id=ev.exec_id, config=ev.config)}}
+
+
+def _exec_started(world: World, ctr: Container, ev: e.ExecStarted) -> dict[str, Any]:
+    return _exec(ctr, ev.exec_id, running=True, started=True, generation=ev.generation)
+
+
+def _exec_died(world: World, ctr: Container, ev: e.ExecDied) -> dict[str, Any]:
+    return _exec(ctr, ev.exec_id, running=False, exit_code=ev.exit_code)
+
+
 _CONTAINER: dict[type, Callable[[World, Container, Any], dict[str, Any]]] = {
     e.ContainerRenamed: _renamed,
     e.StartInitiated: _start_initiated,
@@ -254,4 +292,11 @@ _CONTAINER: dict[type, Callable[[World, Container, Any], dict[str, Any]]] = {
     e.RemovalStarted: _removal_started,
     e.ContainerMarkedDead: _marked_dead,
     e.RemovalFailed: _removal_failed,
+    e.FreezeRequested: _freeze_requested,
+    e.ContainerPaused: _paused,
+    e.ContainerUnpaused: _unpaused,
+    e.FreezeFailed: _freeze_failed,
+    e.ExecCreated: _exec_created,
+    e.ExecStarted: _exec_started,
+    e.ExecDied: _exec_died,
 }

@@ -78,6 +78,14 @@ def react(world: World, record: e.EventRecord) -> list[Job]:
         return [] if ctr.dead else [_teardown_job(ctr, event.generation)]
     if isinstance(event, e.ContainerMarkedDead):
         return [_remove_job(ctr)]
+    if isinstance(event, e.FreezeRequested):
+        return [Job(f"{_JOBS}.freeze_container", f"freeze-{ctr.id}-{record.meta.version}",
+                    {"container_id": ctr.id, "generation": event.generation,
+                     "frozen": event.frozen, "version": record.meta.version})]
+    if isinstance(event, e.ExecStarted):
+        return [Job(f"{_JOBS}.start_exec", f"exec-{event.exec_id}",
+                    {"container_id": ctr.id, "exec_id": event.exec_id,
+                     "detach": event.detach})]
     return []
 
 

@@ -9,9 +9,27 @@ from __future__ import annotations
 
 import msgspec
 
-from events.specs import ContainerConfig, Endpoint, HostConfig, ImageConfig, NetworkSpec
+from events.specs import (
+    ContainerConfig,
+    Endpoint,
+    ExecConfig,
+    HostConfig,
+    ImageConfig,
+    NetworkSpec,
+)
 
-__all__ = ["Container", "Image", "World", "status_of"]
+__all__ = ["Container", "Exec", "Image", "World", "status_of"]
+
+
+class Exec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """An exec instance of a container (Docker's ExecConfig record)."""
+
+    id: str
+    config: ExecConfig
+    running: bool = False
+    started: bool = False  # started once: an exec runs at most once
+    exit_code: int | None = None
+    generation: int = 0  # the container run it started in
 
 
 class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -52,6 +70,8 @@ class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, g
     connected: bool = False  # the endpoint joined (Docker's `network connect` happened)
     sandbox_key: str = ""
     rootfs: str = ""
+    freezing: bool = False  # a pause or unpause is in flight on the host
+    execs: dict[str, Exec] = {}  # exec id -> its record, until the container goes
 
     @property
     def starting(self) -> bool:
@@ -79,6 +99,7 @@ class World(msgspec.Struct, kw_only=True):
     networks: dict[str, NetworkSpec] = {}
     addresses: dict[str, str] = {}  # "network/ip" -> container id
     destroyed: set[str] = set()  # removed ids stay terminal
+    execs: dict[str, str] = {}  # exec id -> container id (derived, as names are)
     host_boot_id: str = ""  # the host's kernel boot id last restored after (HostBooted)
 
     def snapshot(self) -> dict[str, object]:

@@ -15,7 +15,8 @@ import redis as redislib
 from aiohttp import web
 
 from engine.errors import InvalidParameter, MoorError
-from moor.api import containers, images, streams, system
+from moor.api import containers, execs, images, streams, system
+from moor.api import stats as stats_api
 from moor.api.context import API_VERSION, CONTEXT, ENGINE_VERSION, MIN_API_VERSION, ApiContext
 from moor.api.http import JSON, dumps
 
@@ -41,7 +42,15 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/containers/{id}/rename", containers.rename),
     ("POST", "/containers/{id}/attach", streams.attach),
     ("GET", "/containers/{id}/logs", streams.logs),
+    ("GET", "/containers/{id}/stats", stats_api.stats),
+    ("GET", "/containers/{id}/top", stats_api.top),
     ("DELETE", "/containers/{id}", containers.remove),
+    ("POST", "/containers/{id}/pause", execs.pause),
+    ("POST", "/containers/{id}/unpause", execs.unpause),
+    ("POST", "/containers/{id}/exec", execs.create),
+    ("POST", "/exec/{id}/start", execs.start),
+    ("POST", "/exec/{id}/resize", execs.resize),
+    ("GET", "/exec/{id}/json", execs.inspect),
     ("GET", "/images/json", images.list_),
     ("POST", "/images/load", images.load),
     ("POST", "/images/create", images.create),

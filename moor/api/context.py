@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import pwd
 import socket
 import struct
 from collections.abc import Callable
@@ -57,14 +59,28 @@ async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def _actor(request: web.Request) -> str:
-    """Name the caller: `docker-api uid=N` on a unix socket, the peer address over TCP."""
+    """Name the caller: on a unix socket, its kernel-given credentials and user name
+    (`docker-api uid=1000 pid=4242 user=alice`); over TCP, the peer address.
+
+    The principal the engine records is the API's own (the control principal): anyone who
+    may open the socket acts through it, as with dockerd. The peer's credentials say who.
+    """
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is not None and sock.family == socket.AF_UNIX:
         try:
             raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", raw)
-            return f"docker-api uid={uid}"
+            pid, uid, _gid = struct.unpack("3i", raw)
         except OSError:
             return "docker-api"
+        return f"docker-api uid={uid} pid={pid} user={_user_name(uid)}"
     return f"docker-api {request.remote or ''}".strip()
+
+
+@functools.lru_cache(maxsize=256)
+def _user_name(uid: int) -> str:
+    """Return the login name of a uid, or "?" when it has none (a container's uid)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "?"

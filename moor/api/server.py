@@ -26,9 +26,19 @@ from engine.config import data_root
 from moor.api.app import build_app
 from moor.api.context import ApiContext
 
-__all__ = ["prepare_socket", "run", "serve"]
+__all__ = ["prepare_socket", "run", "serve", "socket_gid"]
 
 log = logging.getLogger("moorage.api")
+
+
+def socket_gid(group: str) -> int:
+    """Return the gid of `--group` (a name or a number), as dockerd's -G takes it."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise SystemExit(f"moor api: group {group!r} not found") from None
 
 
 def prepare_socket(path: str) -> None:
@@ -66,7 +76,7 @@ async def serve(args: argparse.Namespace, context: ApiContext) -> None:
         os.umask(old)
     os.chmod(args.socket, 0o660)
     if args.group:
-        os.chown(args.socket, 0, grp.getgrnam(args.group).gr_gid)
+        os.chown(args.socket, -1, socket_gid(args.group))
     where = [f"unix://{args.socket}"]
     if args.tcp:
         host, port = args.tcp
@@ -90,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT with the flags of `moor api` (see moor.programcli)."""
     from moor.connect import redis_and_keys
 
-    redis, keys = redis_and_keys(args.redis_url, prefix=args.prefix)
+    if args.group:
+        socket_gid(args.group)  # an unknown group stops the server before it listens
+    redis, keys = redis_and_keys(args.redis_url, prefix=args.prefix, role="control")
     args.socket = args.socket or os.path.join(data_root(), "docker.sock")
     context = ApiContext(redis=redis, keys=keys, data_root=data_root(), timeout=args.timeout)
     try:

@@ -7,6 +7,10 @@ A recorded server is reused only if its pid is alive (not a zombie), is a
 ``redis-server``, runs in that directory (``/proc/<pid>/cwd``) and answers PING at the
 socket with the same ``process_id``; otherwise the run files (never the data) are removed
 and a new server starts.
+
+Its users come from ``users.acl`` (``aclfile``): empty, Redis's default user alone (no
+ACL), until `moor up` provisions one user per role (moor.embedded.acl) and turns the
+default user off; from then on the launcher itself speaks as the admin user.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from engine.acl import ADMIN, Credential, credential_file, read_credential
 from moor.embedded import rundir as rd
 from moor.embedded.binary import binary_version, find_redis_server
 from moor.embedded.errors import EmbeddedRedisError, ServerExited
 from moor.embedded.rundir import EmbeddedRedis
 
-__all__ = ["NO_CLIENT_INFO", "ensure_embedded", "stop_embedded"]
+__all__ = ["ACL_FILE", "NO_CLIENT_INFO", "admin_credential", "ensure_embedded", "socket_client",
+           "stop_embedded"]
+
+ACL_FILE = "users.acl"
 
 START_TIMEOUT = 5.0  # seconds until a server we started (or found) must answer at all
 LOAD_TIMEOUT = 300.0  # seconds we keep waiting while it answers LOADING (a long journal)
@@ -78,7 +86,7 @@ def _stop(rdir: Path, timeout: float) -> bool:
         rd.remove_run_files(rdir)
         return False
     try:
-        with _client(rdir, timeout=2.0) as client:
+        with socket_client(rdir, timeout=2.0) as client:
             client.shutdown()  # flushes the AOF; redis-py swallows the closed connection
     except redis.RedisError:
         with suppress(ProcessLookupError):
@@ -131,7 +139,7 @@ def _socket_info(rdir: Path) -> dict[str, Any] | None:
     if not (rdir / "redis.sock").exists():
         return None
     try:
-        with _client(rdir, timeout=1.0) as client:
+        with socket_client(rdir, timeout=1.0) as client:
             return dict(client.info("server"))
     except redis.RedisError:
         return None
@@ -151,6 +159,9 @@ def _start(rdir: Path, timeout: float) -> EmbeddedRedis:
             f"{rdir} holds data written by Redis 7+, but {binary} is Redis {version}; "
             "install redis-server 7+ (apt-get install redis-server) or set MOOR_REDIS_URL"
         )
+    acl = rdir / ACL_FILE
+    if not acl.exists():  # no ACL yet: Redis's default user alone (moor up provisions)
+        os.close(os.open(acl, os.O_WRONLY | os.O_CREAT, 0o600))
     conf = rdir / "redis.conf"
     conf.write_text(_config(rdir))
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
@@ -190,6 +201,7 @@ def _config(rdir: Path) -> str:
         f"dir {_quote(rdir)}",
         f"pidfile {_quote(rdir / 'redis.pid')}",
         f"logfile {_quote(rdir / 'redis.log')}",
+        f"aclfile {_quote(rdir / ACL_FILE)}",
         "appendonly yes",
         f"appendfsync {fsync_mode()}",
         'save ""',  # the AOF is the durable copy; RDB snapshots would only cost I/O
@@ -215,7 +227,7 @@ def _wait_ready(rdir: Path, pid: int, timeout: float) -> None:
         if not rd.alive(pid):
             raise ServerExited(f"redis-server pid {pid} exited{rd.log_tail(rdir)}")
         try:
-            with _client(rdir, timeout=1.0) as client:
+            with socket_client(rdir, timeout=1.0) as client:
                 client.ping()
                 answered = int(client.info("server")["process_id"])
             if answered == pid:
@@ -252,12 +264,36 @@ def fsync_mode() -> str:
 
 
 def _apply_fsync(rdir: Path, timeout: float) -> None:
-    with _client(rdir, timeout) as client:
+    with socket_client(rdir, timeout) as client:
         client.config_set("appendfsync", fsync_mode())
 
 
-def _client(rdir: Path, timeout: float) -> redis.Redis:
-    """Return a one-connection client on the socket (use it as a context manager)."""
+def admin_credential(rdir: Path) -> Credential | None:
+    """Return the admin user's credential under the data root, if moor up made one."""
+    path = credential_file(str(rdir.parent), ADMIN)
+    try:
+        return read_credential(path) if path else None
+    except (OSError, ValueError):
+        return None
+
+
+def socket_client(rdir: Path, timeout: float) -> redis.Redis:
+    """Return a one-connection client on the socket (use it as a context manager): as the
+    admin user once moor up provisioned the ACL users, else (no users loaded: the default
+    user is on) as the default user."""
+    admin = admin_credential(rdir)
+    if admin is not None:
+        client = _socket_client(rdir, timeout, username=admin.user, password=admin.password)
+        try:
+            client.ping()
+            return client
+        except redis.AuthenticationError:
+            client.close()
+    return _socket_client(rdir, timeout)
+
+
+def _socket_client(rdir: Path, timeout: float, username: str | None = None,
+                   password: str | None = None) -> redis.Redis:
     return redis.Redis(
         unix_socket_path=str(rdir / "redis.sock"),
         socket_timeout=timeout,
@@ -265,5 +301,7 @@ def _client(rdir: Path, timeout: float) -> redis.Redis:
         # redis-py 6+ retries a failed connect 10 times with backoff (~4.6 s) by default;
         # a probe must fail fast so a stale socket is recognised at once.
         retry=Retry(NoBackoff(), 0),
+        username=username,
+        password=password,
         **NO_CLIENT_INFO,
     )

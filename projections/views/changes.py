@@ -68,7 +68,8 @@ class ChangeView:
             "type": event_type,
             "status": status,
             "version": record.meta.version,
-            "actor": record.meta.actor,
+            "principal": record.meta.principal,  # who wrote the command (authenticated)
+            "actor": record.meta.actor,  # who it said it acts for
             "cause": record.meta.command_id,
             "reason": record.meta.reason,
             "event": msgspec.to_builtins(record.event),

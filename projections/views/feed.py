@@ -47,12 +47,15 @@ class FeedState:
     """The fold behind the feed: every container ever seen, by id."""
 
     containers: dict[str, Known] = field(default_factory=dict)
+    execs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # exec id -> its Cmd
 
     @classmethod
     def from_world(cls, world: World) -> FeedState:
         """Seed from a snapshot (for a feed that starts at the live state)."""
         return cls({cid: Known(c.name, c.image, c.config.labels)
-                    for cid, c in world.containers.items()})
+                    for cid, c in world.containers.items()},
+                   {x.id: x.config.cmd for c in world.containers.values()
+                    for x in c.execs.values()})
 
 
 def observe(state: FeedState, record: e.EventRecord) -> FeedState:
@@ -63,6 +66,8 @@ def observe(state: FeedState, record: e.EventRecord) -> FeedState:
         state.containers[cid] = Known(ev.name, ev.image, ev.config.labels)
     elif isinstance(ev, e.ContainerRenamed) and cid in state.containers:
         state.containers[cid] = state.containers[cid]._replace(name=ev.new_name)
+    elif isinstance(ev, e.ExecCreated):
+        state.execs[ev.exec_id] = ev.config.cmd
     return state
 
 
@@ -94,7 +99,24 @@ _CONTAINER_ACTIONS: dict[type, str] = {
     e.ContainerStopped: "stop",
     e.ContainerDestroyed: "destroy",
     e.ContainerRenamed: "rename",
+    e.ContainerPaused: "pause",
+    e.ContainerUnpaused: "unpause",
+    e.ExecCreated: "exec_create",
+    e.ExecStarted: "exec_start",
+    e.ExecDied: "exec_die",
 }
+
+
+def _exec_cmd(record: e.EventRecord, source: FeedState | World) -> tuple[str, ...]:
+    ev = record.event
+    if isinstance(ev, e.ExecCreated):
+        return ev.config.cmd
+    exec_id = getattr(ev, "exec_id", "")
+    if isinstance(source, FeedState):
+        return source.execs.get(exec_id, ())
+    ctr = source.containers.get(record.meta.container_id)
+    found = ctr.execs.get(exec_id) if ctr is not None else None
+    return found.config.cmd if found is not None else ()
 
 
 def _times(record: e.EventRecord, stream_id: str) -> dict[str, int]:
@@ -113,6 +135,10 @@ def _container_event(record: e.EventRecord, stream_id: str, action: str,
         attrs["exitCode"] = str(ev.exit_code)
     elif isinstance(ev, e.ContainerRenamed):
         attrs["oldName"] = f"/{ev.old_name}"  # Docker sends the old name with its slash
+    if isinstance(ev, e.ExecCreated | e.ExecStarted | e.ExecDied):
+        attrs["execID"] = ev.exec_id
+    if isinstance(ev, e.ExecDied):
+        attrs["exitCode"] = str(ev.exit_code)
     return {"status": action, "id": cid, "from": known.image, "Type": "container",
             "Action": action, "Actor": {"ID": cid, "Attributes": attrs}, "scope": "local",
             **_times(record, stream_id)}
@@ -142,6 +168,10 @@ def docker_event(record: e.EventRecord, stream_id: str,
     ev = record.event
     action = _CONTAINER_ACTIONS.get(type(ev))
     if action is not None:
+        if isinstance(ev, e.ExecCreated | e.ExecStarted):
+            # Docker's action: "exec_start: " + entrypoint + " " + the args joined.
+            cmd = _exec_cmd(record, source)
+            action = f"{action}: {cmd[0] if cmd else ''} {' '.join(cmd[1:])}"
         return _container_event(record, stream_id, action, _known(record, source))
     if isinstance(ev, e.NetworkConnected):
         return _network_event(record, stream_id, "connect", ev.endpoint.network)

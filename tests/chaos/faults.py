@@ -108,7 +108,9 @@ class Injector:
         slot = eng.slot_of(pid)
         proc = eng.reducers[slot]
         assert proc is not None
-        pending = eng.redis.xpending(eng.keys.commands, "reducer")["pending"]
+        pending = sum(eng.redis.xpending(stream, "reducer")["pending"]
+                      for stream in (eng.keys.commands, eng.keys.reports)
+                      if eng.redis.exists(stream))
         status = eng.end(proc, signal.SIGKILL)
         new_pid, new_epoch = eng.wait_leader(10 + 3 * self.lease_s, other_than=pid,
                                              epoch_above=epoch)

@@ -108,7 +108,8 @@ def check_commands(journal: Journal, ledger: Ledger, redis: Any, keys: Any
 
 
 def _stranded(journal: Journal, redis: Any, keys: Any, counts: Counter[str]) -> list[Violation]:
-    """Every entry of the commands stream must have been decided (or quarantined).
+    """Every entry of the inbox streams (commands, reports, the reducer's own) must have
+    been decided (or quarantined).
 
     Entries appended in the last few seconds (a reconcile's drift report) may still be on
     their way to the reducer: only older ones count.
@@ -117,7 +118,9 @@ def _stranded(journal: Journal, redis: Any, keys: Any, counts: Counter[str]) -> 
     done = {k.decode() for k in redis.hkeys(keys.done)}
     seconds, micros = redis.time()
     before = f"{seconds * 1000 + micros // 1000 - 5000}-0"
-    for entry_id, fields in redis.xrange(keys.commands, max=before):
+    entries = [entry for stream in (keys.commands, keys.reports, keys.internal)
+               for entry in redis.xrange(stream, max=before)]
+    for entry_id, fields in entries:
         try:
             env = CODEC.envelope(fields[b"env"])
             cmd = CODEC.command(fields[b"cmd"])

@@ -300,23 +300,31 @@ def start_engine(*, lease_ms: int, reconcile_interval: int) -> ChaosEngine:
 
 
 def wait_quiet(engine: ChaosEngine, timeout: float) -> bool:
-    """Wait until the reducer has taken and acknowledged every command in the stream."""
+    """Wait until the reducer has taken and acknowledged every entry of its inboxes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            groups = engine.redis.xinfo_groups(engine.keys.commands)
-            tail = engine.redis.xrevrange(engine.keys.commands, count=1)
-        except redislib.RedisError:
-            time.sleep(0.2)
-            continue
-        last = tail[0][0] if tail else b"0-0"
-        for group in groups:
-            name = group["name"]
-            name = name.decode() if isinstance(name, bytes) else name
-            delivered = group["last-delivered-id"]
-            if name == "reducer" and group["pending"] == 0 and delivered == last:
-                return True
+        keys = engine.keys
+        if all(_stream_quiet(engine, stream)
+               for stream in (keys.commands, keys.reports, keys.internal)):
+            return True
         time.sleep(0.2)
+    return False
+
+
+def _stream_quiet(engine: ChaosEngine, stream: str) -> bool:
+    try:
+        if not engine.redis.exists(stream):
+            return True
+        groups = engine.redis.xinfo_groups(stream)
+        tail = engine.redis.xrevrange(stream, count=1)
+    except redislib.RedisError:
+        return False
+    last = tail[0][0] if tail else b"0-0"
+    for group in groups:
+        name = group["name"]
+        name = name.decode() if isinstance(name, bytes) else name
+        if name == "reducer" and group["pending"] == 0 and group["last-delivered-id"] == last:
+            return True
     return False
 
 

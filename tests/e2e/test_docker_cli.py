@@ -429,6 +429,39 @@ def test_host_sharing_options_through_the_docker_cli(dk: DockerApi,
     dk.docker("rm", "-f", cid)
 
 
+def test_exec_pause_and_unpause(dk: DockerApi, image: tuple[str, str]) -> None:
+    tag, _ = image
+    cid = cid_of(dk.docker("run", "-d", "-e", "WHO=ctr", tag, "sleep", "60"))
+    done = dk.docker("exec", cid, "sh", "-c", "echo $WHO; echo err >&2; exit 5", check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (5, "ctr\n", "err\n")
+    done = subprocess.run(["docker", "exec", "-i", cid, "tr", "a-z", "A-Z"], input="abc\n",
+                          env=dk.docker_env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "ABC\n"), done.stderr
+    # -t needs a terminal on the CLI's side: script(1) gives it one.
+    done = subprocess.run(["script", "-qec", f"docker exec -t {cid} sh -c 'tty; stty size'",
+                           "/dev/null"], env={**dk.docker_env, "COLUMNS": "91", "LINES": "27"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "/dev/pts/" in done.stdout, done
+    dk.docker("exec", "-d", cid, "touch", "/tmp/detached")
+    dk.docker("pause", cid)
+    assert inspect(dk, cid)["State"]["Status"] == "paused"
+    done = dk.docker("exec", cid, "true", check=False)
+    assert daemon_error(done) == (f"Error response from daemon: Container {cid} is paused, "
+                                  "unpause the container before exec")
+    done = dk.docker("pause", cid, check=False)
+    assert daemon_error(done) == (f"Error response from daemon: Container {cid} is already "
+                                  "paused")
+    dk.docker("unpause", cid)
+    assert inspect(dk, cid)["State"]["Status"] == "running"
+    assert dk.docker("exec", cid, "ls", "/tmp/detached").stdout == "/tmp/detached\n"
+    time.sleep(1.1)  # the CLI sends --until in whole seconds: let this one pass
+    events = dk.docker("events", "--since", "1h", "--until", "0s", "--filter", f"container={cid}",
+                       "--format", "{{.Action}}").stdout.splitlines()
+    assert "exec_create: sh -c echo $WHO; echo err >&2; exit 5" in events
+    assert "exec_die" in events and "pause" in events and "unpause" in events, events
+    dk.docker("rm", "-f", cid)
+
+
 def test_server_stops_cleanly_on_sigterm(moor_engine: Engine) -> None:
     api = start_api(moor_engine, "docker-cli-sigterm", need_cli=False)
     server = next(api)

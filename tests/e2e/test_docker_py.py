@@ -222,3 +222,26 @@ def test_wait_answers_headers_before_start(sdk: Any, image: str, py_api: DockerA
     assert (status, json.loads(payload)) == (404, {"message": f"No such container: {ctr.id}"})
     status, _, payload = py_api.http("POST", f"/containers/{ctr.id}/wait?condition=bogus")
     assert (status, json.loads(payload)) == (400, {"message": 'invalid condition: "bogus"'})
+
+
+def test_exec_run_and_pause(sdk: Any, image: str, engine: Engine) -> None:
+    ctr = sdk.containers.run(image, ["sleep", "60"], detach=True)
+    try:
+        result = ctr.exec_run(["sh", "-c", "echo out; echo err >&2; exit 3"], demux=True)
+        assert result.exit_code == 3 and result.output == (b"out\n", b"err\n")
+        assert ctr.exec_run("hostname", tty=True).output.strip() == ctr.id[:12].encode()
+        exec_id = sdk.api.exec_create(ctr.id, ["true"])["Id"]
+        sdk.api.exec_start(exec_id)
+        info = sdk.api.exec_inspect(exec_id)
+        assert (info["ExitCode"], info["Running"], info["ContainerID"]) == (0, False, ctr.id)
+        assert info["ProcessConfig"]["entrypoint"] == "true"
+        ctr.pause()
+        ctr.reload()
+        assert ctr.status == "paused"
+        ctr.unpause()
+        ctr.reload()
+        assert ctr.status == "running"
+        with pytest.raises(docker.errors.NotFound, match="No such exec instance"):
+            sdk.api.exec_inspect("f" * 64)
+    finally:
+        ctr.remove(force=True)

@@ -110,8 +110,10 @@ def host_facts(a: Engine, cid: str, pid: int, sandbox: str) -> dict[str, Any]:
 
 
 def journaled_about(b: Engine, cid: str) -> list[str]:
-    """Return what B's streams hold about a container: commands and events (empty: none)."""
-    found = [f"command {entry_id!r}" for entry_id, fields in b.redis.xrange(b.keys.commands)
+    """Return what B's streams hold about a container: commands, reports and events
+    (empty: none)."""
+    found = [f"command {entry_id!r}" for stream in (b.keys.commands, b.keys.reports)
+             for entry_id, fields in b.redis.xrange(stream)
              if any(cid.encode() in value for value in fields.values())]
     found += [f"event {type(r.event).__name__}" for _, r in b.events()
               if r.meta.container_id == cid

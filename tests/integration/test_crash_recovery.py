@@ -128,12 +128,19 @@ def _wait(condition: Callable[[], bool], proc: ReducerProcess | None, timeout: f
 
 
 def _drained(r: Any, keys: Keys, last_id: bytes) -> bool:
-    try:
-        group = r.xinfo_groups(keys.commands)
-    except redis.ResponseError:
-        return False  # no stream or group yet
-    return (bool(group) and group[0]["last-delivered-id"] == last_id
-            and group[0]["pending"] == 0 and r.llen(keys.outbox) == 0)
+    """Tell whether every inbox was read up to its last entry (`last_id` the run's last),
+    acknowledged, and the outbox handed over."""
+    ends = []
+    for stream in (keys.commands, keys.reports):
+        try:
+            group = r.xinfo_groups(stream)
+        except redis.ResponseError:
+            return False  # no stream or group yet
+        last = r.xrevrange(stream, count=1)
+        if not group or group[0]["pending"] or group[0]["last-delivered-id"] != last[0][0]:
+            return False
+        ends.append(last[0][0])
+    return last_id in ends and r.llen(keys.outbox) == 0
 
 
 # --- what a run leaves behind ---------------------------------------------------------------
@@ -218,7 +225,7 @@ def clean_run(redis_server: RedisServer) -> Iterator[dict[str, Any]]:
     r = redis.Redis.from_url(redis_server.url)
     keys = fresh_keys()
     try:
-        ids = xadd_all(r, keys.commands, ENTRIES)
+        ids = xadd_all(r, keys, ENTRIES)
         reducer = Reducer(r, keys, owner="clean", block_ms=10)
         assert reducer.try_acquire()
         while reducer.step():
@@ -293,7 +300,7 @@ def test_reducer_killed_mid_run_resumes_with_the_clean_outcome(redis_server, cle
     log = tmp_path / "reducer.log"
     procs: list[ReducerProcess] = []
     try:
-        ids = xadd_all(r, keys.commands, ENTRIES)
+        ids = xadd_all(r, keys, ENTRIES)
         points: list[KillPoint] = []
         # Each kill is aimed at a phase and verified there: a batch read but not written
         # (pending entries), a batch written but its jobs not yet handed to rq (outbox).
@@ -337,7 +344,7 @@ def test_redis_killed_mid_run_completes_with_the_clean_outcome(clean_run, tmp_pa
     r = redis.Redis.from_url(url)
     try:
         r.config_set("appendfsync", "always")
-        ids = xadd_all(r, keys.commands, ENTRIES)
+        ids = xadd_all(r, keys, ENTRIES)
         proc = ReducerProcess(url, keys, log)
         _wait(lambda: r.hlen(keys.done) >= 900, proc, 20, "900 done")
         acknowledged = (r.hlen(keys.done), r.xlen(keys.events))
@@ -351,7 +358,7 @@ def test_redis_killed_mid_run_completes_with_the_clean_outcome(clean_run, tmp_pa
         r = redis.Redis.from_url(url)
         r.config_set("appendfsync", "always")
         # Everything acknowledged before the kill came back from the AOF.
-        assert r.xlen(keys.commands) == RUN
+        assert r.xlen(keys.commands) + r.xlen(keys.reports) == RUN
         assert r.hlen(keys.done) >= acknowledged[0]
         assert r.xlen(keys.events) >= acknowledged[1]
         state = settle(r, keys)

@@ -107,7 +107,7 @@ def test_garbage_is_quarantined_and_valid_commands_still_fold(backend):
         else:
             entries.append(fields_of(next(v)))
             kinds.append(None)
-    ids = xadd_all(r, keys.commands, entries)
+    ids = xadd_all(r, keys, entries)
     kind_of = {i: k for i, k in zip(ids, kinds, strict=True) if k is not None}
 
     reducer = Reducer(r, keys, batch=128, block_ms=10)
@@ -141,9 +141,10 @@ def test_garbage_is_quarantined_and_valid_commands_still_fold(backend):
     done = {k.decode() for k in r.hkeys(keys.done)}
     assert done == set(results)  # every valid command id, and nothing of the garbage
     assert {env.command_id for env, _ in valid} == done
-    assert r.xpending(keys.commands, GROUP)["pending"] == 0
-    group = r.xinfo_groups(keys.commands)[0]
-    assert group["last-delivered-id"] == ids[-1]
+    for stream in (keys.commands, keys.reports):  # every entry read and acknowledged
+        assert r.xpending(stream, GROUP)["pending"] == 0
+        group = r.xinfo_groups(stream)[0]
+        assert group["last-delivered-id"] == r.xrevrange(stream, count=1)[0][0]
     assert r.llen(keys.outbox) == 0
     reducer.release()
 
@@ -155,7 +156,7 @@ def test_quarantine_reason_survives_a_valid_entry_in_the_same_batch(backend):
     entries = [fields_of(good[0]), {"env": b"\xc1", "cmd": b"\xc1"}, fields_of(good[1]),
                {"env": _enc({**_ENV, "command_id": ""}), "cmd": _enc(_CMD)},
                fields_of(good[2]), fields_of(good[2])]
-    xadd_all(r, keys.commands, entries)
+    xadd_all(r, keys, entries)
     reducer = Reducer(r, keys, block_ms=10)
     assert reducer.try_acquire()
     assert reducer.step() == len(entries)

@@ -33,7 +33,7 @@ def _snapshot_hashes(r: Any, keys: Any) -> tuple[dict[bytes, bytes], ...]:
 def test_deleting_the_snapshot_and_restarting_rebuilds_the_same_state(backend):
     r, keys = backend
     items = generate(RUN, tag="rb", seed=5)
-    xadd_all(r, keys.commands, [fields_of(i) for i in items[:FIRST]])
+    xadd_all(r, keys, [fields_of(i) for i in items[:FIRST]])
     first = Reducer(r, keys, owner="first", block_ms=10)
     assert first.try_acquire()
     _fold(first)
@@ -52,7 +52,7 @@ def test_deleting_the_snapshot_and_restarting_rebuilds_the_same_state(backend):
 
     # The rebuilt snapshot is good enough to write against: versions (tombstones
     # included) pass the script's checks and the fold goes on as if nothing happened.
-    xadd_all(r, keys.commands, [fields_of(i) for i in items[FIRST:]])
+    xadd_all(r, keys, [fields_of(i) for i in items[FIRST:]])
     _fold(second)
     world, records, results = pure_fold(items)
     assert state_of(second.world) == state_of(world)
@@ -65,7 +65,7 @@ def test_deleting_the_snapshot_and_restarting_rebuilds_the_same_state(backend):
 def test_rebuild_is_idempotent_and_matches_a_replay(backend):
     r, keys = backend
     items = generate(FIRST, tag="rb2", seed=9)
-    xadd_all(r, keys.commands, [fields_of(i) for i in items])
+    xadd_all(r, keys, [fields_of(i) for i in items])
     reducer = Reducer(r, keys, block_ms=10)
     assert reducer.try_acquire()
     _fold(reducer)
@@ -79,7 +79,7 @@ def test_rebuild_is_idempotent_and_matches_a_replay(backend):
 
 def _run_with_damage(r: Any, keys: Any, damaged: str) -> tuple[Reducer, list[Any]]:
     items = generate(RUN, tag=f"rb-{damaged}", seed=5)
-    xadd_all(r, keys.commands, [fields_of(i) for i in items[:FIRST]])
+    xadd_all(r, keys, [fields_of(i) for i in items[:FIRST]])
     first = Reducer(r, keys, owner="first", block_ms=10)
     assert first.try_acquire()
     _fold(first)
@@ -87,7 +87,7 @@ def _run_with_damage(r: Any, keys: Any, damaged: str) -> tuple[Reducer, list[Any
     r.delete(getattr(keys, damaged))
     second = Reducer(r, keys, owner="second", block_ms=10)
     assert second.try_acquire()
-    xadd_all(r, keys.commands, [fields_of(i) for i in items[FIRST:]])
+    xadd_all(r, keys, [fields_of(i) for i in items[FIRST:]])
     for _ in range(50):  # a refused write costs one round (it rebuilds, then redoes)
         if not second.step() and r.xpending(keys.commands, GROUP)["pending"] == 0 \
                 and r.hlen(keys.done) == len(pure_fold(items)[2]):

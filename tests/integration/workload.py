@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from typing import Any
 
 import msgspec
 
 from commands import schema as c
-from commands.codec import CODEC, CommandResult
+from commands.codec import CODEC, CommandResult, DecodeError
+from engine.core.admission import Origin
 from engine.core.decider import apply_command
 from engine.core.state import World
+from engine.keys import REPORTS, Keys
 from events import model as e
 from events.specs import ContainerConfig, HostConfig, RestartPolicy
 from tests.harness import IMAGE_ID, SUBNET
 
 __all__ = ["BASE_NS", "Item", "builtins", "fields_of", "generate", "pure_fold", "state_of",
-           "xadd_all"]
+           "stream_of", "xadd_all"]
 
 BASE_NS = 1_750_000_000_000_000_000
 Item = tuple[c.Envelope, c.Command]
@@ -243,26 +246,56 @@ def fields_of(item: Item) -> dict[str, bytes]:
     return {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)}
 
 
-def xadd_all(redis: Any, stream: str, entries: list[dict[str, Any]]) -> list[bytes]:
-    """Append entries in order, pipelined; return their stream ids."""
-    ids: list[bytes] = []
-    for start in range(0, len(entries), 200):
+def xadd_all(redis: Any, target: str | Keys, entries: list[dict[str, Any]]) -> list[bytes]:
+    """Append entries in order, pipelined; return their stream ids.
+
+    `target` is one stream, or a shard's keys: then each entry goes to the inbox a real
+    writer uses (reports to the reports stream, the rest to the commands stream), with
+    ids that keep the given order across both (the reducer decides in id order).
+    """
+    if isinstance(target, str):
+        ids: list[bytes] = []
+        for start in range(0, len(entries), 200):
+            pipe = redis.pipeline(transaction=False)
+            for fields in entries[start:start + 200]:
+                pipe.xadd(target, fields)
+            ids.extend(pipe.execute())
+        return ids
+    ms = max([time.time_ns() // 1_000_000] + [
+        int(last[0][0].split(b"-")[0]) + 1
+        for stream in (target.commands, target.reports)
+        if (last := redis.xrevrange(stream, count=1))])
+    routed = [(stream_of(target, fields), f"{ms}-{n}".encode(), fields)
+              for n, fields in enumerate(entries, start=1)]
+    for start in range(0, len(routed), 200):
         pipe = redis.pipeline(transaction=False)
-        for fields in entries[start:start + 200]:
-            pipe.xadd(stream, fields)
-        ids.extend(pipe.execute())
-    return ids
+        for stream, entry_id, fields in routed[start:start + 200]:
+            pipe.xadd(stream, fields, id=entry_id)
+        pipe.execute()
+    return [entry_id for _, entry_id, _ in routed]
+
+
+def stream_of(keys: Keys, fields: dict[str, Any]) -> str:
+    """Return the inbox stream a real writer appends an entry to (commands if unreadable)."""
+    try:
+        cmd = CODEC.command(fields["cmd"])
+    except (KeyError, TypeError, *DecodeError):
+        return keys.commands
+    return keys.reports if isinstance(cmd, c.REPORT_TYPES) else keys.commands
 
 
 def pure_fold(items: list[Item]) -> tuple[World, list[e.EventRecord], dict[str, CommandResult]]:
-    """Fold items with the pure decider alone (first delivery of each command id wins)."""
+    """Fold items with the pure decider alone (first delivery of each command id wins),
+    each as the principal of the inbox xadd_all routes it to."""
     world = World()
     records: list[e.EventRecord] = []
     results: dict[str, CommandResult] = {}
+    control, worker = Origin("control"), Origin("worker", REPORTS)
     for env, cmd in items:
         if env.command_id in results:
             continue
-        outcome = apply_command(world, env, cmd)
+        outcome = apply_command(world, env, cmd,
+                                worker if isinstance(cmd, c.REPORT_TYPES) else control)
         records.extend(outcome.records)
         results[env.command_id] = outcome.result
     return world, records, results

@@ -31,6 +31,7 @@ from events.specs import (
     ContainerConfig,
     DeviceMapping,
     Endpoint,
+    ExecConfig,
     HostConfig,
     ImageConfig,
     NetworkSpec,
@@ -72,6 +73,11 @@ HOST = msgspec.structs.replace(
     ipc_mode="shareable", uts_mode="host", cgroupns_mode="private", init=True, runtime="runc",
     isolation="default")
 
+EXEC_ID = "abcdef0123456789" * 4
+EXEC_CONFIG = ExecConfig(cmd=("sh", "-c", "ls"), env=("A=1",), user="nobody", working_dir="/srv",
+                         tty=True, attach_stdin=True, attach_stdout=True, attach_stderr=True,
+                         privileged=True, detach_keys="ctrl-x")
+
 EVENTS: dict[str, e.Event] = {
     "NetworkDefined": e.NetworkDefined(network=NETWORK),
     "ImageRegistered": e.ImageRegistered(image_id=IMAGE_ID, repo_tags=("nginx:1.27",),
@@ -110,11 +116,20 @@ EVENTS: dict[str, e.Event] = {
                                            due=1_700_000_000_200_000_000),
     "DriftObserved": e.DriftObserved(container_id="c" * 64, resource="netns",
                                      detail="sandbox missing; released"),
-    "CommandRejected": e.CommandRejected(command="StartContainer", status=409,
-                                         message="container is marked for removal and cannot "
-                                                 "be started"),
+    "CommandRejected": e.CommandRejected(command="CreateContainer", status=403,
+                                         message="authorization denied by policy: principal "
+                                                 "ci may not create a container with "
+                                                 "--privileged (rule privileged)",
+                                         rule="privileged"),
     "ReportIgnored": e.ReportIgnored(report="ReportMounted", generation=1,
                                      reason="stale generation (current 2)"),
+    "FreezeRequested": e.FreezeRequested(generation=2, frozen=True),
+    "ContainerPaused": e.ContainerPaused(generation=2),
+    "ContainerUnpaused": e.ContainerUnpaused(generation=2),
+    "FreezeFailed": e.FreezeFailed(generation=2, frozen=False, error="thaw: busy"),
+    "ExecCreated": e.ExecCreated(exec_id=EXEC_ID, config=EXEC_CONFIG),
+    "ExecStarted": e.ExecStarted(exec_id=EXEC_ID, generation=2, detach=True),
+    "ExecDied": e.ExecDied(exec_id=EXEC_ID, exit_code=3),
 }
 
 COMMANDS: dict[str, c.Command] = {
@@ -147,6 +162,12 @@ COMMANDS: dict[str, c.Command] = {
                                            generation=3, exit_code=137,
                                            finished_at=1_700_000_000_000_000_020,
                                            oom_killed=True, pid=77),
+    "PauseContainer": c.PauseContainer(ref="web"),
+    "UnpauseContainer": c.UnpauseContainer(ref="web"),
+    "CreateExec": c.CreateExec(ref="web", exec_id=EXEC_ID, config=EXEC_CONFIG),
+    "StartExec": c.StartExec(exec_id=EXEC_ID, detach=True),
+    "ReportFrozen": c.ReportFrozen(generation=2, frozen=True, error="freeze: busy"),
+    "ReportExecExited": c.ReportExecExited(exec_id=EXEC_ID, exit_code=3),
 }
 
 # The host hand-offs, by Struct name: the value, and how its reader decodes the file.
@@ -185,6 +206,15 @@ RESULT = CommandResult(command_id="cmd-0001", ok=False, status=409, message="con
                        container_id=CID, version=7, events=("CommandRejected",))
 
 
+# A record with every meta field set, the authenticated principal included: the per-tag
+# goldens above keep the meta records had before principals (`principal` omitted).
+PRINCIPAL_RECORD = e.EventRecord(
+    meta=e.EventMeta(container_id=CID, version=7, command_id="cmd-0001",
+                     at=1_700_000_000_123, principal="alice", actor="bob", reason="user",
+                     correlation_id="corr-1", schema=1),
+    event=e.ContainerStopped(generation=2))
+
+
 def record_for(tag: str) -> e.EventRecord:
     """Wrap an event in the envelope it is stored with."""
     meta = e.EventMeta(container_id=CID, version=7, command_id="cmd-0001", at=1_700_000_000_123,
@@ -209,6 +239,8 @@ def golden_files() -> dict[Path, bytes]:
         files[GOLDEN / "host" / f"{name}.json"] = CODEC.json(value) + b"\n"
     files[GOLDEN / "envelope.msgpack"] = CODEC.encode(ENVELOPE)
     files[GOLDEN / "result.msgpack"] = CODEC.encode(RESULT)
+    files[GOLDEN / "record.msgpack"] = CODEC.encode(PRINCIPAL_RECORD)
+    files[GOLDEN / "record.json"] = CODEC.json(PRINCIPAL_RECORD) + b"\n"
     return files
 
 
@@ -249,6 +281,10 @@ def test_event_golden_json(tag: str) -> None:
 # Records as an earlier release wrote them: they must keep decoding to the same fact, the
 # fields added since taking their defaults (schema evolution: new fields get defaults).
 LEGACY: dict[str, e.Event] = {
+    # Before CommandRejected.rule (the admission policy's rules).
+    "CommandRejected-v1": e.CommandRejected(command="StartContainer", status=409,
+                                            message="container is marked for removal and "
+                                                    "cannot be started"),
     "SignalRequested-v1": e.SignalRequested(generation=2, signal=15, purpose="stop",
                                             timeout=10, cancels_restart=True),
     # Before CapAdd, CapDrop and SecurityOpt.
@@ -347,6 +383,11 @@ def test_envelope_golden() -> None:
     assert CODEC.envelope(read(GOLDEN / "envelope.msgpack")) == ENVELOPE
 
 
+def test_principal_record_golden() -> None:
+    assert CODEC.record(read(GOLDEN / "record.msgpack")) == PRINCIPAL_RECORD
+    assert CODEC.record_json(read(GOLDEN / "record.json")) == PRINCIPAL_RECORD
+
+
 def test_result_golden() -> None:
     assert CODEC.result(read(GOLDEN / "result.msgpack")) == RESULT
 
@@ -390,7 +431,7 @@ def defaulted_fields(value: Any, path: str = "") -> list[str]:
 def test_golden_values_use_every_field() -> None:
     # A golden built from defaults would not notice a field's wire name changing.
     values = (*EVENTS.values(), *COMMANDS.values(), ENVELOPE, RESULT,
-              record_for("ContainerStopped"), *(value for value, _ in HANDOFFS.values()))
+              PRINCIPAL_RECORD, *(value for value, _ in HANDOFFS.values()))
     assert [f for v in values for f in defaulted_fields(v)] == []
 
 

@@ -39,6 +39,7 @@ _NAMESPACES = (("ipc", nsutil.CLONE_NEWIPC), ("uts", nsutil.CLONE_NEWUTS),
                ("mnt", nsutil.CLONE_NEWNS))  # the mount namespace last: it moves the root
 ATTACH_TIMEOUT = 30.0  # how long E waits for the client before running unattached
 _TIOCGPTN, _TIOCSPTLCK = 0x80045430, 0x40045431
+_KILLED = 137  # the exit code of an exec whose container ended first (SIGKILL)
 
 
 class ExecPlan(NamedTuple):
@@ -68,7 +69,7 @@ def frame(stream: int, data: bytes) -> bytes:
 def spawn_exec(plan: ExecPlan, sock_path: str, on_exit: Callable[[int], None],
                timeout: float = 10.0) -> int:
     """Fork E; return its pid once its sockets listen (the process starts on attach)."""
-    for path in (sock_path, sock_path + ".ctl"):
+    for path in (sock_path, sock_path + ".ctl", sock_path + ".new", sock_path + ".ctl.new"):
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -102,10 +103,14 @@ def spawn_exec(plan: ExecPlan, sock_path: str, on_exit: Callable[[int], None],
 
 
 def _listen(path: str) -> socket.socket:
+    """Listen at path; the path appears only once connections are accepted (a client
+    waiting for it must never meet a socket that still refuses)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    os.chmod(path, 0o600)
+    staging = path + ".new"
+    sock.bind(staging)
+    os.chmod(staging, 0o600)
     sock.listen(4)
+    os.rename(staging, path)
     return sock
 
 
@@ -114,7 +119,8 @@ def _supervise(plan: ExecPlan, sock_path: str, on_exit: Callable[[int], None],
     """Be E: listen, wait for the client, run the process, relay, report the exit."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
-    main, ctl = _listen(sock_path), _listen(sock_path + ".ctl")
+    ctl = _listen(sock_path + ".ctl")  # first: once the main socket shows, both listen
+    main = _listen(sock_path)
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -122,23 +128,30 @@ def _supervise(plan: ExecPlan, sock_path: str, on_exit: Callable[[int], None],
     os.write(ready_w, f"ready {os.getpid()}".encode())
     os.close(ready_w)
     client = None
-    if not plan.detach:
-        ready, _, _ = select.select([main], [], [], ATTACH_TIMEOUT)
-        if ready:
-            client, _ = main.accept()
-    code = 126
+    code = _KILLED
     try:
-        code = _run(plan, client, ctl)
+        container = os.pidfd_open(plan.pid)  # the container's end is the exec's end
+    except OSError:
+        container = -1
+    try:
+        if container >= 0 and not plan.detach:
+            ready, _, _ = select.select([main.fileno(), container], [], [], ATTACH_TIMEOUT)
+            if main.fileno() in ready:
+                client, _ = main.accept()
+        if container >= 0 and not select.select([container], [], [], 0)[0]:
+            code = _run(plan, client, ctl)
     finally:
-        for s in (client, main, ctl):
-            if s is not None:
-                s.close()
-        for path in (sock_path, sock_path + ".ctl"):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        on_exit(code)
+        try:
+            on_exit(code)  # before the client hears the end: it asks for the exit code next
+        finally:
+            for s in (client, main, ctl):
+                if s is not None:
+                    s.close()
+            for path in (sock_path, sock_path + ".ctl"):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
 
 
 class _Stdio(NamedTuple):

@@ -49,7 +49,7 @@ from workers.proc.logs import JsonFileWriter
 from workers.proc.spec import ExitReport, ProcessSpec
 from workers.proc.title import set_title, supervisor_title
 
-__all__ = ["STDIO_GRACE", "report_entry", "supervise"]
+__all__ = ["STDIO_GRACE", "report_client", "report_entry", "supervise"]
 
 STDIO_GRACE = 2.0  # Docker waits this long for stdio to drain after the exit
 
@@ -115,7 +115,7 @@ def report_entry(report: ExitReport, status: ExitStatus) -> dict[str, bytes]:
     return CODEC.entry(env, c.ReportProcessExited.of(report.generation, status))
 
 
-def _report_client(report: ExitReport) -> Any:
+def report_client(report: ExitReport) -> Any:
     """Build (not connect) the client the exit goes out on, while the process still runs.
 
     Its first command connects; CLIENT SETINFO is skipped (two round trips of ~1 ms each
@@ -155,7 +155,7 @@ def _report(report: ExitReport, status: ExitStatus, state_dir: str,
     while True:
         try:
             if client is None:
-                client = _report_client(report)
+                client = report_client(report)
             client.xadd(report.stream, fields)
             client.close()
             return
@@ -290,7 +290,7 @@ def _watch(spec: ProcessSpec, run: _Started, wake_fd: int) -> None:
     client = None
     if spec.report is not None:
         try:
-            client = _report_client(spec.report)
+            client = report_client(spec.report)
         except Exception as e:  # noqa: BLE001 - _report builds it again at exit
             _say(f"report client: {e!r}")
     _pump(run, stopper.Escalation(spec.state_dir, run.started_at_ns, wake_fd))
