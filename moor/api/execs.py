@@ -25,6 +25,7 @@ from events import model as e
 from events.specs import ExecConfig
 from moor.api.context import ApiContext, ctx, run
 from moor.api.http import json_body, json_response
+from moor.api.streams import HalfCloseTolerant
 from projections.views.execs import inspect_exec
 from workers.interactive import exec_socket
 
@@ -109,11 +110,11 @@ def _dimension(request: web.Request, key: str) -> int:
     return int(text)
 
 
-class _Hijacked(asyncio.Protocol):
+class _Hijacked(HalfCloseTolerant):
     """Take the connection's bytes as the process's stdin; keep writing after its EOF."""
 
     def __init__(self, inner: Any, stdin: asyncio.Queue[bytes | None]) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._stdin = stdin
 
     def data_received(self, data: bytes) -> None:
@@ -125,13 +126,7 @@ class _Hijacked(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stdin.put_nowait(None)
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        super().connection_lost(exc)
 
 
 async def start(request: web.Request) -> web.StreamResponse:

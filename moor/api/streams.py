@@ -33,7 +33,7 @@ from workers.proc.logs import parse_time as parse_log_time
 from workers.proc.logs import read_logs
 from workers.storage.rootfs import container_dir
 
-__all__ = ["attach", "events", "logs", "wait"]
+__all__ = ["HalfCloseTolerant", "attach", "events", "logs", "wait"]
 
 _CONDITIONS = ("not-running", "next-exit", "removed")
 _STREAMS = {"stdin": 0, "stdout": 1, "stderr": 2}
@@ -238,7 +238,7 @@ def _attached_output(context: ApiContext, ctr: Container, cursor: str, since: in
         os.close(fd)
 
 
-class _HalfCloseTolerant(asyncio.Protocol):
+class HalfCloseTolerant(asyncio.Protocol):
     """Delegate to aiohttp's protocol, but keep the transport open on the peer's EOF."""
 
     def __init__(self, inner: Any) -> None:
@@ -279,7 +279,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
     # asyncio would then close the whole transport (aiohttp's eof_received says so).
     # Keep the write side open for this connection: it is closed when the output ends.
     if request.transport is not None and request.protocol is not None:
-        request.transport.set_protocol(_HalfCloseTolerant(request.protocol))
+        request.transport.set_protocol(HalfCloseTolerant(request.protocol))
     await resp.prepare(request)
     if query_bool(request, "stream") and wanted:
         await _pump(resp, ctr, thread_stream(
