@@ -9,5 +9,5 @@ projections; image loads and container logs touch this host's files, so it impor
     DOCKER_HOST=unix://$MOOR_DATA_ROOT/docker.sock docker run -d busybox sleep 60
 """
 
-__all__ = ["app", "containers", "context", "create", "http", "images", "server", "streams",
-           "system"]
+__all__ = ["app", "archive", "containers", "context", "create", "http", "images", "prune",
+           "server", "streams", "system"]

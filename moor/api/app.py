@@ -15,7 +15,7 @@ import redis as redislib
 from aiohttp import web
 
 from engine.errors import InvalidParameter, MoorError
-from moor.api import containers, execs, images, streams, system
+from moor.api import archive, containers, execs, images, prune, streams, system
 from moor.api import stats as stats_api
 from moor.api.context import API_VERSION, CONTEXT, ENGINE_VERSION, MIN_API_VERSION, ApiContext
 from moor.api.http import JSON, dumps
@@ -45,6 +45,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/containers/{id}/stats", stats_api.stats),
     ("GET", "/containers/{id}/top", stats_api.top),
     ("DELETE", "/containers/{id}", containers.remove),
+    ("HEAD", "/containers/{id}/archive", archive.head),
+    ("GET", "/containers/{id}/archive", archive.get),
+    ("PUT", "/containers/{id}/archive", archive.put),
+    ("POST", "/containers/prune", prune.prune),
     ("POST", "/containers/{id}/pause", execs.pause),
     ("POST", "/containers/{id}/unpause", execs.unpause),
     ("POST", "/containers/{id}/exec", execs.create),
