@@ -18,6 +18,7 @@ from events.specs import (
     HostConfig,
     ImageConfig,
     NetworkSpec,
+    RestartPolicy,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "exit_command_id",
     "KillContainer",
     "PauseContainer",
+    "UpdateContainer",
     "RegisterImage",
     "RemoveContainer",
     "RemoveImage",
@@ -274,6 +276,20 @@ class UnpauseContainer(_Command, tag="UnpauseContainer"):
     ref: str
 
 
+class UpdateContainer(_Command, tag="UpdateContainer"):
+    """`docker update`: the resource fields of `resources` that are not 0 or "" change.
+
+    Only Docker's updatable resources are read from `resources` (memory, swap and
+    reservation, CPU shares, nano CPUs, period and quota, cpuset, blkio weight).
+    `pids_limit` None keeps it (<= 0 unlimited); `restart_policy` None keeps it.
+    """
+
+    ref: str
+    resources: HostConfig = msgspec.field(default_factory=HostConfig)
+    pids_limit: int | None = None
+    restart_policy: RestartPolicy | None = None
+
+
 class CreateExec(_Command, tag="CreateExec"):
     """`docker exec` create: `exec_id` is the client's (64 hex, like container ids)."""
 
@@ -354,6 +370,7 @@ Command = (
     | RestoreContainer
     | PauseContainer
     | UnpauseContainer
+    | UpdateContainer
     | CreateExec
     | StartExec
     | ReportFrozen

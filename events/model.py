@@ -38,6 +38,7 @@ __all__ = [
     "EventRecord",
     "ExecCreated",
     "ExecDied",
+    "ContainerUpdated",
     "ExecStarted",
     "FreezeFailed",
     "FreezeRequested",
@@ -297,6 +298,16 @@ class ExecDied(_Event, tag="ExecDied"):
     exit_code: int
 
 
+class ContainerUpdated(_Event, tag="ContainerUpdated"):
+    """`docker update`: the HostConfig from now on, kept across restarts (Docker's update).
+
+    `generation` is the run whose live cgroup takes the new limits (0: not running).
+    """
+
+    host_config: HostConfig
+    generation: int = 0
+
+
 Event = (
     NetworkDefined
     | ImageRegistered
@@ -333,6 +344,7 @@ Event = (
     | ExecCreated
     | ExecStarted
     | ExecDied
+    | ContainerUpdated
 )
 
 

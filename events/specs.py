@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 __all__ = [
+    "DEFAULT_SHM_SIZE",
     "ContainerConfig",
     "DeviceMapping",
     "Endpoint",
@@ -18,7 +19,11 @@ __all__ = [
     "NetworkSpec",
     "PortBinding",
     "RestartPolicy",
+    "Ulimit",
 ]
+
+
+DEFAULT_SHM_SIZE = 64 * 1024 * 1024  # Docker's ShmSize when unset
 
 
 class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -41,6 +46,14 @@ class DeviceMapping(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     path_on_host: str
     path_in_container: str = ""
     cgroup_permissions: str = "rwm"
+
+
+class Ulimit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One process resource limit set in the container's init (Docker's Ulimit, `--ulimit`)."""
+
+    name: str  # without RLIMIT_, lower case: "nofile"
+    soft: int
+    hard: int
 
 
 class ContainerConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -87,6 +100,19 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     init: bool = False  # --init: tini as PID 1
     runtime: str = ""  # "" or "runc"
     isolation: str = ""  # "" or "default"
+    # Resources (Docker's meaning; 0 or "" is unset, as `docker update` reads them).
+    memory_swap: int = 0  # memory+swap bytes, -1 unlimited; unset: twice the memory
+    memory_swappiness: int = -1  # -1: the kernel's (Docker's null)
+    memory_reservation: int = 0
+    oom_kill_disable: bool = False
+    cpu_shares: int = 0
+    cpu_period: int = 0  # CFS, microseconds
+    cpu_quota: int = 0
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+    blkio_weight: int = 0
+    ulimits: tuple[Ulimit, ...] = ()
+    shm_size: int = 0  # /dev/shm bytes; unset: Docker's 64 MiB
 
 
 class ExecConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):

@@ -1,4 +1,4 @@
-"""`moor create|run|start|stop|restart|kill|rm|rename`: lifecycle commands on the client.
+"""`moor create|run|start|stop|restart|kill|rm|rename|update`: lifecycle commands on the client.
 
 Module level stays import-free (argparse only): the client, the schema and redis load
 when a handler runs.
@@ -14,7 +14,7 @@ from moor.failures import guard, print_error
 
 if TYPE_CHECKING:
     from commands.client import Client
-    from events.specs import ContainerConfig, HostConfig, RestartPolicy
+    from events.specs import ContainerConfig, HostConfig, RestartPolicy, Ulimit
 
 __all__ = ["add_container_flags", "container_spec", "register"]
 
@@ -85,9 +85,55 @@ def _host_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _ulimit(text: str) -> Ulimit:
+    """Parse docker's `--ulimit name=soft[:hard]` (go-units' format)."""
+    from engine.errors import InvalidParameter
+    from events.specs import Ulimit
+
+    name, sep, limits = text.partition("=")
+    soft, _, hard = limits.partition(":")
+    try:
+        return Ulimit(name=name, soft=int(soft), hard=int(hard or soft))
+    except ValueError:
+        raise InvalidParameter(f"invalid argument \"{text}\" for \"--ulimit\" flag: "
+                               f"invalid ulimit argument: {text}") from None
+
+
+def resource_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The resource flags `create`, `run` and `update` share, as HostConfig fields."""
+    from commands.options import parse_bytes, parse_cpus
+
+    def size(text: str | None) -> int:
+        return -1 if text == "-1" else parse_bytes(text) if text else 0
+
+    return {
+        "memory": size(args.memory), "memory_swap": size(args.memory_swap),
+        "memory_reservation": size(args.memory_reservation),
+        "nano_cpus": parse_cpus(args.cpus) if args.cpus else 0,
+        "cpu_shares": args.cpu_shares or 0, "cpu_period": args.cpu_period or 0,
+        "cpu_quota": args.cpu_quota or 0, "cpuset_cpus": args.cpuset_cpus or "",
+        "cpuset_mems": args.cpuset_mems or "", "blkio_weight": args.blkio_weight or 0,
+    }
+
+
+def add_resource_flags(p: argparse.ArgumentParser) -> None:
+    """Add docker's resource flags common to `create`/`run` and `update`."""
+    p.add_argument("-m", "--memory")
+    p.add_argument("--memory-swap")
+    p.add_argument("--memory-reservation")
+    p.add_argument("--pids-limit", type=int)
+    p.add_argument("--cpus")
+    p.add_argument("-c", "--cpu-shares", type=int)
+    p.add_argument("--cpu-period", type=int)
+    p.add_argument("--cpu-quota", type=int)
+    p.add_argument("--cpuset-cpus")
+    p.add_argument("--cpuset-mems")
+    p.add_argument("--blkio-weight", type=int)
+
+
 def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfig]:
     """Build Config and HostConfig from docker-run-style flags."""
-    from commands.options import parse_bytes, parse_cpus, parse_labels, parse_publish
+    from commands.options import parse_bytes, parse_labels, parse_publish
     from events.caps import normalize_caps
     from events.specs import ContainerConfig, HostConfig, PortBinding
 
@@ -113,9 +159,12 @@ def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfi
         port_bindings={k: tuple(v) for k, v in bindings.items()},
         restart_policy=_restart_policy(args.restart),
         auto_remove=args.rm,
-        memory=parse_bytes(args.memory) if args.memory else 0,
-        pids_limit=args.pids_limit or 0,
-        nano_cpus=parse_cpus(args.cpus) if args.cpus else 0,
+        pids_limit=max(args.pids_limit or 0, 0),
+        memory_swappiness=-1 if args.memory_swappiness is None else args.memory_swappiness,
+        oom_kill_disable=args.oom_kill_disable,
+        ulimits=tuple(_ulimit(u) for u in args.ulimit),
+        shm_size=parse_bytes(args.shm_size) if args.shm_size else 0,
+        **resource_options(args),
         # As docker's CLI sends them: upper-cased, CAP_-prefixed, deduplicated, sorted.
         cap_add=tuple(sorted(normalize_caps(args.cap_add))),
         cap_drop=tuple(sorted(normalize_caps(args.cap_drop))),
@@ -167,6 +216,24 @@ def _each_with(action: Callable[[argparse.Namespace], Action]
     return run
 
 
+def _update(args: argparse.Namespace) -> int:
+    """`moor update`: each container takes the flags given (the rest unchanged)."""
+    from commands import schema as c
+    from events.specs import HostConfig
+
+    resources = HostConfig(**resource_options(args))
+    policy = _restart_policy(args.restart) if args.restart else None
+    if resources == HostConfig() and policy is None and args.pids_limit is None:
+        print_error("you must provide one or more flags when using this command")
+        return 1
+
+    def action(client: Client, ref: str) -> object:
+        return client.submit(c.UpdateContainer(ref=ref, resources=resources,
+                                               pids_limit=args.pids_limit,
+                                               restart_policy=policy))
+    return _each(args, action)
+
+
 def _rename(args: argparse.Namespace) -> int:
     _client(args).rename(args.container, args.new_name)
     return 0
@@ -179,9 +246,11 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-l", "--label", action="append", default=[])
     p.add_argument("-p", "--publish", action="append", default=[])
     p.add_argument("--network", default="bridge")
-    p.add_argument("-m", "--memory")
-    p.add_argument("--pids-limit", type=int)
-    p.add_argument("--cpus")
+    add_resource_flags(p)
+    p.add_argument("--memory-swappiness", type=int)
+    p.add_argument("--oom-kill-disable", action="store_true")
+    p.add_argument("--ulimit", action="append", default=[])
+    p.add_argument("--shm-size")
     p.add_argument("--restart", default="no")
     p.add_argument("--rm", action="store_true")
     p.add_argument("-w", "--workdir")
@@ -259,6 +328,11 @@ def register(sub: Any) -> None:
         flags(p)
         p.add_argument("containers", nargs="+", metavar="CONTAINER")
         p.set_defaults(func=guard(_each_with(action)))
+    p = sub.add_parser("update", help="change the resources or restart policy of containers")
+    add_resource_flags(p)
+    p.add_argument("--restart")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+    p.set_defaults(func=guard(_update))
     p = sub.add_parser("rename", help="rename a container")
     p.add_argument("container")
     p.add_argument("new_name")

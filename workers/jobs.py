@@ -12,12 +12,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from commands.codec import CODEC
-from workers import interactive, saga
+from workers import interactive, saga, update
 from workers.context import current
 from workers.proc import process
 
 __all__ = ["freeze_container", "remove_container", "signal_container", "start_container",
-           "start_exec", "teardown_container"]
+           "start_exec", "teardown_container", "update_container"]
 
 log = logging.getLogger("moorage.worker")
 
@@ -65,3 +65,8 @@ def freeze_container(container_id: str, generation: int, frozen: bool, version: 
 def start_exec(container_id: str, exec_id: str, detach: bool = False) -> None:
     with _timed(f"exec {exec_id[:12]}", container_id):
         interactive.start_exec(current(), container_id, exec_id, detach)
+
+
+def update_container(container_id: str, generation: int, version: int = 0) -> None:
+    with _timed("update", container_id):
+        update.update_limits(current(), container_id, generation, version)

@@ -16,6 +16,7 @@ import os
 import platform
 import stat
 
+from events.specs import DEFAULT_SHM_SIZE
 from workers.proc.devices import DeviceNode
 
 __all__ = [
@@ -275,13 +276,15 @@ def _make_node(root: str, dev: str, node: DeviceNode) -> None:
 
 def setup_rootfs(root: str, binds: tuple[tuple[str, str, bool], ...] = (),
                  tmpfs: tuple[tuple[str, int, str], ...] = (), shm: str = "",
-                 sysfs_rw: bool = False, nodes: tuple[DeviceNode, ...] = ()) -> None:
+                 sysfs_rw: bool = False, nodes: tuple[DeviceNode, ...] = (),
+                 shm_size: int = 0) -> None:
     """Mount /proc, a minimal /dev, /sys, tmpfs mounts and binds (source, target, ro) under root.
 
     Call in a fresh mount namespace (and pid namespace, for /proc) before pivoting.
     `tmpfs` is (target, mount flags, data) per `--tmpfs`; `shm` is "" for a private
     /dev/shm, "none" for none, or the path of a donor's /dev/shm to bind; `nodes` are extra
-    device nodes (`--device`, `--privileged`); `sysfs_rw` (privileged) leaves /sys writable.
+    device nodes (`--device`, `--privileged`); `sysfs_rw` (privileged) leaves /sys writable;
+    `shm_size` sizes a private /dev/shm in bytes (`--shm-size`; 0 is Docker's 64 MiB).
     """
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below leaks to the host
     mount(root, root, None, MS_BIND | MS_REC)  # pivot_root needs a mount point
@@ -307,7 +310,7 @@ def setup_rootfs(root: str, binds: tuple[tuple[str, str, bool], ...] = (),
             mount(shm, os.path.join(dev, "shm"), None, MS_BIND)
         else:
             mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                  "mode=1777,size=65536k")
+                  f"mode=1777,size={shm_size or DEFAULT_SHM_SIZE}")
     for extra in nodes:
         _make_node(root, dev, extra)
     sys_dir = _mountpoint(root, "/sys")

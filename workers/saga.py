@@ -31,7 +31,7 @@ from workers.net.netconf import BridgeConfig, from_port_bindings
 from workers.proc import cgroups, process, seccomp, shm
 from workers.proc.init import SpawnError
 from workers.proc.spawn import RunFinished, spawn
-from workers.proc.spec import BindMount, Limits, ProcessSpec
+from workers.proc.spec import BindMount, Limits, ProcessSpec, limits_for
 from workers.storage import images, rootfs
 
 __all__ = ["forget_bridges", "lost_exit", "release_runtime", "remove", "signal", "start",
@@ -46,8 +46,7 @@ def _paths(ctx: HostContext, cid: str) -> tuple[str, str, str]:
 
 
 def _limits(host: HostConfig) -> Limits:
-    return Limits(memory=host.memory or None, pids=host.pids_limit or None,
-                  nano_cpus=host.nano_cpus or None)
+    return limits_for(host)
 
 
 class _Undo:
@@ -170,7 +169,7 @@ def _shm(ctx: HostContext, plan: StartPlan, undo: _Undo) -> str:
     if mode == "shareable":
         cdir = ctx.container_dir(plan.container_id)
         undo.push("shm", lambda: shm.release_shm(cdir))
-        return shm.ensure_shm(cdir)
+        return shm.ensure_shm(cdir, plan.host_config.shm_size)
     donor = plan.joins.get("ipc")
     if donor is not None and donor.container_id:
         return shm.shm_path(ctx.container_dir(donor.container_id))
@@ -200,6 +199,7 @@ def _sharing(run: _Start) -> dict[str, Any]:
         "ipc_ns": _namespace(plan, "ipc", host.ipc_mode), "shm": _shm(run.ctx, plan, run.undo),
         "uts_host": host.uts_mode == "host",
         "cgroupns_private": host.cgroupns_mode == "private", "init": host.init,
+        "ulimits": host.ulimits, "shm_size": host.shm_size,
     }
 
 

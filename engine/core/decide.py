@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from commands import schema as c
-from engine.core import admission, catalog, interactive, lifecycle, names, reports, restore
+from engine.core import admission, catalog, interactive, lifecycle, names, reports, restore, update
 from engine.core.state import World
 from engine.errors import MoorError
 from events import model as e
@@ -80,4 +80,5 @@ _HANDLERS: dict[type, Callable[..., tuple[str, list[e.Event]]]] = {
     c.CreateExec: interactive.create_exec,
     c.StartExec: interactive.start_exec,
     c.ReportExecExited: interactive.exec_exited,
+    c.UpdateContainer: update.update,
 }

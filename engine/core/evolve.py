@@ -253,6 +253,10 @@ def _freeze_failed(world: World, ctr: Container, ev: e.FreezeFailed) -> dict[str
     return {"freezing": False}
 
 
+def _updated(world: World, ctr: Container, ev: e.ContainerUpdated) -> dict[str, Any]:
+    return {"host_config": ev.host_config}
+
+
 def _exec(ctr: Container, exec_id: str, **changes: Any) -> dict[str, Any]:
     record = ctr.execs.get(exec_id)
     if record is None:
@@ -299,4 +303,5 @@ _CONTAINER: dict[type, Callable[[World, Container, Any], dict[str, Any]]] = {
     e.ExecCreated: _exec_created,
     e.ExecStarted: _exec_started,
     e.ExecDied: _exec_died,
+    e.ContainerUpdated: _updated,
 }

@@ -82,6 +82,10 @@ def react(world: World, record: e.EventRecord) -> list[Job]:
         return [Job(f"{_JOBS}.freeze_container", f"freeze-{ctr.id}-{record.meta.version}",
                     {"container_id": ctr.id, "generation": event.generation,
                      "frozen": event.frozen, "version": record.meta.version})]
+    if isinstance(event, e.ContainerUpdated) and event.generation:
+        return [Job(f"{_JOBS}.update_container", f"update-{ctr.id}-{record.meta.version}",
+                    {"container_id": ctr.id, "generation": event.generation,
+                     "version": record.meta.version})]
     if isinstance(event, e.ExecStarted):
         return [Job(f"{_JOBS}.start_exec", f"exec-{event.exec_id}",
                     {"container_id": ctr.id, "exec_id": event.exec_id,

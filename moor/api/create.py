@@ -3,7 +3,7 @@
 Pure. Docker clients send many fields at their zero values (the docker CLI sends almost
 the whole HostConfig), so a field moorage does not implement is accepted when it holds its
 zero value (null, false, 0, "", [], {} or Docker's own "unset" marker such as
-MemorySwappiness -1) and refused with a 400 naming the field otherwise: a setting is
+ConsoleSize [0, 0]) and refused with a 400 naming the field otherwise: a setting is
 never silently dropped.
 """
 
@@ -16,9 +16,16 @@ from typing import Any
 
 from commands.options import parse_host_ip, parse_host_port
 from engine.errors import InvalidParameter
-from events.specs import ContainerConfig, DeviceMapping, HostConfig, PortBinding, RestartPolicy
+from events.specs import (
+    ContainerConfig,
+    DeviceMapping,
+    HostConfig,
+    PortBinding,
+    RestartPolicy,
+    Ulimit,
+)
 
-__all__ = ["UnsupportedSetting", "container_spec", "create_warnings", "is_unset"]
+__all__ = ["UnsupportedSetting", "container_spec", "create_warnings", "is_unset", "resources"]
 
 # Fields moorage maps onto its config (Config / HostConfig); everything else must be unset.
 _CONFIG_FIELDS = frozenset({
@@ -31,11 +38,12 @@ _HOST_FIELDS = frozenset({
     "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Memory", "PidsLimit",
     "NanoCpus", "CapAdd", "CapDrop", "SecurityOpt", "ReadonlyRootfs", "Privileged", "Tmpfs",
     "Sysctls", "Devices", "DeviceCgroupRules", "GroupAdd", "PidMode", "IpcMode", "UTSMode",
-    "CgroupnsMode", "Init", "Runtime", "Isolation",
+    "CgroupnsMode", "Init", "Runtime", "Isolation", "MemorySwap", "MemorySwappiness",
+    "MemoryReservation", "OomKillDisable", "CpuShares", "CpuPeriod", "CpuQuota", "CpusetCpus",
+    "CpusetMems", "BlkioWeight", "Ulimits", "ShmSize",
 })
 # Values that mean "not set" for a field although they are not zero.
 _UNSET_MARKERS: dict[str, tuple[Any, ...]] = {
-    "HostConfig.MemorySwappiness": (-1,),
     "HostConfig.LogConfig.Type": ("json-file",),
     "HostConfig.ConsoleSize": ([0, 0],),
 }
@@ -169,6 +177,36 @@ def _security_fields(host: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _ulimits(value: Any) -> tuple[Ulimit, ...]:
+    if not isinstance(value, list | None):
+        raise InvalidParameter("invalid JSON: HostConfig.Ulimits must be a list")
+    return tuple(Ulimit(name=_text(doc.get("Name"), "Ulimit.Name"),
+                        soft=_int(doc.get("Soft"), "Ulimit.Soft"),
+                        hard=_int(doc.get("Hard"), "Ulimit.Hard"))
+                 for doc in (_object(item, "HostConfig.Ulimits entry") for item in value or ()))
+
+
+def resources(host: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the HostConfig resource fields of a create or update body (Docker's Resources)."""
+    swappiness = host.get("MemorySwappiness")
+    return {
+        "memory": _int(host.get("Memory"), "Memory"),
+        "nano_cpus": _int(host.get("NanoCpus", host.get("NanoCPUs")), "NanoCpus"),
+        "memory_swap": _int(host.get("MemorySwap"), "MemorySwap"),
+        "memory_swappiness": -1 if swappiness is None else _int(swappiness, "MemorySwappiness"),
+        "memory_reservation": _int(host.get("MemoryReservation"), "MemoryReservation"),
+        "oom_kill_disable": bool(host.get("OomKillDisable")),
+        "cpu_shares": _int(host.get("CpuShares"), "CpuShares"),
+        "cpu_period": _int(host.get("CpuPeriod"), "CpuPeriod"),
+        "cpu_quota": _int(host.get("CpuQuota"), "CpuQuota"),
+        "cpuset_cpus": _text(host.get("CpusetCpus"), "CpusetCpus"),
+        "cpuset_mems": _text(host.get("CpusetMems"), "CpusetMems"),
+        "blkio_weight": _int(host.get("BlkioWeight"), "BlkioWeight"),
+        "ulimits": _ulimits(host.get("Ulimits")),
+        "shm_size": _int(host.get("ShmSize"), "ShmSize"),
+    }
+
+
 def _port_key(key: str) -> str:
     return key if "/" in key else f"{key}/tcp"
 
@@ -248,9 +286,8 @@ def container_spec(body: Any) -> tuple[ContainerConfig, HostConfig]:
         port_bindings=_bindings(host.get("PortBindings")),
         restart_policy=_restart_policy(host.get("RestartPolicy")),
         auto_remove=bool(host.get("AutoRemove")),
-        memory=_int(host.get("Memory"), "HostConfig.Memory"),
         pids_limit=max(pids, 0),  # Docker: 0 and -1 both mean unlimited
-        nano_cpus=_int(host.get("NanoCpus"), "HostConfig.NanoCpus"),
+        **resources(host),
         cap_add=_strings(host.get("CapAdd"), "HostConfig.CapAdd") or (),
         cap_drop=_strings(host.get("CapDrop"), "HostConfig.CapDrop") or (),
         security_opt=_strings(host.get("SecurityOpt"), "HostConfig.SecurityOpt") or (),

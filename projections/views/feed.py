@@ -104,6 +104,7 @@ _CONTAINER_ACTIONS: dict[type, str] = {
     e.ExecCreated: "exec_create",
     e.ExecStarted: "exec_start",
     e.ExecDied: "exec_die",
+    e.ContainerUpdated: "update",
 }
 
 

@@ -9,8 +9,10 @@ from typing import Any
 
 from engine.core import names
 from engine.core.state import Container, Image, World, status_of
+from engine.core.update import effective_swap
 from engine.errors import NotFound
 from events.hostopts import MASKED_PATHS, READONLY_PATHS
+from events.specs import DEFAULT_SHM_SIZE
 from projections.views.points import rfc3339_nano
 from projections.views.shape import (
     network_endpoints,
@@ -63,6 +65,18 @@ def _host_config(ctr: Container) -> dict[str, Any]:
         "Memory": host.memory,
         "PidsLimit": host.pids_limit or None,  # Docker reports "no limit" as null
         "NanoCpus": host.nano_cpus,
+        "MemorySwap": effective_swap(host),
+        "MemorySwappiness": None if host.memory_swappiness == -1 else host.memory_swappiness,
+        "MemoryReservation": host.memory_reservation,
+        "OomKillDisable": host.oom_kill_disable,
+        "CpuShares": host.cpu_shares,
+        "CpuPeriod": host.cpu_period,
+        "CpuQuota": host.cpu_quota,
+        "CpusetCpus": host.cpuset_cpus,
+        "CpusetMems": host.cpuset_mems,
+        "BlkioWeight": host.blkio_weight,
+        "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in host.ulimits],
+        "ShmSize": host.shm_size or DEFAULT_SHM_SIZE,  # Docker stores its default at create
         # Docker reports these unset lists as null.
         "CapAdd": list(host.cap_add) or None,
         "CapDrop": list(host.cap_drop) or None,

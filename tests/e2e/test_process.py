@@ -713,7 +713,7 @@ def test_cgroup_limits_v2_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert cgroups.is_unified()
     assert cgroups.ensure_cgroup("c2", memory=32 << 20, memory_swap=96 << 20, pids=3,
                                  nano_cpus=250_000_000) == {"unified": str(group)}
-    assert (root / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+    assert (root / "cgroup.subtree_control").read_text() == "+memory +pids +cpu +cpuset +io"
     assert (group / "memory.max").read_text() == str(32 << 20)
     assert (group / "memory.swap.max").read_text() == str(64 << 20)
     assert (group / "pids.max").read_text() == "3"

@@ -96,7 +96,7 @@ def test_supported_fields_are_mapped() -> None:
     ("HostConfig", "OomScoreAdj", 500),
     ("HostConfig", "Binds", ["/tmp:/tmp"]),
     ("HostConfig", "Capabilities", ["CAP_NET_ADMIN"]),
-    ("HostConfig", "MemorySwappiness", 10),
+    ("HostConfig", "CpuRealtimeRuntime", 1000),
     ("HostConfig", "LogConfig", {"Type": "syslog", "Config": {}}),
     ("", "Tty", True),
     ("", "OpenStdin", True),
@@ -147,4 +147,4 @@ def test_unset_values() -> None:
     assert not is_unset({"/data": {}}, "Volumes")
     assert not is_unset({"Key": ""}, "HostConfig.Sysctls")
     assert not is_unset({"net.core.somaxconn": ""})
-    assert is_unset(-1, "HostConfig.MemorySwappiness") and not is_unset(-1)
+    assert is_unset([0, 0], "HostConfig.ConsoleSize") and not is_unset(-1)

@@ -37,6 +37,7 @@ from events.specs import (
     NetworkSpec,
     PortBinding,
     RestartPolicy,
+    Ulimit,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -65,13 +66,18 @@ HOST_V1 = HostConfig(network_mode="backend",
 HOST_V2 = msgspec.structs.replace(HOST_V1, cap_add=("CAP_NET_ADMIN",), cap_drop=("ALL",),
                                   security_opt=("no-new-privileges",))
 HOST_V3 = msgspec.structs.replace(HOST_V2, readonly_rootfs=True)
-HOST = msgspec.structs.replace(
+HOST_V4 = msgspec.structs.replace(
     HOST_V3, privileged=True, tmpfs={"/run": "size=64m"}, sysctls={"net.ipv4.ip_forward": "1"},
     devices=(DeviceMapping(path_on_host="/dev/fuse", path_in_container="/dev/fuse",
                            cgroup_permissions="rw"),),
     device_cgroup_rules=("c 10:200 rwm",), group_add=("audio",), pid_mode="host",
     ipc_mode="shareable", uts_mode="host", cgroupns_mode="private", init=True, runtime="runc",
     isolation="default")
+HOST = msgspec.structs.replace(
+    HOST_V4, memory_swap=128 * 1024 * 1024, memory_swappiness=10,
+    memory_reservation=32 * 1024 * 1024, oom_kill_disable=True, cpu_shares=512, cpu_period=50_000,
+    cpu_quota=25_000, cpuset_cpus="0-1", cpuset_mems="0", blkio_weight=300,
+    ulimits=(Ulimit(name="nofile", soft=1024, hard=2048),), shm_size=128 * 1024 * 1024)
 
 EXEC_ID = "abcdef0123456789" * 4
 EXEC_CONFIG = ExecConfig(cmd=("sh", "-c", "ls"), env=("A=1",), user="nobody", working_dir="/srv",
@@ -130,6 +136,7 @@ EVENTS: dict[str, e.Event] = {
     "ExecCreated": e.ExecCreated(exec_id=EXEC_ID, config=EXEC_CONFIG),
     "ExecStarted": e.ExecStarted(exec_id=EXEC_ID, generation=2, detach=True),
     "ExecDied": e.ExecDied(exec_id=EXEC_ID, exit_code=3),
+    "ContainerUpdated": e.ContainerUpdated(host_config=HOST, generation=2),
 }
 
 COMMANDS: dict[str, c.Command] = {
@@ -168,6 +175,9 @@ COMMANDS: dict[str, c.Command] = {
     "StartExec": c.StartExec(exec_id=EXEC_ID, detach=True),
     "ReportFrozen": c.ReportFrozen(generation=2, frozen=True, error="freeze: busy"),
     "ReportExecExited": c.ReportExecExited(exec_id=EXEC_ID, exit_code=3),
+    "UpdateContainer": c.UpdateContainer(ref="web", resources=HOST, pids_limit=50,
+                                         restart_policy=RestartPolicy(name="on-failure",
+                                                                      maximum_retry_count=2)),
 }
 
 # The host hand-offs, by Struct name: the value, and how its reader decodes the file.
@@ -299,6 +309,10 @@ LEGACY: dict[str, e.Event] = {
     "ContainerCreated-v3": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
                                               config=CONFIG, host_config=HOST_V3,
                                               created=1_700_000_000_000_000_000),
+    # Before the resource options (swap, reservation, CPU shares and CFS, cpuset, ulimits…).
+    "ContainerCreated-v4": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
+                                              config=CONFIG, host_config=HOST_V4,
+                                              created=1_700_000_000_000_000_000),
 }
 
 
@@ -345,6 +359,15 @@ LEGACY_WIRE: dict[str, tuple[Any, Callable[[bytes], Any]]] = {
         saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
                        layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V3,
                        endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn")),
+        lambda data: CODEC.plan(JSONSerializer.loads(data))),
+    # Before the resource options.
+    "CreateContainer-v4.msgpack": (
+        c.CreateContainer(config=CONFIG, name="web", host_config=HOST_V4), CODEC.command),
+    "StartPlan-v4.json": (
+        saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
+                       layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V4,
+                       endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn"),
+                       joins={"ipc": saga.Donor(container_id=CID, pid=4242)}),
         lambda data: CODEC.plan(JSONSerializer.loads(data))),
 }
 

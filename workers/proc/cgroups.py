@@ -2,8 +2,8 @@
 
 Each container gets ``<parent>/<cid>`` (parent ``moorage/<engine id>`` by
 default, so two engines on one host keep their containers apart) in the v1
-``memory``, ``pids``, ``cpu`` and ``devices`` hierarchies (and ``cpuacct`` and
-``blkio`` where mounted, for stats), or one group when ``/sys/fs/cgroup`` is the
+``memory``, ``pids``, ``cpu``, ``devices`` and ``freezer`` hierarchies (and ``cpuacct``,
+``blkio`` and ``cpuset`` where mounted), or one group when ``/sys/fs/cgroup`` is the
 unified (v2) hierarchy. Limits follow Docker's
 defaults: swap defaults to twice the memory limit, CPU quota is
 ``nano_cpus * period / 1e9`` with a 100 ms period, ``pids <= 0`` is unlimited.
@@ -24,6 +24,7 @@ import time
 from engine.config import cgroup_parent
 from workers.proc.devfilter import apply_filter
 from workers.proc.devices import apply_rules
+from workers.proc.spec import Limits
 
 __all__ = [
     "cgroup_dirs", "ensure_cgroup", "is_unified", "join_cgroup", "oom_killed", "release_cgroup",
@@ -31,8 +32,9 @@ __all__ = [
 ]
 
 V1_CONTROLLERS = ("memory", "pids", "cpu", "devices", "freezer")  # freezer: pause
-# Accounting only, no limits (workers.proc.stats reads them); used where mounted.
-V1_ACCOUNTING = ("cpuacct", "blkio")
+# Used where mounted: cpuacct for stats (workers.proc.stats), blkio's weight, cpuset.
+V1_OPTIONAL = ("cpuacct", "blkio", "cpuset")
+V2_CONTROLLERS = ("memory", "pids", "cpu", "cpuset", "io")
 CPU_PERIOD_US = 100_000
 _VALID_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 LEGACY_PARENT = "moorage"  # every engine's parent before engines had ids
@@ -55,7 +57,7 @@ def _parent_dirs(parent: str) -> dict[str, str]:
     root = _root()
     if is_unified():
         return {"unified": os.path.join(root, parent)}
-    mounted = [c for c in V1_ACCOUNTING if os.path.exists(os.path.join(root, c, "cgroup.procs"))]
+    mounted = [c for c in V1_OPTIONAL if os.path.exists(os.path.join(root, c, "cgroup.procs"))]
     return {c: os.path.join(root, c, parent) for c in (*V1_CONTROLLERS, *mounted)}
 
 
@@ -102,6 +104,11 @@ def _set_v1_memory(path: str, mem: int, swap: int) -> None:
         for name, value in pairs:
             _write(os.path.join(path, name), value)
     except OSError as e:
+        if e.errno == errno.EBUSY:  # below what the group uses now: runc's text
+            usage = _read(os.path.join(path, "memory.usage_in_bytes")).strip()
+            peak = _read(os.path.join(path, "memory.max_usage_in_bytes")).strip()
+            raise OSError(errno.EBUSY, f"unable to set memory limit to {mem} (current usage: "
+                                       f"{usage}, peak usage: {peak})") from None
         # The kernel insists memory <= memsw at every step; when the old memsw is
         # below the new memory limit, memsw has to move first.
         if e.errno != errno.EINVAL or len(pairs) < 2:
@@ -110,25 +117,87 @@ def _set_v1_memory(path: str, mem: int, swap: int) -> None:
             _write(os.path.join(path, name), value)
 
 
+def _cpu_quota(lim: Limits) -> tuple[int, int]:
+    """Return the CFS (quota, period) in microseconds, quota -1 unlimited (Docker's rule)."""
+    if lim.nano_cpus and lim.nano_cpus > 0:
+        return max(1000, lim.nano_cpus * CPU_PERIOD_US // 1_000_000_000), CPU_PERIOD_US
+    return (lim.cpu_quota if lim.cpu_quota > 0 else -1), lim.cpu_period or CPU_PERIOD_US
+
+
+def _set_v1_cpu(path: str, lim: Limits) -> None:
+    quota, period = _cpu_quota(lim)
+    if not os.path.exists(os.path.join(path, "cpu.cfs_quota_us")):
+        if quota > 0:
+            raise OSError(errno.ENOTSUP, "NanoCPUs can not be set, as your kernel does "
+                          "not support CPU CFS scheduler or the cgroup is not mounted")
+        return
+    # Quota first back to unlimited: a new period below the old quota is refused.
+    _write(os.path.join(path, "cpu.cfs_quota_us"), -1)
+    _write(os.path.join(path, "cpu.cfs_period_us"), period)
+    _write(os.path.join(path, "cpu.cfs_quota_us"), quota)
+    if lim.cpu_shares:
+        _write(os.path.join(path, "cpu.shares"), lim.cpu_shares)
+
+
+def _set_v1_cpuset(path: str, lim: Limits) -> None:
+    """Fill every new level from its parent (an empty cpuset takes no task), then the limits."""
+    root = os.path.join(_root(), "cpuset")
+    level = root
+    for part in os.path.relpath(path, root).split(os.sep):
+        parent, level = level, os.path.join(level, part)
+        os.makedirs(level, exist_ok=True)
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if not _read(os.path.join(level, name)).strip():
+                _write(os.path.join(level, name), _read(os.path.join(parent, name)).strip())
+    parent = os.path.dirname(path)
+    for name, value in (("cpuset.cpus", lim.cpuset_cpus), ("cpuset.mems", lim.cpuset_mems)):
+        _write(os.path.join(path, name), value or _read(os.path.join(parent, name)).strip())
+
+
+def _set_v1_extras(controller: str, path: str, lim: Limits) -> None:
+    """Write the limits that are left alone unless set (reservation, swappiness, OOM, blkio)."""
+    writes: list[tuple[str, str | int]] = []
+    if controller == "memory":
+        if lim.memory_reservation:
+            writes.append(("memory.soft_limit_in_bytes", lim.memory_reservation))
+        if lim.memory_swappiness != -1:
+            writes.append(("memory.swappiness", lim.memory_swappiness))
+        if lim.oom_kill_disable:
+            writes.append(("memory.oom_control", 1))
+    elif controller == "blkio" and lim.blkio_weight:
+        # Docker discards the weight (with a warning) on a kernel without the file.
+        for name in ("blkio.weight", "blkio.bfq.weight"):
+            if os.path.exists(os.path.join(path, name)):
+                writes.append((name, lim.blkio_weight))
+                break
+    for name, value in writes:
+        _write(os.path.join(path, name), value)
+
+
 def ensure_cgroup(cid: str, memory: int | None = None, pids: int | None = None,
                   nano_cpus: int | None = None, memory_swap: int | None = None,
-                  device_rules: tuple[str, ...] = ()) -> dict[str, str]:
+                  device_rules: tuple[str, ...] = (), limits: Limits | None = None
+                  ) -> dict[str, str]:
     """Create the container's groups (idempotent) and set every limit; return the dirs.
 
-    `device_rules` (`events.hostopts.device_rules`) confine the devices the container may
+    `limits` (all of Docker's resources) replaces the four single limits when given; a
+    running container's groups take a `docker update` the same way. `device_rules`
+    (`events.hostopts.device_rules`) confine the devices the container may
     use: written to the v1 `devices` group, or on v2 attached to the group as an eBPF
-    program (`workers.proc.devfilter`); none leaves them unconfined.
+    program (`workers.proc.devfilter`); none leaves them untouched.
     """
-    mem, swap = _memory_limits(memory, memory_swap)
-    quota = -1
-    if nano_cpus and nano_cpus > 0:
-        quota = max(1000, nano_cpus * CPU_PERIOD_US // 1_000_000_000)
-    pids_max = str(pids) if pids and pids > 0 else "max"
+    lim = limits or Limits(memory=memory, pids=pids, nano_cpus=nano_cpus,
+                           memory_swap=memory_swap)
+    mem, swap = _memory_limits(lim.memory, lim.memory_swap)
+    pids_max = str(lim.pids) if lim.pids and lim.pids > 0 else "max"
     dirs = cgroup_dirs(cid)
     if "unified" in dirs:
-        _ensure_v2(dirs["unified"], mem, swap, pids_max, quota, device_rules)
+        _ensure_v2(dirs["unified"], mem, swap, pids_max, lim, device_rules)
         return dirs
     for controller, path in dirs.items():
+        if controller == "cpuset":
+            _set_v1_cpuset(path, lim)
+            continue
         os.makedirs(path, exist_ok=True)
         if controller == "memory":
             _set_v1_memory(path, mem, swap)
@@ -137,21 +206,14 @@ def ensure_cgroup(cid: str, memory: int | None = None, pids: int | None = None,
         elif controller == "devices" and device_rules:
             apply_rules(path, device_rules)
         elif controller == "cpu":
-            if not os.path.exists(os.path.join(path, "cpu.cfs_quota_us")):
-                if quota > 0:
-                    raise OSError(errno.ENOTSUP, "NanoCPUs can not be set, as your kernel does "
-                                  "not support CPU CFS scheduler or the cgroup is not mounted")
-                continue
-            # Quota first back to unlimited: a new period below the old quota is refused.
-            _write(os.path.join(path, "cpu.cfs_quota_us"), -1)
-            _write(os.path.join(path, "cpu.cfs_period_us"), CPU_PERIOD_US)
-            _write(os.path.join(path, "cpu.cfs_quota_us"), quota)
+            _set_v1_cpu(path, lim)
+        _set_v1_extras(controller, path, lim)
     return dirs
 
 
-def _ensure_v2(path: str, mem: int, swap: int, pids_max: str, quota: int,
+def _ensure_v2(path: str, mem: int, swap: int, pids_max: str, lim: Limits,
                device_rules: tuple[str, ...] = ()) -> None:
-    """Create the v2 group, enabling the controllers on the way down."""
+    """Create the v2 group, enabling the controllers on the way down (runc's v2 mapping)."""
     root = _root()
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
@@ -162,7 +224,7 @@ def _ensure_v2(path: str, mem: int, swap: int, pids_max: str, quota: int,
             levels.append(os.path.join(levels[-1], part))
     for level in levels:
         available = _read(os.path.join(level, "cgroup.controllers")).split()
-        wanted = " ".join(f"+{c}" for c in ("memory", "pids", "cpu") if c in available)
+        wanted = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in available)
         if wanted:
             _write(os.path.join(level, "cgroup.subtree_control"), wanted)
     os.makedirs(path, exist_ok=True)
@@ -172,8 +234,19 @@ def _ensure_v2(path: str, mem: int, swap: int, pids_max: str, quota: int,
         # v2 limits swap alone, v1 (and Docker's API) memory+swap together.
         _write(swap_file, swap - mem if mem > 0 and swap > 0 else "max")
     _write(os.path.join(path, "pids.max"), pids_max)
-    _write(os.path.join(path, "cpu.max"),
-           f"{quota if quota > 0 else 'max'} {CPU_PERIOD_US}")
+    quota, period = _cpu_quota(lim)
+    _write(os.path.join(path, "cpu.max"), f"{quota if quota > 0 else 'max'} {period}")
+    optional: list[tuple[str, str | int]] = []
+    if lim.memory_reservation:
+        optional.append(("memory.low", lim.memory_reservation))
+    if lim.cpu_shares:  # runc's shares -> weight conversion
+        optional.append(("cpu.weight", 1 + ((lim.cpu_shares - 2) * 9999) // 262142))
+    if lim.blkio_weight:
+        optional.append(("io.weight", 1 + ((lim.blkio_weight - 10) * 9999) // 990))
+    optional += [(n, v) for n, v in (("cpuset.cpus", lim.cpuset_cpus),
+                                     ("cpuset.mems", lim.cpuset_mems)) if v]
+    for name, value in optional:
+        _write(os.path.join(path, name), value)
     if device_rules:
         apply_filter(path, device_rules)
 
@@ -187,7 +260,9 @@ def join_cgroup(cid: str, pid: int) -> None:
     """
     dirs = cgroup_dirs(cid)
     name = "tasks" if pid == 0 and "unified" not in dirs else "cgroup.procs"
-    for path in dirs.values():
+    for controller, path in dirs.items():
+        if controller == "cpuset" and not os.path.isdir(path):
+            continue  # a run an older worker started has none: its execs still join
         _write(os.path.join(path, name), pid)
 
 

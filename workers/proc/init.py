@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import resource
 import signal
 import stat
 from typing import NamedTuple, NoReturn
@@ -24,6 +25,7 @@ from typing import NamedTuple, NoReturn
 from engine.errors import MoorError
 from events.caps import DEFAULT_MASK
 from events.hostopts import MASKED_PATHS, READONLY_PATHS
+from events.specs import Ulimit
 from workers import nsutil
 from workers.proc import cgroups, seccomp
 from workers.proc.devices import DeviceNode
@@ -96,6 +98,14 @@ class InitPlan(NamedTuple):
     uts_host: bool = False
     cgroupns_private: bool = False
     seccomp: seccomp.Program | None = None
+    rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard) per --ulimit
+    shm_size: int = 0  # a private /dev/shm's bytes (0: Docker's 64 MiB)
+
+
+def rlimits(ulimits: tuple[Ulimit, ...]) -> tuple[tuple[int, int, int], ...]:
+    """Resolve `--ulimit` names to RLIMIT_* numbers, before any fork."""
+    return tuple((getattr(resource, "RLIMIT_" + u.name.upper()), u.soft, u.hard)
+                 for u in ulimits)
 
 
 def exit_code_for_errno(err: int) -> int:
@@ -218,6 +228,9 @@ def _enter(plan: InitPlan, netns_fd: int) -> NoReturn:
         prepared = seccomp.prepare(plan.seccomp) if plan.seccomp is not None else None
         last_cap = nsutil.cap_last_cap()  # before pivoting: the host's /proc
         keep = allowed_capabilities(plan.capabilities, last_cap)
+        for kind, soft, hard in plan.rlimits:  # as root, before the capabilities drop
+            stage = f"setrlimit {kind}"
+            resource.setrlimit(kind, (soft, hard))
         stage = "join cgroup"
         cgroups.join_cgroup(plan.container_id, 0)  # before pivoting: /sys is the host's
         if plan.cgroupns_private:  # after joining: the container's group becomes its root
@@ -241,7 +254,7 @@ def _enter(plan: InitPlan, netns_fd: int) -> NoReturn:
         nsutil.unshare(flags)
         stage = "prepare rootfs"
         nsutil.setup_rootfs(plan.rootfs, plan.binds, tmpfs=plan.tmpfs, shm=plan.shm,
-                            sysfs_rw=plan.sysfs_rw, nodes=plan.nodes)
+                            sysfs_rw=plan.sysfs_rw, nodes=plan.nodes, shm_size=plan.shm_size)
         stage = "pivot_root"
         nsutil.pivot_into(plan.rootfs)
         for key, value in plan.sysctls:  # before /proc/sys turns read-only

@@ -11,24 +11,31 @@ from __future__ import annotations
 import errno
 import os
 
+from events.specs import DEFAULT_SHM_SIZE
 from workers import nsutil
 
-__all__ = ["SHM_OPTIONS", "ensure_shm", "release_shm", "shm_path"]
+__all__ = ["SHM_OPTIONS", "SHM_SIZE", "ensure_shm", "release_shm", "shm_options", "shm_path"]
 
-SHM_OPTIONS = "mode=1777,size=67108864"  # Docker's default ShmSize, 64 MiB
+SHM_SIZE = DEFAULT_SHM_SIZE
+SHM_OPTIONS = f"mode=1777,size={SHM_SIZE}"
+
+
+def shm_options(size: int = 0) -> str:
+    """Return the tmpfs options of a /dev/shm of `size` bytes (0: Docker's default)."""
+    return f"mode=1777,size={size or SHM_SIZE}"
 
 
 def shm_path(container_dir: str) -> str:
     return os.path.join(container_dir, "shm")
 
 
-def ensure_shm(container_dir: str) -> str:
-    """Mount the container's shareable /dev/shm on the host (idempotent); return its path."""
+def ensure_shm(container_dir: str, size: int = 0) -> str:
+    """Mount the container's shareable /dev/shm (`--shm-size` bytes) on the host; idempotent."""
     path = shm_path(container_dir)
     os.makedirs(path, 0o700, exist_ok=True)
     if not os.path.ismount(path):
         nsutil.mount("shm", path, "tmpfs", nsutil.MS_NOSUID | nsutil.MS_NODEV | nsutil.MS_NOEXEC,
-                     SHM_OPTIONS)
+                     shm_options(size))
     return path
 
 

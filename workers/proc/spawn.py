@@ -121,7 +121,8 @@ def _plan(spec: ProcessSpec) -> tuple[tuple[str, ...], init.InitPlan]:
         readonly_paths=() if spec.privileged else READONLY_PATHS,
         tmpfs=tmpfs, shm=spec.shm, sysfs_rw=spec.privileged, nodes=nodes,
         sysctls=spec.sysctls, ipc_ns=spec.ipc_ns,
-        uts_host=spec.uts_host, cgroupns_private=spec.cgroupns_private, seccomp=spec.seccomp)
+        uts_host=spec.uts_host, cgroupns_private=spec.cgroupns_private, seccomp=spec.seccomp,
+        rlimits=init.rlimits(spec.ulimits), shm_size=spec.shm_size)
 
 
 def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
@@ -151,11 +152,8 @@ def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
         except FileNotFoundError:
             pass
     rules, plan = _plan(spec)
-    lim = spec.limits
     try:
-        cgroups.ensure_cgroup(spec.container_id, memory=lim.memory, pids=lim.pids,
-                              nano_cpus=lim.nano_cpus, memory_swap=lim.memory_swap,
-                              device_rules=rules)
+        cgroups.ensure_cgroup(spec.container_id, device_rules=rules, limits=spec.limits)
     except (OSError, ValueError) as e:
         raise SpawnError(128, f"cgroup {spec.container_id}: {e}") from e
     netns_fd = -1

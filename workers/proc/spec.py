@@ -10,19 +10,40 @@ from __future__ import annotations
 import msgspec
 
 from events.caps import DEFAULT_MASK
-from events.specs import DeviceMapping
+from events.specs import DeviceMapping, HostConfig, Ulimit
 from workers.proc.seccomp import Program
 
-__all__ = ["BindMount", "ExitReport", "Limits", "ProcessSpec"]
+__all__ = ["BindMount", "ExitReport", "Limits", "ProcessSpec", "limits_for"]
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """cgroup limits with Docker's meaning (bytes, count, 1e-9 CPUs)."""
+    """cgroup limits with Docker's meaning (bytes, count, 1e-9 CPUs); None or 0 is unset."""
 
     memory: int | None = None
     memory_swap: int | None = None
     pids: int | None = None
     nano_cpus: int | None = None
+    memory_swappiness: int = -1
+    memory_reservation: int = 0
+    oom_kill_disable: bool = False
+    cpu_shares: int = 0
+    cpu_period: int = 0
+    cpu_quota: int = 0
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+    blkio_weight: int = 0
+
+
+def limits_for(host: HostConfig) -> Limits:
+    """Return a HostConfig's cgroup limits: at start, and again for `docker update`."""
+    return Limits(memory=host.memory or None, memory_swap=host.memory_swap or None,
+                  pids=host.pids_limit or None, nano_cpus=host.nano_cpus or None,
+                  memory_swappiness=host.memory_swappiness,
+                  memory_reservation=host.memory_reservation,
+                  oom_kill_disable=host.oom_kill_disable, cpu_shares=host.cpu_shares,
+                  cpu_period=host.cpu_period, cpu_quota=host.cpu_quota,
+                  cpuset_cpus=host.cpuset_cpus, cpuset_mems=host.cpuset_mems,
+                  blkio_weight=host.blkio_weight)
 
 
 class BindMount(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,3 +119,5 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     cgroupns_private: bool = False
     init: bool = False  # --init: tini as PID 1, the command its child
     seccomp: Program | None = None  # the compiled filter; None: unconfined
+    ulimits: tuple[Ulimit, ...] = ()  # setrlimit in the container's init
+    shm_size: int = 0  # the private /dev/shm's bytes; 0: Docker's 64 MiB
