@@ -20,7 +20,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from moor import admincli, cpcli, execcli, hostcli, lifecyclecli, programcli, readcli, statscli
+from moor import (
+    admincli,
+    commitcli,
+    cpcli,
+    execcli,
+    hostcli,
+    lifecyclecli,
+    programcli,
+    readcli,
+    statscli,
+)
 
 __all__ = ["build_parser", "command_word", "main"]
 
@@ -45,7 +55,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     real = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub: Any = real if only is None else _Only(real, only)
     for module in (lifecyclecli, execcli, readcli, hostcli, programcli, admincli, statscli,
-                   cpcli):
+                   cpcli, commitcli):
         module.register(sub)
     if only is not None and not sub.found:
         return build_parser()  # not a command: the full parser says so, listing them all

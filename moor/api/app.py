@@ -15,7 +15,7 @@ import redis as redislib
 from aiohttp import web
 
 from engine.errors import InvalidParameter, MoorError
-from moor.api import archive, containers, execs, images, prune, streams, system, update
+from moor.api import archive, commit, containers, execs, images, prune, streams, system, update
 from moor.api import stats as stats_api
 from moor.api.context import API_VERSION, CONTEXT, ENGINE_VERSION, MIN_API_VERSION, ApiContext
 from moor.api.http import JSON, dumps
@@ -52,6 +52,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/containers/{id}/pause", execs.pause),
     ("POST", "/containers/{id}/unpause", execs.unpause),
     ("POST", "/containers/{id}/update", update.update),
+    ("GET", "/containers/{id}/changes", commit.changes),
+    ("POST", "/commit", commit.commit),
     ("POST", "/containers/{id}/exec", execs.create),
     ("POST", "/exec/{id}/start", execs.start),
     ("POST", "/exec/{id}/resize", execs.resize),
