@@ -16,6 +16,7 @@ __all__ = [
     "ExecConfig",
     "HostConfig",
     "ImageConfig",
+    "LogConfig",
     "NetworkSpec",
     "PortBinding",
     "RestartPolicy",
@@ -54,6 +55,18 @@ class Ulimit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     name: str  # without RLIMIT_, lower case: "nofile"
     soft: int
     hard: int
+
+
+class LogConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """Docker's HostConfig.LogConfig: the log driver and its options (`--log-opt`).
+
+    Schema evolution: the default (json-file, no options) is what every container
+    created before this field existed ran with, so old records decode to it; new
+    options go into ``config`` as Docker's strings, never as new typed fields.
+    """
+
+    type: str = "json-file"
+    config: dict[str, str] = {}
 
 
 class ContainerConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -113,6 +126,7 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     blkio_weight: int = 0
     ulimits: tuple[Ulimit, ...] = ()
     shm_size: int = 0  # /dev/shm bytes; unset: Docker's 64 MiB
+    log_config: LogConfig = msgspec.field(default_factory=LogConfig)
 
 
 class ExecConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):

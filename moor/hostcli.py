@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from moor.failures import guard, print_error
@@ -106,21 +107,28 @@ def _ls(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     from engine.config import data_root
     from engine.core.names import resolve
+    from engine.errors import MoorError
     from engine.snapshot import load_world
-    from workers.proc.logs import read_logs
+    from projections.views.points import parse_time
+    from workers.proc.logs import NO_READING, fixed_time, read_logs
 
     client = _client(args)
     world, _ = load_world(client.redis, client.keys)
     ctr = resolve(world, args.container)
+    if ctr.host_config.log_config.type == "none":
+        raise MoorError(NO_READING)
+    now = time.time_ns()
+    since = parse_time(args.since, now) if args.since else None
+    until = parse_time(args.until, now) if args.until else None
     cdir = os.path.join(data_root(), "containers", ctr.id)
     path = os.path.join(cdir, f"{ctr.id}-json.log")
     if not os.path.exists(path):
         return 0
-    for stream, stamp, line in read_logs(path, tail=args.tail, timestamps=args.timestamps,
-                                         follow=args.follow,
+    for stream, stamp, line in read_logs(path, tail=args.tail, since=since, until=until,
+                                         follow=args.follow, details=args.details,
                                          state_dir=os.path.join(cdir, "state")):
         out = sys.stdout if stream == "stdout" else sys.stderr
-        out.write(f"{stamp} {line}" if args.timestamps else line)
+        out.write(f"{fixed_time(stamp)} {line}" if args.timestamps else line)
         out.flush()
     return 0
 
@@ -154,6 +162,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("logs", help="print a container's logs")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-t", "--timestamps", action="store_true")
+    p.add_argument("--details", action="store_true", help="show the json-file attrs")
+    p.add_argument("--since", help="unix s, RFC3339 or a duration ago (10m)")
+    p.add_argument("--until", help="unix s, RFC3339 or a duration ago (10m)")
     p.add_argument("-n", "--tail", type=lambda v: None if v == "all" else int(v))
     p.add_argument("container")
     p.set_defaults(func=guard(_logs), long_running=True)

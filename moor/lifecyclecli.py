@@ -14,7 +14,7 @@ from moor.failures import guard, print_error
 
 if TYPE_CHECKING:
     from commands.client import Client
-    from events.specs import ContainerConfig, HostConfig, RestartPolicy, Ulimit
+    from events.specs import ContainerConfig, HostConfig, LogConfig, RestartPolicy, Ulimit
 
 __all__ = ["add_container_flags", "container_spec", "register"]
 
@@ -83,6 +83,17 @@ def _host_options(args: argparse.Namespace) -> dict[str, Any]:
         "cgroupns_mode": args.cgroupns or "", "init": args.init, "runtime": args.runtime or "",
         "isolation": args.isolation or "",
     }
+
+
+def _log_config(args: argparse.Namespace) -> LogConfig:
+    """Build LogConfig from --log-driver/--log-opt as docker's CLI (parseLoggingOpts) does."""
+    from engine.errors import InvalidParameter
+    from events.specs import LogConfig
+
+    opts = dict((item.split("=", 1) + [""])[:2] for item in args.log_opt)
+    if args.log_driver == "none" and opts:
+        raise InvalidParameter("invalid logging opts for driver none")
+    return LogConfig(type=args.log_driver or "json-file", config=opts)
 
 
 def _ulimit(text: str) -> Ulimit:
@@ -171,6 +182,7 @@ def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfi
         security_opt=_security_opts(args.security_opt),
         readonly_rootfs=args.read_only,
         **_host_options(args),
+        log_config=_log_config(args),
     )
     return config, host
 
@@ -251,6 +263,9 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oom-kill-disable", action="store_true")
     p.add_argument("--ulimit", action="append", default=[])
     p.add_argument("--shm-size")
+    p.add_argument("--log-driver", default="", help="json-file (default) or none")
+    p.add_argument("--log-opt", action="append", default=[],
+                   help="json-file: max-size, max-file, labels, env, tag")
     p.add_argument("--restart", default="no")
     p.add_argument("--rm", action="store_true")
     p.add_argument("-w", "--workdir")

@@ -20,9 +20,10 @@ from commands import schema as c
 from engine.errors import Internal, MoorError
 from events.caps import capability_mask, effective_caps, no_new_privileges
 from events.hostopts import DEFAULT_SYSCTLS
+from events.logopts import log_attrs, rotation
 from events.runs import ExitStatus
 from events.saga import ENDPOINT, MOUNT, REMOVE, SANDBOX, SPAWN, StartPlan, saga_steps
-from events.specs import HostConfig
+from events.specs import ContainerConfig, HostConfig
 from workers import interactive
 from workers.context import HostContext
 from workers.net import network, portmap
@@ -203,6 +204,14 @@ def _sharing(run: _Start) -> dict[str, Any]:
     }
 
 
+def _log_options(config: ContainerConfig, host: HostConfig) -> dict[str, Any]:
+    """Map LogConfig onto the supervisor's writer (checked at create, so it parses)."""
+    log = host.log_config
+    max_size, max_file = rotation(log.config)
+    return {"log_discard": log.type == "none", "log_max_size": max_size,
+            "log_max_file": max_file, "log_attrs": log_attrs(log, config.labels, config.env)}
+
+
 def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
     """Write the container's host files and start its process under a supervisor."""
     ctx, cid, config, host = run.ctx, run.cid, run.plan.config, run.plan.host_config
@@ -224,7 +233,7 @@ def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
         report=ctx.exit_report(cid, run.gen), generation=run.gen,
         capabilities=caps, no_new_privs=no_new_privileges(host.security_opt),
         readonly_rootfs=host.readonly_rootfs, seccomp=_seccomp(ctx, host, caps),
-        **_sharing(run))
+        **_log_options(config, host), **_sharing(run))
     try:
         result = spawn(spec)
     except RunFinished as done:

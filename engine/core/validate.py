@@ -10,6 +10,7 @@ from engine.core.state import Image, World
 from engine.errors import InvalidParameter, NotFound
 from events.caps import check_capabilities, no_new_privileges
 from events.hostopts import check_host_options
+from events.logopts import check_log_config
 from events.seccomp import select_profile
 from events.signals import parse_signal
 from events.specs import ContainerConfig, HostConfig
@@ -64,6 +65,7 @@ def _check_security(config: ContainerConfig, host: HostConfig) -> None:
         check_capabilities("CapDrop", host.cap_drop)
         no_new_privileges(host.security_opt)
         check_host_options(config, host)
+        check_log_config(host.log_config)
         select_profile(host.security_opt, host.privileged)  # a profile that cannot decode
     except ValueError as exc:
         # Docker answers a bad --security-opt with 500 (unclassified); 400 is the honest class.

@@ -67,7 +67,7 @@ async def inspect(request: web.Request) -> web.Response:
     doc = inspect_container(world, find_container(world, ref), time.time_ns())
     # Host facts the pure projection cannot know; docker-py reads LogConfig after a run.
     doc["HostConfig"].setdefault("LogConfig", {"Type": "json-file", "Config": {}})
-    if not doc.get("LogPath"):
+    if not doc.get("LogPath") and doc["HostConfig"]["LogConfig"]["Type"] == "json-file":
         doc["LogPath"] = os.path.join(container_dir(context.data_root, doc["Id"]),
                                       f"{doc['Id']}-json.log")
     return json_response(doc)

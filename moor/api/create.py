@@ -20,6 +20,7 @@ from events.specs import (
     ContainerConfig,
     DeviceMapping,
     HostConfig,
+    LogConfig,
     PortBinding,
     RestartPolicy,
     Ulimit,
@@ -40,18 +41,17 @@ _HOST_FIELDS = frozenset({
     "Sysctls", "Devices", "DeviceCgroupRules", "GroupAdd", "PidMode", "IpcMode", "UTSMode",
     "CgroupnsMode", "Init", "Runtime", "Isolation", "MemorySwap", "MemorySwappiness",
     "MemoryReservation", "OomKillDisable", "CpuShares", "CpuPeriod", "CpuQuota", "CpusetCpus",
-    "CpusetMems", "BlkioWeight", "Ulimits", "ShmSize",
+    "CpusetMems", "BlkioWeight", "Ulimits", "ShmSize", "LogConfig",
 })
 # Values that mean "not set" for a field although they are not zero.
 _UNSET_MARKERS: dict[str, tuple[Any, ...]] = {
-    "HostConfig.LogConfig.Type": ("json-file",),
     "HostConfig.ConsoleSize": ([0, 0],),
 }
 
 
 # Docker's map-typed fields: any key in them is a setting (an empty value included).
 _MAPS = frozenset({"Volumes", "HostConfig.Sysctls", "HostConfig.StorageOpt", "HostConfig.Tmpfs",
-                   "HostConfig.Annotations", "HostConfig.LogConfig.Config", "DriverOpts"})
+                   "HostConfig.Annotations", "DriverOpts"})
 _FIELD = re.compile(r"[A-Z][A-Za-z0-9]*")
 
 
@@ -235,6 +235,14 @@ def _restart_policy(value: Any) -> RestartPolicy:
                                                   "RestartPolicy.MaximumRetryCount"))
 
 
+def _log_config(value: Any) -> LogConfig:
+    """Map HostConfig.LogConfig; an empty Type is the daemon's default driver (json-file)."""
+    doc = _object(value, "HostConfig.LogConfig")
+    _refuse_unsupported(doc, frozenset({"Type", "Config"}), "HostConfig.LogConfig")
+    return LogConfig(type=_text(doc.get("Type"), "LogConfig.Type") or "json-file",
+                     config=_text_map(doc.get("Config"), "LogConfig.Config"))
+
+
 def _network_mode(host: Mapping[str, Any]) -> str:
     mode = _text(host.get("NetworkMode"), "HostConfig.NetworkMode")
     return "bridge" if mode in ("", "default") else mode
@@ -293,6 +301,7 @@ def container_spec(body: Any) -> tuple[ContainerConfig, HostConfig]:
         security_opt=_strings(host.get("SecurityOpt"), "HostConfig.SecurityOpt") or (),
         readonly_rootfs=bool(host.get("ReadonlyRootfs")),
         **_security_fields(host),
+        log_config=_log_config(host.get("LogConfig")),
     )
     return config, host_config
 

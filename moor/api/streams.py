@@ -19,7 +19,7 @@ from aiohttp import web
 
 from commands.codec import CODEC
 from engine.core.state import Container, World
-from engine.errors import InvalidParameter
+from engine.errors import InvalidParameter, MoorError
 from engine.eventlog import read_records
 from events import model as e
 from moor.api.context import ApiContext, ctx, run
@@ -29,8 +29,7 @@ from projections.views.feed import FeedState, docker_event, event_filter, observ
 from projections.views.filters import parse_filters_json
 from projections.views.inspect import find_container
 from projections.views.points import parse_time
-from workers.proc.logs import parse_time as parse_log_time
-from workers.proc.logs import read_logs
+from workers.proc.logs import NO_READING, fixed_time, read_logs
 from workers.storage.rootfs import container_dir
 
 __all__ = ["HalfCloseTolerant", "attach", "events", "logs", "wait"]
@@ -105,27 +104,27 @@ def _time_arg(request: web.Request, name: str) -> int | None:
     return parse_time(value, time.time_ns())
 
 
-def _fixed_stamp(stamp: str) -> str:
-    # `docker logs -t` shows RFC3339 with all nine fraction digits.
-    ns = parse_log_time(stamp)
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
-    return f"{seconds}.{ns % 1_000_000_000:09d}Z"
+class LogsNotSupported(MoorError):
+    """The container's log driver keeps nothing to read (none): Docker's 501."""
+
+    status = 501
 
 
 def _log_lines(root: str, ctr: Container, *, tail: int | None, since: int | None,
-               until: int | None, follow: bool, timestamps: bool, wanted: set[str],
-               stop: threading.Event) -> Iterator[tuple[str, bytes]]:
+               until: int | None, follow: bool, timestamps: bool, details: bool,
+               wanted: set[str], stop: threading.Event) -> Iterator[tuple[str, bytes]]:
     cdir = container_dir(root, ctr.id)
     path = os.path.join(cdir, f"{ctr.id}-json.log")
     if not os.path.exists(path):
         return
     for stream, stamp, line in read_logs(path, tail=tail, since=since, until=until,
-                                         follow=follow, state_dir=os.path.join(cdir, "state")):
+                                         follow=follow, state_dir=os.path.join(cdir, "state"),
+                                         details=details):
         if stop.is_set():
             return
         if stream not in wanted:
             continue
-        text = f"{_fixed_stamp(stamp)} {line}" if timestamps else line
+        text = f"{fixed_time(stamp)} {line}" if timestamps else line
         yield stream, text.encode("utf-8", "surrogateescape")
 
 
@@ -164,16 +163,18 @@ async def logs(request: web.Request) -> web.StreamResponse:
     context = ctx(request)
     world = await run(context.world)
     ctr = find_container(world, request.match_info["id"])
+    if ctr.host_config.log_config.type == "none":
+        raise LogsNotSupported(NO_READING)
     tail, since, until = _tail_arg(request), _time_arg(request, "since"), \
         _time_arg(request, "until")
     follow = query_bool(request, "follow") and (ctr.running or ctr.starting)
-    timestamps = query_bool(request, "timestamps")
+    timestamps, details = query_bool(request, "timestamps"), query_bool(request, "details")
     resp = web.StreamResponse(headers={"Content-Type": _content_type(request, ctr)})
     await resp.prepare(request)
     await _pump(resp, ctr, thread_stream(
         lambda stop: _log_lines(context.data_root, ctr, tail=tail, since=since, until=until,
-                                follow=follow, timestamps=timestamps, wanted=wanted,
-                                stop=stop)))
+                                follow=follow, timestamps=timestamps, details=details,
+                                wanted=wanted, stop=stop)))
     await resp.write_eof()
     return resp
 
@@ -227,9 +228,10 @@ def _attached_output(context: ApiContext, ctr: Container, cursor: str, since: in
     if fd is None:
         return
     try:
-        state_dir = os.path.join(container_dir(context.data_root, ctr.id), "state")
-        for stream, _, line in read_logs(f"/proc/self/fd/{fd}", since=since,
-                                         follow=started, state_dir=state_dir):
+        cdir = container_dir(context.data_root, ctr.id)
+        for stream, _, line in read_logs(f"/proc/self/fd/{fd}", since=since, follow=started,
+                                         state_dir=os.path.join(cdir, "state"),
+                                         live_path=os.path.join(cdir, f"{ctr.id}-json.log")):
             if stop.is_set():
                 return
             if stream in wanted:

@@ -77,6 +77,7 @@ def _host_config(ctr: Container) -> dict[str, Any]:
         "BlkioWeight": host.blkio_weight,
         "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in host.ulimits],
         "ShmSize": host.shm_size or DEFAULT_SHM_SIZE,  # Docker stores its default at create
+        "LogConfig": {"Type": host.log_config.type, "Config": dict(host.log_config.config)},
         # Docker reports these unset lists as null.
         "CapAdd": list(host.cap_add) or None,
         "CapDrop": list(host.cap_drop) or None,

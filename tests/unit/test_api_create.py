@@ -97,7 +97,6 @@ def test_supported_fields_are_mapped() -> None:
     ("HostConfig", "Binds", ["/tmp:/tmp"]),
     ("HostConfig", "Capabilities", ["CAP_NET_ADMIN"]),
     ("HostConfig", "CpuRealtimeRuntime", 1000),
-    ("HostConfig", "LogConfig", {"Type": "syslog", "Config": {}}),
     ("", "Tty", True),
     ("", "OpenStdin", True),
     ("", "Healthcheck", {"Test": ["CMD", "true"]}),

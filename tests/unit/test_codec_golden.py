@@ -34,6 +34,7 @@ from events.specs import (
     ExecConfig,
     HostConfig,
     ImageConfig,
+    LogConfig,
     NetworkSpec,
     PortBinding,
     RestartPolicy,
@@ -73,11 +74,13 @@ HOST_V4 = msgspec.structs.replace(
     device_cgroup_rules=("c 10:200 rwm",), group_add=("audio",), pid_mode="host",
     ipc_mode="shareable", uts_mode="host", cgroupns_mode="private", init=True, runtime="runc",
     isolation="default")
-HOST = msgspec.structs.replace(
+HOST_V5 = msgspec.structs.replace(
     HOST_V4, memory_swap=128 * 1024 * 1024, memory_swappiness=10,
     memory_reservation=32 * 1024 * 1024, oom_kill_disable=True, cpu_shares=512, cpu_period=50_000,
     cpu_quota=25_000, cpuset_cpus="0-1", cpuset_mems="0", blkio_weight=300,
     ulimits=(Ulimit(name="nofile", soft=1024, hard=2048),), shm_size=128 * 1024 * 1024)
+HOST = msgspec.structs.replace(
+    HOST_V5, log_config=LogConfig(type="none", config={"max-size": "1k", "max-file": "3"}))
 
 EXEC_ID = "abcdef0123456789" * 4
 EXEC_CONFIG = ExecConfig(cmd=("sh", "-c", "ls"), env=("A=1",), user="nobody", working_dir="/srv",
@@ -313,6 +316,11 @@ LEGACY: dict[str, e.Event] = {
     "ContainerCreated-v4": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
                                               config=CONFIG, host_config=HOST_V4,
                                               created=1_700_000_000_000_000_000),
+    # Before LogConfig.
+    "ContainerCreated-v5": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
+                                              config=CONFIG, host_config=HOST_V5,
+                                              created=1_700_000_000_000_000_000),
+    "ContainerUpdated-v5": e.ContainerUpdated(host_config=HOST_V5, generation=2),
 }
 
 
@@ -366,6 +374,19 @@ LEGACY_WIRE: dict[str, tuple[Any, Callable[[bytes], Any]]] = {
     "StartPlan-v4.json": (
         saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
                        layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V4,
+                       endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn"),
+                       joins={"ipc": saga.Donor(container_id=CID, pid=4242)}),
+        lambda data: CODEC.plan(JSONSerializer.loads(data))),
+    # Before LogConfig.
+    "CreateContainer-v5.msgpack": (
+        c.CreateContainer(config=CONFIG, name="web", host_config=HOST_V5), CODEC.command),
+    "UpdateContainer-v5.msgpack": (
+        c.UpdateContainer(ref="web", resources=HOST_V5, pids_limit=50,
+                          restart_policy=RestartPolicy(name="on-failure", maximum_retry_count=2)),
+        CODEC.command),
+    "StartPlan-v5.json": (
+        saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
+                       layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V5,
                        endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn"),
                        joins={"ipc": saga.Donor(container_id=CID, pid=4242)}),
         lambda data: CODEC.plan(JSONSerializer.loads(data))),

@@ -108,6 +108,11 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     devices: tuple[DeviceMapping, ...] = ()  # --device: nodes made in the container's /dev
     device_rules: tuple[str, ...] = ()  # --device-cgroup-rule, after Docker's allow-list
     group_add: tuple[str, ...] = ()  # supplementary groups, names or ids (/etc/group)
+    # json-file options (events.logopts): -1 never rotates; the none driver discards.
+    log_discard: bool = False
+    log_max_size: int = -1
+    log_max_file: int = 1
+    log_attrs: dict[str, str] = {}
     tmpfs: tuple[tuple[str, str], ...] = ()  # (container path, options) per --tmpfs
     sysctls: tuple[tuple[str, str], ...] = ()  # written in the container's namespaces
     # Namespaces shared rather than new: "" new, "host" the host's, or a donor's

@@ -213,7 +213,8 @@ def _start(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int,
     """Fork C into a new pid namespace and wait until it has exec'd (None: it failed)."""
     state = spec.state_dir
     try:
-        writer = JsonFileWriter(spec.log_path)  # exists once spawn returns
+        writer = JsonFileWriter(spec.log_path, spec.log_max_size, spec.log_max_file,
+                                spec.log_attrs, discard=spec.log_discard)  # exists once spawned
     except OSError as e:
         raise SpawnError(128, f"failed to initialize logging driver: {e}") from e
     stdout_r, stdout_w = os.pipe()
