@@ -12,7 +12,8 @@ die() { printf '!!! %s\n' "$*" >&2; exit 1; }
 # --- Debian packages ------------------------------------------------------------------
 # package:command pairs; a package is missing if dpkg does not list it as installed.
 REQUIRED=(redis-server:redis-server busybox-static:busybox iptables:iptables
-          iproute2:ip kmod:modprobe iputils-ping:ping tini:tini-static libseccomp2:)
+          iproute2:ip kmod:modprobe iputils-ping:ping tini:tini-static libseccomp2:
+          procps:ps)
 
 installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
