@@ -298,8 +298,7 @@ class CommandReader:
                 decoded.append((entry_id, None, _quarantine_reason(
                     f"{refused} (principal {inbox.principal})"), fields, key))
                 continue
-            mark = f"{inbox.principal}/{env.command_id}" if inbox.namespaced \
-                else env.command_id
+            mark = inbox.mark(env.command_id)
             decoded.append((mark, env, cmd, origins[key]))
             marks.append(mark)
         done = set(in_flight)

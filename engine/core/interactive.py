@@ -12,6 +12,7 @@ from __future__ import annotations
 from commands import schema as c
 from commands.options import detach_key_bytes
 from engine.core import names
+from engine.core.reports import ignored
 from engine.core.state import Container, World
 from engine.errors import Conflict, Internal, InvalidParameter, NotFound
 from events import model as e
@@ -46,12 +47,9 @@ def frozen(world: World, env: c.Envelope, cmd: c.ReportFrozen) -> tuple[str, lis
     """The host's answer to a FreezeRequested; a stale one is recorded and ignored."""
     ctr = world.containers.get(env.container_id)
     if ctr is None:
-        return env.container_id, [e.ReportIgnored(report="ReportFrozen",
-                                                  generation=cmd.generation,
-                                                  reason="no such container")]
+        return env.container_id, [ignored(cmd, "no such container")]
     if cmd.generation != ctr.generation or not ctr.running:
-        return ctr.id, [e.ReportIgnored(report="ReportFrozen", generation=cmd.generation,
-                                        reason="the run it froze has ended")]
+        return ctr.id, [ignored(cmd, "the run it froze has ended")]
     if cmd.error:
         return ctr.id, [e.FreezeFailed(generation=cmd.generation, frozen=cmd.frozen,
                                        error=cmd.error)]

@@ -19,10 +19,11 @@ from engine.errors import MoorError
 from events import model as e
 from events import saga
 
-__all__ = ["drift", "exited", "failed", "removed", "resume_restart", "saga_report"]
+__all__ = ["drift", "exited", "failed", "ignored", "removed", "resume_restart", "saga_report"]
 
 
-def _ignored(cmd: Any, reason: str) -> e.ReportIgnored:
+def ignored(cmd: Any, reason: str) -> e.ReportIgnored:
+    """Record a report that changes nothing, with why (its generation as reported)."""
     return e.ReportIgnored(report=type(cmd).__name__, generation=cmd.generation, reason=reason)
 
 
@@ -33,12 +34,12 @@ def _report_container(world: World, env: c.Envelope) -> Container | None:
 def saga_report(world: World, env: c.Envelope, cmd: c.SagaReport) -> tuple[str, list[e.Event]]:
     ctr = _report_container(world, env)
     if ctr is None:
-        return env.container_id, [_ignored(cmd, "no such container")]
+        return env.container_id, [ignored(cmd, "no such container")]
     step = cmd.completes
     if cmd.generation != ctr.generation:
-        return ctr.id, [_ignored(cmd, f"stale generation (current {ctr.generation})")]
+        return ctr.id, [ignored(cmd, f"stale generation (current {ctr.generation})")]
     if not ctr.saga or ctr.saga[0] != step:
-        return ctr.id, [_ignored(cmd, f"step {step} not awaited")]
+        return ctr.id, [ignored(cmd, f"step {step} not awaited")]
     if isinstance(cmd, c.ReportMounted):
         return ctr.id, [e.RootfsMounted(generation=cmd.generation, rootfs=cmd.rootfs)]
     if isinstance(cmd, c.ReportSandbox):
@@ -51,7 +52,7 @@ def saga_report(world: World, env: c.Envelope, cmd: c.SagaReport) -> tuple[str, 
         # Docker never starts a container being removed. The process came up anyway (the
         # start was in flight when rm -f came): kill it, and record no start; its exit
         # then marks the container dead like any exit during a removal.
-        return ctr.id, [_ignored(cmd, "container is being removed"),
+        return ctr.id, [ignored(cmd, "container is being removed"),
                         kill_for_removal(ctr)]
     return ctr.id, _started(ctr, cmd.pid, cmd.started_at)
 
@@ -68,17 +69,17 @@ def exited(world: World, env: c.Envelope,
            cmd: c.ReportProcessExited) -> tuple[str, list[e.Event]]:
     ctr = _report_container(world, env)
     if ctr is None:
-        return env.container_id, [_ignored(cmd, "no such container")]
+        return env.container_id, [ignored(cmd, "no such container")]
     if cmd.generation != ctr.generation:
-        return ctr.id, [_ignored(cmd, f"stale generation (current {ctr.generation})")]
+        return ctr.id, [ignored(cmd, f"stale generation (current {ctr.generation})")]
     if cmd.pid and ctr.pid and cmd.pid != ctr.pid:
-        return ctr.id, [_ignored(cmd, f"not the current process (pid {ctr.pid})")]
+        return ctr.id, [ignored(cmd, f"not the current process (pid {ctr.pid})")]
     events: list[e.Event] = []
     restart_pending = ctr.restart_pending  # asked before this exit: start again after it
     started_at = ctr.started_at
     if ctr.saga or not ctr.running:
         if ctr.saga != (saga.SPAWN,):
-            return ctr.id, [_ignored(cmd, "process not running")]
+            return ctr.id, [ignored(cmd, "process not running")]
         # The exit overtook the worker's start report: the process did run (but a
         # container being removed is never recorded as started).
         if not ctr.removal_in_progress:
@@ -110,11 +111,11 @@ def resume_restart(world: World, env: c.Envelope,
                    cmd: c.ResumeRestart) -> tuple[str, list[e.Event]]:
     ctr = _report_container(world, env)
     if ctr is None:
-        return env.container_id, [_ignored(cmd, "no such container")]
+        return env.container_id, [ignored(cmd, "no such container")]
     if cmd.generation != ctr.generation or not in_backoff(ctr):
-        return ctr.id, [_ignored(cmd, "no restart pending")]
+        return ctr.id, [ignored(cmd, "no restart pending")]
     if ctr.removal_in_progress or ctr.dead:
-        return ctr.id, [_ignored(cmd, "container is marked for removal")]
+        return ctr.id, [ignored(cmd, "container is marked for removal")]
     try:
         endpoint = endpoint_for(world, ctr)
     except MoorError as err:
@@ -130,15 +131,15 @@ def resume_restart(world: World, env: c.Envelope,
 def failed(world: World, env: c.Envelope, cmd: c.ReportStepFailed) -> tuple[str, list[e.Event]]:
     ctr = _report_container(world, env)
     if ctr is None:
-        return env.container_id, [_ignored(cmd, "no such container")]
+        return env.container_id, [ignored(cmd, "no such container")]
     if cmd.step == saga.REMOVE:
         if not ctr.removal_in_progress:
-            return ctr.id, [_ignored(cmd, "no removal in progress")]
+            return ctr.id, [ignored(cmd, "no removal in progress")]
         return ctr.id, [e.RemovalFailed(error=cmd.error)]
     if cmd.generation != ctr.generation:
-        return ctr.id, [_ignored(cmd, f"stale generation (current {ctr.generation})")]
+        return ctr.id, [ignored(cmd, f"stale generation (current {ctr.generation})")]
     if not ctr.saga:
-        return ctr.id, [_ignored(cmd, "no start in flight")]
+        return ctr.id, [ignored(cmd, "no start in flight")]
     events: list[e.Event] = []
     if ctr.connected and ctr.endpoint is not None:
         events.append(e.NetworkDisconnected(generation=cmd.generation,
@@ -163,7 +164,7 @@ def drift(world: World, env: c.Envelope, cmd: c.ReportDrift) -> tuple[str, list[
 def removed(world: World, env: c.Envelope, cmd: c.ReportRemoved) -> tuple[str, list[e.Event]]:
     ctr = _report_container(world, env)
     if ctr is None:
-        return env.container_id, [_ignored(cmd, "no such container")]
+        return env.container_id, [ignored(cmd, "no such container")]
     if not (ctr.dead and ctr.removal_in_progress):
-        return ctr.id, [_ignored(cmd, "container is not being removed")]
+        return ctr.id, [ignored(cmd, "container is not being removed")]
     return ctr.id, [e.ContainerDestroyed(name=ctr.name)]
