@@ -55,8 +55,6 @@ def remove_container(container_id: str, generation: int, ports: bool = True) -> 
         saga.remove(current(), container_id, generation, ports)
 
 
-
-
 def freeze_container(container_id: str, generation: int, frozen: bool, version: int) -> None:
     with _timed("pause" if frozen else "unpause", container_id):
         interactive.freeze(current(), container_id, generation, frozen, version)

@@ -32,7 +32,7 @@ from workers.net.netconf import BridgeConfig, from_port_bindings
 from workers.proc import cgroups, process, seccomp, shm
 from workers.proc.init import SpawnError
 from workers.proc.spawn import RunFinished, spawn
-from workers.proc.spec import BindMount, Limits, ProcessSpec, limits_for
+from workers.proc.spec import BindMount, ProcessSpec, limits_for
 from workers.storage import images, rootfs
 
 __all__ = ["forget_bridges", "lost_exit", "release_runtime", "remove", "signal", "start",
@@ -44,10 +44,6 @@ log = logging.getLogger("moorage.worker")
 def _paths(ctx: HostContext, cid: str) -> tuple[str, str, str]:
     cdir = ctx.container_dir(cid)
     return cdir, os.path.join(cdir, "state"), os.path.join(cdir, f"{cid}-json.log")
-
-
-def _limits(host: HostConfig) -> Limits:
-    return limits_for(host)
 
 
 class _Undo:
@@ -229,7 +225,7 @@ def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
         argv=(*(config.entrypoint or ()), *(config.cmd or ())), state_dir=state_dir,
         log_path=log_path, env=config.env, working_dir=config.working_dir or "/",
         user=config.user, hostname=hostname, netns=run.netns,
-        limits=_limits(host), mounts=mounts,
+        limits=limits_for(host), mounts=mounts,
         report=ctx.exit_report(cid, run.gen), generation=run.gen,
         capabilities=caps, no_new_privs=no_new_privileges(host.security_opt),
         readonly_rootfs=host.readonly_rootfs, seccomp=_seccomp(ctx, host, caps),

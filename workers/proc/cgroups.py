@@ -143,12 +143,13 @@ def _set_v1_cpuset(path: str, lim: Limits) -> None:
     """Fill every new level from its parent (an empty cpuset takes no task), then the limits."""
     root = os.path.join(_root(), "cpuset")
     level = root
-    for part in os.path.relpath(path, root).split(os.sep):
+    for part in os.path.relpath(path, root).split(os.sep)[:-1]:  # the group itself: below
         parent, level = level, os.path.join(level, part)
         os.makedirs(level, exist_ok=True)
         for name in ("cpuset.cpus", "cpuset.mems"):
             if not _read(os.path.join(level, name)).strip():
                 _write(os.path.join(level, name), _read(os.path.join(parent, name)).strip())
+    os.makedirs(path, exist_ok=True)
     parent = os.path.dirname(path)
     for name, value in (("cpuset.cpus", lim.cpuset_cpus), ("cpuset.mems", lim.cpuset_mems)):
         _write(os.path.join(path, name), value or _read(os.path.join(parent, name)).strip())

@@ -2,7 +2,7 @@
 
 The nodes are resolved on the host before the container's init forks (a missing device is
 a start failure with Docker's text); the init then makes them in the container's /dev
-(`workers.nsutil.make_nodes`). The allow rules (`events.hostopts.device_rules`) are written
+(`workers.nsutil.setup_rootfs`). The allow rules (`events.hostopts.device_rules`) are written
 to the container's v1 `devices` group before its process joins.
 """
 

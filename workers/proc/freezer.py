@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from workers.proc.cgroups import cgroup_dirs
+from workers.proc.cgroups import _read, _write, cgroup_dirs
 
 __all__ = ["freeze", "is_frozen", "thaw"]
 
@@ -23,19 +23,7 @@ def _group(cid: str) -> tuple[str, bool]:
     return dirs["freezer"], False
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="ascii") as f:
-        return f.read()
-
-
-def _write(path: str, value: str) -> None:
-    with open(path, "w", encoding="ascii") as f:
-        f.write(value)
-
-
-def is_frozen(cid: str) -> bool:
-    """Tell whether the container's group is frozen (a missing group is not)."""
-    path, unified = _group(cid)
+def _frozen(path: str, unified: bool) -> bool:
     try:
         if unified:
             return "frozen 1" in _read(os.path.join(path, "cgroup.events"))
@@ -44,10 +32,15 @@ def is_frozen(cid: str) -> bool:
         return False
 
 
-def _settle(cid: str, want: bool, what: str) -> None:
+def is_frozen(cid: str) -> bool:
+    """Tell whether the container's group is frozen (a missing group is not)."""
+    return _frozen(*_group(cid))
+
+
+def _settle(cid: str, path: str, unified: bool, want: bool, what: str) -> None:
     deadline = time.monotonic() + _WAIT
     delay = 0.0005
-    while is_frozen(cid) != want:
+    while _frozen(path, unified) != want:
         if time.monotonic() > deadline:
             raise OSError(f"{what} {cid[:12]}: the cgroup did not settle in {_WAIT:.0f}s")
         time.sleep(delay)
@@ -61,7 +54,7 @@ def freeze(cid: str) -> None:
         _write(os.path.join(path, "cgroup.freeze"), "1")
     else:
         _write(os.path.join(path, "freezer.state"), "FROZEN")
-    _settle(cid, True, "freeze")
+    _settle(cid, path, unified, True, "freeze")
 
 
 def thaw(cid: str) -> None:
@@ -74,4 +67,4 @@ def thaw(cid: str) -> None:
             _write(os.path.join(path, "freezer.state"), "THAWED")
     except FileNotFoundError:
         return
-    _settle(cid, False, "thaw")
+    _settle(cid, path, unified, False, "thaw")

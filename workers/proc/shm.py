@@ -14,15 +14,12 @@ import os
 from events.specs import DEFAULT_SHM_SIZE
 from workers import nsutil
 
-__all__ = ["SHM_OPTIONS", "SHM_SIZE", "ensure_shm", "release_shm", "shm_options", "shm_path"]
-
-SHM_SIZE = DEFAULT_SHM_SIZE
-SHM_OPTIONS = f"mode=1777,size={SHM_SIZE}"
+__all__ = ["ensure_shm", "release_shm", "shm_options", "shm_path"]
 
 
 def shm_options(size: int = 0) -> str:
     """Return the tmpfs options of a /dev/shm of `size` bytes (0: Docker's default)."""
-    return f"mode=1777,size={size or SHM_SIZE}"
+    return f"mode=1777,size={size or DEFAULT_SHM_SIZE}"
 
 
 def shm_path(container_dir: str) -> str:

@@ -77,8 +77,12 @@ def parse_ps(output: str, pids: list[int]) -> dict[str, Any]:
 
 
 def _ps(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ps", *args], capture_output=True, text=True, timeout=_PS_TIMEOUT,
-                          errors="replace", check=False)
+    try:
+        return subprocess.run(["ps", *args], capture_output=True, text=True,
+                              timeout=_PS_TIMEOUT, errors="replace", check=False)
+    except FileNotFoundError:
+        raise Internal("ps: not found (docker top needs Debian's procps: apt-get install "
+                       "procps)") from None
 
 
 def top(cid: str, parent: str, ps_args: str = "") -> dict[str, Any]:
