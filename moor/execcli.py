@@ -23,12 +23,13 @@ __all__ = ["register"]
 
 
 def _exec(args: argparse.Namespace) -> int:
-    from commands.options import DEFAULT_DETACH_KEYS, detach_key_bytes
+    from commands.options import detach_key_bytes
     from engine.config import data_root, engine_id
     from engine.errors import InvalidParameter
     from events import model as e
     from events.specs import ExecConfig
     from moor.connect import client_for
+    from projections.stream import tail_id
     from workers.interactive import exec_socket
 
     client = client_for(args.redis_url, actor=args.actor, reason=args.reason,
@@ -41,14 +42,13 @@ def _exec(args: argparse.Namespace) -> int:
                         attach_stdin=args.interactive, attach_stdout=not args.detach,
                         attach_stderr=not args.detach, privileged=args.privileged,
                         detach_keys=args.detach_keys or "")
-    last = client.redis.xrevrange(client.keys.events, count=1)
-    after = last[0][0].decode() if last else "0-0"
+    after = tail_id(client.redis, client.keys)
     exec_id = client.create_exec(args.container, config)
     cid = client.start_exec(exec_id, detach=args.detach)
     if args.detach:
         return 0
     path = exec_socket(engine_id(data_root(), client.keys.prefix), exec_id)
-    keys = detach_key_bytes(args.detach_keys) if args.detach_keys else DEFAULT_DETACH_KEYS
+    keys = detach_key_bytes(args.detach_keys or "")
     if _attach(path, args.tty, args.interactive, keys):
         return 0  # detached: the process keeps running
     _, record = client.wait_event(cid, after, lambda ev: isinstance(ev, e.ExecDied)

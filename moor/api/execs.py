@@ -25,14 +25,13 @@ from events import model as e
 from events.specs import ExecConfig
 from moor.api.context import ApiContext, ctx, run
 from moor.api.http import json_body, json_response
-from moor.api.streams import HalfCloseTolerant
+from moor.api.streams import HalfCloseTolerant, stream_content_type
+from projections.stream import tail_id
 from projections.views.execs import inspect_exec
 from workers.interactive import exec_socket
 
 __all__ = ["create", "inspect", "pause", "resize", "start", "unpause"]
 
-_RAW = "application/vnd.docker.raw-stream"
-_MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 _READY_WAIT = 10.0  # how long the exec's supervisor may take to come up
 
 
@@ -138,7 +137,7 @@ async def start(request: web.Request) -> web.StreamResponse:
     doc = inspect_exec(world, exec_id)  # 404 before anything is hijacked
     detach = bool(body.get("Detach"))
     client = context.client(request)
-    cursor = await run(_last_event_id, context)
+    cursor = await run(tail_id, context.redis, context.keys)
     await run(client.start_exec, exec_id, detach)
     if detach:
         return web.Response(status=200)
@@ -148,11 +147,8 @@ async def start(request: web.Request) -> web.StreamResponse:
     path = _socket(context, exec_id)
     await _await_socket(path)
     reader, writer = await asyncio.open_unix_connection(path)
-    version = request.match_info.get("version")
-    multiplexed = not tty and (tuple(int(p) for p in version.split(".")) >= (1, 42)
-                               if version else True)
     upgrade = request.headers.get("Upgrade", "").lower() == "tcp"
-    headers = {"Content-Type": _MULTIPLEXED if multiplexed else _RAW}
+    headers = {"Content-Type": stream_content_type(request, tty)}
     if upgrade:
         headers.update({"Connection": "Upgrade", "Upgrade": "tcp"})
     resp = web.StreamResponse(status=101 if upgrade else 200,
@@ -186,11 +182,6 @@ async def start(request: web.Request) -> web.StreamResponse:
     await run(_await_exit, client, doc["ContainerID"], cursor, exec_id)
     await resp.write_eof()
     return resp
-
-
-def _last_event_id(context: ApiContext) -> str:
-    last = context.redis.xrevrange(context.keys.events, count=1)
-    return last[0][0].decode() if last else "0-0"
 
 
 def _await_exit(client: Any, cid: str, cursor: str, exec_id: str) -> None:

@@ -21,6 +21,7 @@ from engine.errors import InvalidParameter, MoorError
 __all__ = [
     "JSON",
     "NotImplementedHere",
+    "api_version",
     "dumps",
     "json_body",
     "json_response",
@@ -49,6 +50,12 @@ class _Failed:
 def dumps(obj: Any) -> bytes:
     """Encode like Docker's JSON encoder: compact, one object per line."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def api_version(request: web.Request) -> tuple[int, ...]:
+    """Return the request's API version (its `/v1.NN/` path), the newest (1.51) on a bare path."""
+    text = request.match_info.get("version")
+    return tuple(int(p) for p in text.split(".")) if text else (1, 51)
 
 
 def json_response(obj: Any, status: int = 200) -> web.Response:

@@ -20,7 +20,7 @@ from aiohttp import web
 from engine.errors import Conflict, InvalidParameter
 from moor.api.collector import Reading, Subscription, collector_for, engine_parent
 from moor.api.context import ctx, run
-from moor.api.http import JSON, dumps, json_response, query_bool
+from moor.api.http import JSON, api_version, dumps, json_response, query_bool
 from projections.stream import load_live
 from projections.views.inspect import find_container
 from workers.proc import top as host_top
@@ -29,17 +29,12 @@ from workers.proc.stats import document
 __all__ = ["stats", "top"]
 
 
-def _version(request: web.Request) -> tuple[int, ...]:
-    text = request.match_info.get("version")
-    return tuple(int(p) for p in text.split(".")) if text else (1, 51)
-
-
 async def stats(request: web.Request) -> web.StreamResponse:
     context = ctx(request)
     world, checkpoint = await run(load_live, context.redis, context.keys)
     ctr = find_container(world, request.match_info["id"])
     stream = query_bool(request, "stream", default=True)
-    one_shot = _version(request) >= (1, 41) and query_bool(request, "one-shot")
+    one_shot = api_version(request) >= (1, 41) and query_bool(request, "one-shot")
     if stream and one_shot:
         raise InvalidParameter("cannot have stream=true and one-shot=true")
     name = f"/{ctr.name}"

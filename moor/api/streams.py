@@ -23,7 +23,7 @@ from engine.errors import InvalidParameter, MoorError
 from engine.eventlog import read_records
 from events import model as e
 from moor.api.context import ApiContext, ctx, run
-from moor.api.http import JSON, dumps, query_bool, thread_stream
+from moor.api.http import JSON, api_version, dumps, query_bool, thread_stream
 from projections.stream import load_live, watch
 from projections.views.feed import FeedState, docker_event, event_filter, observe
 from projections.views.filters import parse_filters_json
@@ -32,7 +32,7 @@ from projections.views.points import parse_time
 from workers.proc.logs import NO_READING, fixed_time, read_logs
 from workers.storage.rootfs import container_dir
 
-__all__ = ["HalfCloseTolerant", "attach", "events", "logs", "wait"]
+__all__ = ["HalfCloseTolerant", "attach", "events", "logs", "stream_content_type", "wait"]
 
 _CONDITIONS = ("not-running", "next-exit", "removed")
 _STREAMS = {"stdin": 0, "stdout": 1, "stderr": 2}
@@ -138,12 +138,11 @@ def _tail_arg(request: web.Request) -> int | None:
         return None  # dockerd treats a bad tail as "all"
 
 
-def _content_type(request: web.Request, ctr: Container) -> str:
-    if ctr.config.tty:
+def stream_content_type(request: web.Request, tty: bool) -> str:
+    """Raw with a TTY or before API 1.42; stdcopy-multiplexed otherwise."""
+    if tty:
         return _RAW
-    text = request.match_info.get("version")
-    version = tuple(int(p) for p in text.split(".")) if text else (1, 51)
-    return _MULTIPLEXED if version >= (1, 42) else _RAW
+    return _MULTIPLEXED if api_version(request) >= (1, 42) else _RAW
 
 
 def _encode(ctr: Container, stream: str, data: bytes) -> bytes:
@@ -169,7 +168,8 @@ async def logs(request: web.Request) -> web.StreamResponse:
         _time_arg(request, "until")
     follow = query_bool(request, "follow") and (ctr.running or ctr.starting)
     timestamps, details = query_bool(request, "timestamps"), query_bool(request, "details")
-    resp = web.StreamResponse(headers={"Content-Type": _content_type(request, ctr)})
+    resp = web.StreamResponse(
+        headers={"Content-Type": stream_content_type(request, ctr.config.tty)})
     await resp.prepare(request)
     await _pump(resp, ctr, thread_stream(
         lambda stop: _log_lines(context.data_root, ctr, tail=tail, since=since, until=until,
@@ -271,7 +271,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
     _, cursor, ctr = await run(_snapshot, context, request.match_info["id"])
     wanted = {s for s in ("stdout", "stderr") if query_bool(request, s)}
     upgrade = request.headers.get("Upgrade", "").lower() == "tcp"
-    headers = {"Content-Type": _content_type(request, ctr)}
+    headers = {"Content-Type": stream_content_type(request, ctr.config.tty)}
     if upgrade:
         headers.update({"Connection": "Upgrade", "Upgrade": "tcp"})
     resp = web.StreamResponse(status=101 if upgrade else 200, reason="UPGRADED"
