@@ -10,12 +10,10 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
-from typing import Any
 
 from tests.chaos import hostprobe
 from tests.chaos.rig import ChaosEngine
-from tests.e2e.conftest import _delete_keys, stop_process
+from tests.e2e.conftest import Steps, _delete_keys, stop_process
 
 __all__ = ["teardown"]
 
@@ -30,16 +28,8 @@ def teardown(engine: ChaosEngine, cids: list[str]) -> list[str]:
     """
     from workers.net import portmap
 
-    problems: list[str] = []
-
-    def step(what: str, fn: Callable[[], Any]) -> None:
-        try:
-            result = fn()
-        except BaseException as exc:  # keep going: one failure must not leak the rest
-            problems.append(f"{what}: {type(exc).__name__}: {exc}")
-            return
-        if isinstance(result, list):
-            problems.extend(f"{what}: {item}" for item in result)
+    step = Steps(catch=BaseException)  # keep going even past an interrupt
+    problems = step.problems
 
     step("stop monitor", engine.stop_monitor)
     with engine.lock:

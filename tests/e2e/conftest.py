@@ -486,6 +486,22 @@ def require_busybox() -> str:
     return busybox
 
 
+def new_engine(redis_url: str, token: str, workdir_prefix: str, prefix: str, bridge: str,
+               actor: str) -> Engine:
+    """An engine's handle (nothing started): its own work dir and data root, key prefix,
+    bridge and subnet, on the given Redis server."""
+    workdir = tempfile.mkdtemp(prefix=workdir_prefix)
+    data_root = os.path.join(workdir, "data")
+    os.makedirs(data_root)
+    subnet = pick_subnet(token)
+    env = program_env(redis_url, data_root, prefix, subnet, bridge)
+    redis = redislib.Redis.from_url(redis_url)
+    keys = keys_for(prefix=prefix)
+    return Engine(token=token, env=env, redis=redis, keys=keys,
+                  client=Client(redis, keys, actor=actor, timeout=30), data_root=data_root,
+                  workdir=workdir, bridge=bridge, subnet=subnet)
+
+
 @pytest.fixture(scope="session")
 def moor_engine(redis_server: RedisServer) -> Iterator[Engine]:
     """Start one isolated engine for the session; tear it down and prove nothing is left."""
@@ -494,19 +510,10 @@ def moor_engine(redis_server: RedisServer) -> Iterator[Engine]:
     from workers.net.netconf import BridgeConfig
 
     token = secrets.token_hex(3)
-    workdir = tempfile.mkdtemp(prefix=f"moor-e2e-{token}-")
-    data_root = os.path.join(workdir, "data")
-    os.makedirs(data_root)
-    prefix = f"moore2e{token}"
-    subnet = pick_subnet(token)
-    bridge = f"moortb{token}"
-    env = program_env(redis_server.url, data_root, prefix, subnet, bridge)
-    redis = redislib.Redis.from_url(redis_server.url)
-    keys = keys_for(prefix=prefix)
-    engine = Engine(token=token, env=env, redis=redis, keys=keys,
-                    client=Client(redis, keys, actor="e2e", timeout=30), data_root=data_root,
-                    workdir=workdir, bridge=bridge, subnet=subnet)
-    cfg = BridgeConfig(name=bridge, subnet=subnet)
+    engine = new_engine(redis_server.url, token, f"moor-e2e-{token}-", f"moore2e{token}",
+                        f"moortb{token}", "e2e")
+    workdir = engine.workdir
+    cfg = BridgeConfig(name=engine.bridge, subnet=engine.subnet)
     try:
         engine.start_reducer()
         # The reducer defines the default network from MOOR_SUBNET/MOOR_BRIDGE once it leads.
@@ -524,22 +531,32 @@ def moor_engine(redis_server: RedisServer) -> Iterator[Engine]:
                         + engine.log_tail("worker") + "\n" + engine.log_tail("reducer"))
 
 
+class Steps:
+    """Teardown steps that each run regardless of the others: `step(what, fn)` runs fn and
+    records in `problems` what it raised (of `catch`) or the list it returned."""
+
+    def __init__(self, catch: type[BaseException] = Exception) -> None:
+        self.problems: list[str] = []
+        self.catch = catch
+
+    def __call__(self, what: str, fn: Callable[[], Any]) -> None:
+        try:
+            result = fn()
+        except self.catch as exc:  # keep going: one failure must not leak the rest
+            self.problems.append(f"{what}: {type(exc).__name__}: {exc}")
+            return
+        if isinstance(result, list):
+            self.problems.extend(f"{what}: {item}" for item in result)
+
+
 def _teardown(engine: Engine, cfg: Any) -> list[str]:
     """Remove every container, stop both programs, release the bridge, drop the data root
     and the keys; return what went wrong and what is left (every step runs regardless)."""
     from workers.net import network, portmap
     from workers.proc import cgroups
 
-    problems: list[str] = []
-
-    def step(what: str, fn: Callable[[], Any]) -> None:
-        try:
-            result = fn()
-        except Exception as exc:  # keep going: one failure must not leak the rest
-            problems.append(f"{what}: {type(exc).__name__}: {exc}")
-            return
-        if isinstance(result, list):
-            problems.extend(f"{what}: {item}" for item in result)
+    step = Steps()
+    problems = step.problems
 
     if engine.reducer is not None and engine.reducer.poll() is None:
         step("start worker", engine.ensure_worker)

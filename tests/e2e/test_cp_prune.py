@@ -20,9 +20,15 @@ from typing import Any
 import pytest
 
 from events import model as e
-from tests.e2e import test_docker_cli
 from tests.e2e.conftest import Engine, wait_for
-from tests.e2e.test_docker_cli import DockerApi, cid_of, daemon_error, save_busybox, start_api
+from tests.e2e.dockerapi import (
+    DockerApi,
+    cid_of,
+    daemon_error,
+    load_busybox,
+    start_api,
+    track_created,
+)
 
 pytestmark = pytest.mark.privileged
 
@@ -31,19 +37,18 @@ BUSYBOX_PASSWD = "root:x:0:0:root:/root:/bin/sh\n"  # the test image's, not the 
 
 @pytest.fixture(scope="module")
 def docker_api(moor_engine: Engine) -> Iterator[DockerApi]:
-    """This module's API server (test_docker_cli's `dk` fixture tracks its containers)."""
     yield from start_api(moor_engine, "cp-prune-api")
 
 
-dk = test_docker_cli.dk  # the module's server; tracks every container the test created
+@pytest.fixture
+def dk(engine: Engine, docker_api: DockerApi) -> Iterator[DockerApi]:
+    """The module's API server; every container the test created is tracked afterwards."""
+    yield from track_created(engine, docker_api)
 
 
 @pytest.fixture(scope="module")
 def tag(docker_api: DockerApi) -> str:
-    name = f"busybox:cp{docker_api.engine.token}"
-    docker_api.docker("load", "-i", save_busybox(
-        os.path.join(docker_api.engine.workdir, "cp.tar"), name, label="cp"))
-    return name
+    return load_busybox(docker_api, "cp")
 
 
 def _merged_mounted(engine: Engine, cid: str) -> bool:

@@ -10,18 +10,19 @@ program can refuse; `test_without_a_filter_the_kernel_answers` shows that.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from events.hostopts import DEFAULT_DEVICE_RULES
 from tests.conftest import TEST_ENGINE_ID, missing_capability, require_root
+from tests.e2e.childprobe import run_in_child
 from workers.proc import devfilter
 
 EPERM = errno.EPERM
@@ -63,25 +64,13 @@ def probes(workdir: str) -> dict[str, int]:
 def in_group(group: str, workdir: Path) -> dict[str, int]:
     """Fork a child that moves itself into the group and runs the probes; return them."""
     nodes = tempfile.mkdtemp(dir=workdir)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # never returns into pytest
-        report: dict[str, object] = {}
-        try:
-            os.close(read_fd)
-            with open(os.path.join(group, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-            report = dict(probes(nodes))
-        except BaseException as e:  # noqa: B036 - report everything to the parent
-            report = {"error": repr(e)}
-        finally:
-            os.write(write_fd, json.dumps(report).encode())
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    result: dict[str, int] = json.loads(data)
+
+    def child() -> dict[str, Any]:
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+        return dict(probes(nodes))
+
+    result: dict[str, int] = run_in_child(child)
     assert "error" not in result, result
     return result
 

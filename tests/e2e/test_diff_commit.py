@@ -9,14 +9,12 @@ it) in `docker events`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e import test_docker_cli
 from tests.e2e.conftest import Engine, wait_for
-from tests.e2e.test_docker_cli import DockerApi, cid_of, save_busybox, start_api
+from tests.e2e.dockerapi import DockerApi, cid_of, load_busybox, start_api, track_created
 
 pytestmark = pytest.mark.privileged
 
@@ -26,15 +24,15 @@ def docker_api(moor_engine: Engine) -> Iterator[DockerApi]:
     yield from start_api(moor_engine, "diff-commit-api")
 
 
-dk = test_docker_cli.dk  # the module's server; tracks every container the test created
+@pytest.fixture
+def dk(engine: Engine, docker_api: DockerApi) -> Iterator[DockerApi]:
+    """The module's API server; every container the test created is tracked afterwards."""
+    yield from track_created(engine, docker_api)
 
 
 @pytest.fixture(scope="module")
 def tag(docker_api: DockerApi) -> str:
-    name = f"busybox:dc{docker_api.engine.token}"
-    docker_api.docker("load", "-i", save_busybox(
-        os.path.join(docker_api.engine.workdir, "dc.tar"), name, label="dc"))
-    return name
+    return load_busybox(docker_api, "dc")
 
 
 def _rmi(dk: DockerApi, *refs: str) -> None:

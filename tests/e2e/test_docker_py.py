@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Engine, free_port, http_get, wait_for
-from tests.e2e.test_docker_cli import DockerApi, save_busybox, start_api
+from tests.e2e.dockerapi import DockerApi, save_busybox, start_api, track_created
 
 docker = pytest.importorskip("docker")
 
@@ -50,13 +50,7 @@ def image(py_api: DockerApi, client: Any) -> str:
 @pytest.fixture
 def sdk(engine: Engine, py_api: DockerApi, client: Any) -> Iterator[Any]:
     """The module's SDK client; every container the test created is tracked afterwards."""
-    before = engine.last_event_id()
-    yield client
-    from events import model as e
-
-    for stream_id, record in engine.events():
-        if stream_id > before and isinstance(record.event, e.ContainerCreated):
-            engine.track(record.meta.container_id)
+    yield from track_created(engine, client)
 
 
 def test_ping_version_info(sdk: Any) -> None:

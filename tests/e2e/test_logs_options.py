@@ -12,15 +12,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from events import model as e
 from tests.e2e.conftest import Engine, wait_for
-from tests.e2e.test_docker_cli import (
+from tests.e2e.dockerapi import (
     DockerApi,
     cid_of,
     daemon_error,
     inspect,
-    save_busybox,
+    load_busybox,
     start_api,
+    track_created,
 )
 
 pytestmark = pytest.mark.privileged
@@ -34,19 +34,12 @@ def logs_api(moor_engine: Engine) -> Iterator[DockerApi]:
 @pytest.fixture
 def dk(engine: Engine, logs_api: DockerApi) -> Iterator[DockerApi]:
     """The module's API server; every container the test created is tracked afterwards."""
-    cursor = engine.last_event_id()
-    yield logs_api
-    for stream_id, record in engine.events():
-        if stream_id > cursor and isinstance(record.event, e.ContainerCreated):
-            engine.track(record.meta.container_id)
+    yield from track_created(engine, logs_api)
 
 
 @pytest.fixture(scope="module")
 def tag(logs_api: DockerApi) -> str:
-    name = f"busybox:logs{logs_api.engine.token}"
-    logs_api.docker("load", "-i", save_busybox(
-        os.path.join(logs_api.engine.workdir, "logs.tar"), name, label="logs"))
-    return name
+    return load_busybox(logs_api, "logs")
 
 
 def test_rotation_keeps_max_file_files_and_logs_reads_the_latest(dk: DockerApi, tag: str) -> None:

@@ -18,7 +18,14 @@ import pytest
 
 from events import model as e
 from tests.e2e.conftest import Engine, moor_run, wait_for
-from tests.e2e.test_docker_cli import DockerApi, cid_of, daemon_error, save_busybox, start_api
+from tests.e2e.dockerapi import (
+    DockerApi,
+    cid_of,
+    daemon_error,
+    load_busybox,
+    start_api,
+    track_created,
+)
 from workers.proc import cgroups
 
 pytestmark = pytest.mark.privileged
@@ -34,19 +41,12 @@ def res_api(moor_engine: Engine) -> Iterator[DockerApi]:
 @pytest.fixture
 def dk(engine: Engine, res_api: DockerApi) -> Iterator[DockerApi]:
     """The module's API server; every container the test created is tracked afterwards."""
-    cursor = engine.last_event_id()
-    yield res_api
-    for stream_id, record in engine.events():
-        if stream_id > cursor and isinstance(record.event, e.ContainerCreated):
-            engine.track(record.meta.container_id)
+    yield from track_created(engine, res_api)
 
 
 @pytest.fixture(scope="module")
 def tag(res_api: DockerApi) -> str:
-    name = f"busybox:res{res_api.engine.token}"
-    res_api.docker("load", "-i", save_busybox(os.path.join(res_api.engine.workdir, "res.tar"),
-                                              name, label="res"))
-    return name
+    return load_busybox(res_api, "res")
 
 
 def cgroup_file(engine: Engine, cid: str, controller: str, name: str) -> str:

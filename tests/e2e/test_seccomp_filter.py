@@ -24,6 +24,7 @@ import pytest
 from events import seccomp as sc
 from events.caps import CAPABILITIES, DEFAULT_MASK
 from tests.conftest import missing_capability, require_root
+from tests.e2e.childprobe import run_in_child
 from workers import nsutil
 from workers.proc import seccomp as ws
 
@@ -98,26 +99,14 @@ def in_child(program: ws.Program | None, probe: Callable[[], dict[str, Any]],
              before: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Fork; in the child run `before`, load the program, run the probe; return its result."""
     prepared = ws.prepare(program) if program is not None else None
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # never returns into pytest
-        result: dict[str, Any] = {}
-        try:
-            os.close(read_fd)
-            before()
-            if prepared is not None:
-                ws.install(prepared)
-            result = probe()
-        except BaseException as e:  # noqa: B036 - report everything to the parent
-            result = {"error": repr(e), "errno": getattr(e, "errno", None)}
-        finally:
-            os.write(write_fd, json.dumps(result).encode())
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return dict(json.loads(data))
+
+    def child() -> dict[str, Any]:
+        before()
+        if prepared is not None:
+            ws.install(prepared)
+        return probe()
+
+    return run_in_child(child)
 
 
 @pytest.fixture

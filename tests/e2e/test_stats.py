@@ -18,9 +18,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from events import model as e
 from tests.e2e.conftest import REPO, Engine, free_port, http_get, wait_for
-from tests.e2e.test_docker_cli import DockerApi, UnixHTTPConnection, cid_of, daemon_error, start_api
+from tests.e2e.dockerapi import (
+    DockerApi,
+    UnixHTTPConnection,
+    cid_of,
+    daemon_error,
+    start_api,
+    track_created,
+)
 
 pytestmark = pytest.mark.privileged
 
@@ -44,11 +50,7 @@ def docker_api(moor_engine: Engine) -> Iterator[DockerApi]:
 def dk(engine: Engine, docker_api: DockerApi) -> Iterator[DockerApi]:
     """The module's API server; every container a test created is tracked for the leak
     checks of the engine fixture."""
-    cursor = engine.last_event_id()
-    yield docker_api
-    for stream_id, record in engine.events():
-        if stream_id > cursor and isinstance(record.event, e.ContainerCreated):
-            engine.track(record.meta.container_id)
+    yield from track_created(engine, docker_api)
 
 
 def table(out: str) -> dict[str, dict[str, str]]:

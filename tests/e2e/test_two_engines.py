@@ -13,17 +13,13 @@ import os
 import secrets
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis as redislib
 
-from commands.client import Client
-from engine.keys import keys_for
 from events import model as e
 from tests.conftest import RedisServer
 from tests.e2e.conftest import (
@@ -33,8 +29,8 @@ from tests.e2e.conftest import (
     free_port,
     host_engine_id,
     http_get,
+    new_engine,
     pick_subnet,
-    program_env,
     ps_status,
     start_ticks,
     wait_for,
@@ -49,23 +45,15 @@ def second_engine(redis_server: RedisServer) -> Iterator[Engine]:
     from workers.net.netconf import BridgeConfig
 
     token = secrets.token_hex(3)
-    workdir = tempfile.mkdtemp(prefix=f"moor-e2e-b-{token}-")
-    data_root = os.path.join(workdir, "data")
-    os.makedirs(data_root)
-    prefix, bridge, subnet = f"moore2eb{token}", f"moorb2{token}", pick_subnet(token)
-    env = program_env(redis_server.url, data_root, prefix, subnet, bridge)
-    redis = redislib.Redis.from_url(redis_server.url)
-    keys = keys_for(prefix=prefix)
-    b = Engine(token=token, env=env, redis=redis, keys=keys,
-               client=Client(redis, keys, actor="e2e-b", timeout=30), data_root=data_root,
-               workdir=workdir, bridge=bridge, subnet=subnet)
+    b = new_engine(redis_server.url, token, f"moor-e2e-b-{token}-", f"moore2eb{token}",
+                   f"moorb2{token}", "e2e-b")
     try:
         b.start_reducer()
         yield b
     finally:
         # The session engine's own teardown: rm -f, stop by PID, release the bridge, chains
         # and cgroup parent, drop the keys and the data root, then prove nothing is left.
-        problems = _teardown(b, BridgeConfig(name=bridge, subnet=subnet))
+        problems = _teardown(b, BridgeConfig(name=b.bridge, subnet=b.subnet))
         assert not problems, "engine B teardown: " + "; ".join(problems)
 
 
