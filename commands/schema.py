@@ -23,6 +23,7 @@ from events.specs import (
 
 __all__ = [
     "Command",
+    "CommitContainer",
     "CompactLog",
     "CreateContainer",
     "CreateExec",
@@ -30,6 +31,7 @@ __all__ = [
     "Envelope",
     "exit_command_id",
     "KillContainer",
+    "NoteContainerAction",
     "PauseContainer",
     "UpdateContainer",
     "RegisterImage",
@@ -97,6 +99,26 @@ class RegisterImage(_Command, tag="RegisterImage"):
     layers: tuple[str, ...] = ()
     size: int = 0
     created: int = 0
+
+
+class CommitContainer(RegisterImage, tag="CommitContainer", kw_only=True):
+    """`docker commit`'s record: the image this host built from the container's upper dir.
+
+    The image fields are RegisterImage's; `repo_tags` holds the reference given, if any.
+    """
+
+    ref: str
+    comment: str = ""
+
+
+class NoteContainerAction(_Command, tag="NoteContainerAction"):
+    """A Docker action on a container that changes no state but is an event in Docker
+    (`top`, `archive-path`, `extract-to-dir`, `attach`, `detach`, `resize`, `export`):
+    recorded so `docker events`, audit and replay show who did it."""
+
+    ref: str
+    action: str
+    attributes: dict[str, str] = {}
 
 
 class RemoveImage(_Command, tag="RemoveImage"):
@@ -348,6 +370,8 @@ REPORT_TYPES: tuple[type, ...] = (
 Command = (
     DefineNetwork
     | RegisterImage
+    | CommitContainer
+    | NoteContainerAction
     | RemoveImage
     | CreateContainer
     | StartContainer

@@ -21,6 +21,8 @@ from events.specs import (
 
 __all__ = [
     "CommandRejected",
+    "ContainerActionNoted",
+    "ContainerCommitted",
     "ContainerCreated",
     "ContainerDestroyed",
     "ContainerDied",
@@ -45,6 +47,7 @@ __all__ = [
     "HostBooted",
     "ImageRegistered",
     "ImageRemoved",
+    "ImageTagged",
     "NetworkConnected",
     "NetworkDefined",
     "NetworkDisconnected",
@@ -75,6 +78,14 @@ class ImageRegistered(_Event, tag="ImageRegistered"):
     layers: tuple[str, ...] = ()
     size: int = 0
     created: int = 0
+    origin: str = ""  # "" as `docker load` (the content arrived whole), "commit"
+
+
+class ImageTagged(_Event, tag="ImageTagged"):
+    """A reference now names the image (moved from any image it named before)."""
+
+    image_id: str
+    tag: str
 
 
 class ImageRemoved(_Event, tag="ImageRemoved"):
@@ -308,9 +319,26 @@ class ContainerUpdated(_Event, tag="ContainerUpdated"):
     generation: int = 0
 
 
+class ContainerCommitted(_Event, tag="ContainerCommitted"):
+    """`docker commit` made an image of the container (Docker's container `commit`)."""
+
+    image_id: str
+    image_ref: str = ""  # the reference given, familiar form, or ""
+    comment: str = ""
+
+
+class ContainerActionNoted(_Event, tag="ContainerActionNoted"):
+    """A Docker event action that changes no state (top, archive-path, extract-to-dir,
+    attach, detach, resize, export), with the attributes Docker adds to it."""
+
+    action: str
+    attributes: dict[str, str] = {}
+
+
 Event = (
     NetworkDefined
     | ImageRegistered
+    | ImageTagged
     | ImageRemoved
     | HostBooted
     | ContainerCreated
@@ -345,6 +373,8 @@ Event = (
     | ExecStarted
     | ExecDied
     | ContainerUpdated
+    | ContainerCommitted
+    | ContainerActionNoted
 )
 
 

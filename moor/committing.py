@@ -1,9 +1,10 @@
 """Run `diff` and `commit` on this host; shared by the API and the `moor` CLI.
 
-A commit is the image store's work (workers.storage.commit) followed by the ordinary
-`RegisterImage` command, so the new image is a recorded fact exactly as a `docker load`
-is. A running container is paused around the copy through the client's own pause and
-unpause (each a recorded fact too), as dockerd does when `pause` is true.
+A commit is the image store's work (workers.storage.commit) followed by a
+`CommitContainer` command: the image's facts with Docker's commit events (image `create`,
+`tag`, container `commit`). A running container is paused around the copy through the
+client's own pause and unpause (each a recorded fact too), as dockerd does when `pause`
+is true.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from commands.client import Client
 from engine.core.state import World
 from engine.errors import Conflict
-from moor.hostcli import register_image
+from moor.hostcli import image_fields
 from projections.views.inspect import find_container
 from workers.storage.changes import Change, read_changes
 from workers.storage.commit import commit_image
@@ -57,7 +58,7 @@ def commit(client: Client, world: World, data_root: str, ref: str, *, reference:
                             user_config=config, changes=changes, comment=comment,
                             author=author, tags=[reference] if reference else [],
                             container_id=ctr.id)
-        register_image(client, info)
+        client.commit_container(ctr.id, comment=comment, **image_fields(info))
     finally:
         if freeze:
             client.unpause(ctr.id)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from commands.client import Client
     from workers.storage.images import ImageInfo
 
-__all__ = ["register", "register_image"]
+__all__ = ["image_fields", "register", "register_image"]
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -29,12 +29,17 @@ def _client(args: argparse.Namespace) -> Client:
                       timeout=args.timeout)
 
 
-def register_image(client: Client, info: ImageInfo) -> None:
-    """Make an image stored on this host known to the engine (ImageRegistered)."""
+def image_fields(info: ImageInfo) -> dict[str, Any]:
+    """The RegisterImage fields of an image stored on this host."""
     from workers.storage import images
 
-    client.register_image(image_id=info.id, repo_tags=info.repo_tags, config=info.config,
-                          layers=info.layers, size=info.size, created=images.created_ns(info))
+    return {"image_id": info.id, "repo_tags": info.repo_tags, "config": info.config,
+            "layers": info.layers, "size": info.size, "created": images.created_ns(info)}
+
+
+def register_image(client: Client, info: ImageInfo) -> None:
+    """Make an image stored on this host known to the engine (ImageRegistered)."""
+    client.register_image(**image_fields(info))
 
 
 def _import(args: argparse.Namespace) -> int:

@@ -165,6 +165,15 @@ class Client:
     def register_image(self, **fields: Any) -> CommandResult:
         return self.submit(c.RegisterImage(**fields)).result
 
+    def commit_container(self, ref: str, **fields: Any) -> CommandResult:
+        """Record a commit's image (built on this host) and the container's `commit`."""
+        return self.submit(c.CommitContainer(ref=ref, **fields)).result
+
+    def note_action(self, ref: str, action: str, **attributes: str) -> str:
+        """Record an access (top, archive-path, ...) as Docker's container event."""
+        return self.submit(c.NoteContainerAction(ref=ref, action=action,
+                                                 attributes=attributes)).result.container_id
+
     def remove_image(self, ref: str, force: bool = False) -> CommandResult:
         return self.submit(c.RemoveImage(ref=ref, force=force)).result
 

@@ -14,7 +14,8 @@ from engine.core.state import World
 from engine.errors import Conflict, InvalidParameter, NotModified
 from events import model as e
 
-__all__ = ["compact_log", "define_network", "register_image", "remove_image"]
+__all__ = ["commit_container", "compact_log", "define_network", "register_image",
+           "remove_image"]
 
 
 _MIN_RETAIN_MS = 60_000  # shorter would forget ids a client may still be retrying
@@ -46,16 +47,42 @@ def define_network(world: World, env: c.Envelope,
     return "", [e.NetworkDefined(network=spec)]
 
 
-def register_image(world: World, env: c.Envelope,
-                   cmd: c.RegisterImage) -> tuple[str, list[e.Event]]:
+def _image_fact(world: World, cmd: c.RegisterImage, tags: tuple[str, ...],
+                origin: str = "") -> e.ImageRegistered:
     if not cmd.image_id.startswith("sha256:") or not names.is_full_id(cmd.image_id[7:]):
         raise InvalidParameter(f"invalid image id: {cmd.image_id}")
-    tags = tuple(dict.fromkeys(names.normalize_image_ref(t) for t in cmd.repo_tags))
     known = world.images.get(cmd.image_id)
     if known is not None:
         tags = tuple(dict.fromkeys((*known.repo_tags, *tags)))
-    return "", [e.ImageRegistered(image_id=cmd.image_id, repo_tags=tags, config=cmd.config,
-                                  layers=cmd.layers, size=cmd.size, created=cmd.created)]
+    return e.ImageRegistered(image_id=cmd.image_id, repo_tags=tags, config=cmd.config,
+                             layers=cmd.layers, size=cmd.size, created=cmd.created,
+                             origin=origin)
+
+
+def _tags(cmd: c.RegisterImage) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names.normalize_image_ref(t) for t in cmd.repo_tags))
+
+
+def register_image(world: World, env: c.Envelope,
+                   cmd: c.RegisterImage) -> tuple[str, list[e.Event]]:
+    return "", [_image_fact(world, cmd, _tags(cmd))]
+
+
+def commit_container(world: World, env: c.Envelope,
+                     cmd: c.CommitContainer) -> tuple[str, list[e.Event]]:
+    """Docker's commit order: image `create`, image `tag` (with a reference), then the
+    container's `commit` (the pause and unpause around it are the committer's own)."""
+    ctr = names.resolve(world, cmd.ref)
+    if ctr.dead:
+        raise Conflict(f"You cannot commit container {ctr.id} which is Dead")
+    if ctr.removal_in_progress:
+        raise Conflict(f"You cannot commit container {ctr.id} which is being removed")
+    tags = _tags(cmd)
+    events: list[e.Event] = [_image_fact(world, cmd, (), origin="commit")]
+    events += [e.ImageTagged(image_id=cmd.image_id, tag=t) for t in tags]
+    events.append(e.ContainerCommitted(image_id=cmd.image_id, image_ref=tags[0] if tags else "",
+                                       comment=cmd.comment))
+    return ctr.id, events
 
 
 def remove_image(world: World, env: c.Envelope, cmd: c.RemoveImage) -> tuple[str, list[e.Event]]:

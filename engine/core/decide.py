@@ -57,6 +57,8 @@ def _target_id(world: World, env: c.Envelope, cmd: c.Command) -> str:
 _HANDLERS: dict[type, Callable[..., tuple[str, list[e.Event]]]] = {
     c.DefineNetwork: catalog.define_network,
     c.RegisterImage: catalog.register_image,
+    c.CommitContainer: catalog.commit_container,
+    c.NoteContainerAction: interactive.note_action,
     c.RemoveImage: catalog.remove_image,
     c.CreateContainer: lifecycle.create,
     c.StartContainer: lifecycle.start,

@@ -56,16 +56,30 @@ def _network_defined(world: World, ev: e.NetworkDefined) -> None:
     world.networks[ev.network.name] = ev.network
 
 
+def _move_tag(world: World, tag: str, image_id: str) -> None:
+    """Point `tag` at `image_id`, taking it off the image it named before (Docker's tag)."""
+    previous = world.tags.get(tag)
+    if previous is not None and previous != image_id and previous in world.images:
+        old = world.images[previous]
+        world.images[previous] = replace(
+            old, repo_tags=tuple(t for t in old.repo_tags if t != tag))
+    world.tags[tag] = image_id
+
+
 def _image_registered(world: World, ev: e.ImageRegistered) -> None:
     for tag in ev.repo_tags:
-        previous = world.tags.get(tag)
-        if previous is not None and previous != ev.image_id and previous in world.images:
-            old = world.images[previous]
-            world.images[previous] = replace(
-                old, repo_tags=tuple(t for t in old.repo_tags if t != tag))
-        world.tags[tag] = ev.image_id
+        _move_tag(world, tag, ev.image_id)
     world.images[ev.image_id] = Image(id=ev.image_id, repo_tags=ev.repo_tags, config=ev.config,
                                       layers=ev.layers, size=ev.size, created=ev.created)
+
+
+def _image_tagged(world: World, ev: e.ImageTagged) -> None:
+    image = world.images.get(ev.image_id)
+    if image is None:
+        return
+    _move_tag(world, ev.tag, ev.image_id)
+    if ev.tag not in image.repo_tags:
+        world.images[ev.image_id] = replace(image, repo_tags=(*image.repo_tags, ev.tag))
 
 
 def _image_removed(world: World, ev: e.ImageRemoved) -> None:
@@ -90,6 +104,7 @@ _WORLD: dict[type, Callable[[World, Any], None]] = {
     e.NetworkDefined: _network_defined,
     e.HostBooted: _host_booted,
     e.ImageRegistered: _image_registered,
+    e.ImageTagged: _image_tagged,
     e.ImageRemoved: _image_removed,
 }
 

@@ -17,11 +17,26 @@ from engine.core.state import Container, World
 from engine.errors import Conflict, Internal, InvalidParameter, NotFound
 from events import model as e
 
-__all__ = ["create_exec", "exec_exited", "frozen", "pause", "start_exec", "unpause"]
+__all__ = ["NOTED_ACTIONS", "create_exec", "exec_exited", "frozen", "note_action", "pause",
+           "start_exec", "unpause"]
+
+# Docker's container event actions that record an access, not a change of state.
+NOTED_ACTIONS = frozenset(("top", "archive-path", "extract-to-dir", "attach", "detach",
+                           "resize", "export"))
 
 
 def _restarting(ctr: Container) -> Conflict:
     return Conflict(f"Container {ctr.id} is restarting, wait until the container is running")
+
+
+def note_action(world: World, env: c.Envelope,
+                cmd: c.NoteContainerAction) -> tuple[str, list[e.Event]]:
+    """Record an access the API already performed (its own guards gave Docker's texts)."""
+    ctr = names.resolve(world, cmd.ref)
+    if cmd.action not in NOTED_ACTIONS:
+        raise InvalidParameter(f"unknown container action {cmd.action!r}: expected one of "
+                               f"{', '.join(sorted(NOTED_ACTIONS))}")
+    return ctr.id, [e.ContainerActionNoted(action=cmd.action, attributes=cmd.attributes)]
 
 
 def pause(world: World, env: c.Envelope, cmd: c.PauseContainer) -> tuple[str, list[e.Event]]:

@@ -57,11 +57,18 @@ async def head(request: web.Request) -> web.Response:
     return web.Response(status=200, headers={_STAT: header})
 
 
+async def _note(request: web.Request, action: str) -> None:
+    """Record Docker's event for a copy that succeeded (HEAD emits none, as dockerd)."""
+    context = ctx(request)
+    await run(context.client(request).note_action, request.match_info["id"], action)
+
+
 async def get(request: web.Request) -> web.StreamResponse:
     proc = await _helper(request, "get")
     assert proc.stdout is not None
     try:
         header = await _stat_line(proc)
+        await _note(request, "archive-path")
         response = web.StreamResponse(
             status=200, headers={_STAT: header, "Content-Type": "application/x-tar"})
         await response.prepare(request)
@@ -88,4 +95,5 @@ async def put(request: web.Request) -> web.Response:
     err = await proc.stderr.read()
     if await proc.wait() != 0:
         raise helper_error(err)
+    await _note(request, "extract-to-dir")
     return web.Response(status=200)

@@ -1,7 +1,7 @@
 """`GET /containers/{id}/changes` (`docker diff`) and `POST /commit` (`docker commit`).
 
 Both read the container's overlay upper dir on this host (moor.committing); a commit
-registers the new image through the ordinary `RegisterImage` command.
+records the new image through the `CommitContainer` command.
 """
 
 from __future__ import annotations

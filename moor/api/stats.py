@@ -85,4 +85,6 @@ async def top(request: web.Request) -> web.Response:
     if ctr.restarting:
         raise Conflict(f"Container {ctr.id} is restarting, wait until the container is "
                        "running")
-    return json_response(await run(host_top.top, ctr.id, engine_parent(context), ps_args))
+    listing = await run(host_top.top, ctr.id, engine_parent(context), ps_args)
+    await run(context.client(request).note_action, ctr.id, "top")
+    return json_response(listing)

@@ -105,6 +105,7 @@ _CONTAINER_ACTIONS: dict[type, str] = {
     e.ExecStarted: "exec_start",
     e.ExecDied: "exec_die",
     e.ContainerUpdated: "update",
+    e.ContainerCommitted: "commit",
 }
 
 
@@ -140,6 +141,10 @@ def _container_event(record: e.EventRecord, stream_id: str, action: str,
         attrs["execID"] = ev.exec_id
     if isinstance(ev, e.ExecDied):
         attrs["exitCode"] = str(ev.exit_code)
+    elif isinstance(ev, e.ContainerCommitted):
+        attrs |= {"comment": ev.comment, "imageID": ev.image_id, "imageRef": ev.image_ref}
+    elif isinstance(ev, e.ContainerActionNoted):
+        attrs |= ev.attributes
     return {"status": action, "id": cid, "from": known.image, "Type": "container",
             "Action": action, "Actor": {"ID": cid, "Attributes": attrs}, "scope": "local",
             **_times(record, stream_id)}
@@ -174,14 +179,19 @@ def docker_event(record: e.EventRecord, stream_id: str,
             cmd = _exec_cmd(record, source)
             action = f"{action}: {cmd[0] if cmd else ''} {' '.join(cmd[1:])}"
         return _container_event(record, stream_id, action, _known(record, source))
+    if isinstance(ev, e.ContainerActionNoted):
+        return _container_event(record, stream_id, ev.action, _known(record, source))
     if isinstance(ev, e.NetworkConnected):
         return _network_event(record, stream_id, "connect", ev.endpoint.network)
     if isinstance(ev, e.NetworkDisconnected):
         return _network_event(record, stream_id, "disconnect", ev.network)
     if isinstance(ev, e.ImageRegistered):
-        # A registered image arrives like `docker load`: the content is already local.
-        return _image_event(record, stream_id, "load", ev.image_id,
-                            ev.repo_tags[0] if ev.repo_tags else ev.image_id)
+        # A registered image arrives like `docker load` (the content is already local),
+        # unless a commit made it: Docker's image `create`.
+        return _image_event(record, stream_id, "create" if ev.origin == "commit" else "load",
+                            ev.image_id, ev.repo_tags[0] if ev.repo_tags else ev.image_id)
+    if isinstance(ev, e.ImageTagged):
+        return _image_event(record, stream_id, "tag", ev.image_id, ev.tag)
     if isinstance(ev, e.ImageRemoved):
         name = ev.untagged[0] if ev.untagged else ev.image_id
         return _image_event(record, stream_id, "delete" if ev.deleted else "untag",

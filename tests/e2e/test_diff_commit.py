@@ -80,15 +80,22 @@ def test_commit_runs_with_the_file_and_the_change(dk: DockerApi, tag: str,
             "yes\ngone\n"
         info = json.loads(dk.docker("image", "inspect", new).stdout)[0]
         assert info["Id"] == out and info["Config"]["Cmd"] == ["cat", "/tmp/x"]
-        wanted = [f"container pause {cid}", f"image load {out}", f"container unpause {cid}"]
+        # Docker's order: pause, image create, image tag, container commit, unpause.
+        wanted = [f"container pause {cid} ", f"image create {out} {out}",
+                  f"image tag {out} {new}", f"container commit {cid} {out}",
+                  f"container unpause {cid} "]
 
         def mine() -> list[str]:
             events = dk.docker("events", "--since", since, "--until", "0s", "--format",
-                               "{{.Type}} {{.Action}} {{.Actor.ID}}").stdout.splitlines()
-            return [e for e in events if (cid in e or out in e)
-                    and e.split()[1] in ("pause", "unpause", "load")]
+                               "{{.Type}} {{.Action}} {{.Actor.ID}} "
+                               "{{index .Actor.Attributes \"imageID\"}}"
+                               "{{if eq .Type \"image\"}}{{.Actor.Attributes.name}}{{end}}"
+                               ).stdout.splitlines()
+            return [e for e in events if (cid in e or out in e) and e.split()[:2] in (
+                ["container", "pause"], ["image", "create"], ["image", "tag"],
+                ["container", "commit"], ["container", "unpause"])]
 
-        wait_for(lambda: mine() == wanted, 10, "pause, image load, unpause in docker events",
+        wait_for(lambda: mine() == wanted, 10, "Docker's commit events in docker events",
                  lambda: repr(mine()))
     finally:
         dk.docker("rm", "-f", cid)

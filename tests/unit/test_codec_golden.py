@@ -91,7 +91,12 @@ EVENTS: dict[str, e.Event] = {
     "NetworkDefined": e.NetworkDefined(network=NETWORK),
     "ImageRegistered": e.ImageRegistered(image_id=IMAGE_ID, repo_tags=("nginx:1.27",),
                                          config=IMAGE_CONFIG, layers=("sha256:" + "ab" * 32,),
-                                         size=1234, created=1_700_000_000),
+                                         size=1234, created=1_700_000_000, origin="commit"),
+    "ImageTagged": e.ImageTagged(image_id=IMAGE_ID, tag="nginx:stable"),
+    "ContainerCommitted": e.ContainerCommitted(image_id=IMAGE_ID, image_ref="web:snap",
+                                               comment="after setup"),
+    "ContainerActionNoted": e.ContainerActionNoted(action="resize",
+                                                   attributes={"height": "24", "width": "80"}),
     "ImageRemoved": e.ImageRemoved(image_id=IMAGE_ID, untagged=("nginx:1.27",), deleted=False),
     "ContainerCreated": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
                                            config=CONFIG, host_config=HOST,
@@ -147,6 +152,12 @@ COMMANDS: dict[str, c.Command] = {
     "RegisterImage": c.RegisterImage(image_id=IMAGE_ID, repo_tags=("nginx:1.27",),
                                      config=IMAGE_CONFIG, layers=("sha256:" + "ab" * 32,),
                                      size=1234, created=1_700_000_000),
+    "CommitContainer": c.CommitContainer(ref="web", image_id=IMAGE_ID, repo_tags=("web:snap",),
+                                         config=IMAGE_CONFIG, layers=("sha256:" + "ab" * 32,),
+                                         size=1234, created=1_700_000_000,
+                                         comment="after setup"),
+    "NoteContainerAction": c.NoteContainerAction(ref="web", action="top",
+                                                 attributes={"ps_args": "-ef"}),
     "RemoveImage": c.RemoveImage(ref="nginx:1.27", force=True),
     "CreateContainer": c.CreateContainer(config=CONFIG, name="web", host_config=HOST),
     "StartContainer": c.StartContainer(ref="web"),
@@ -321,6 +332,11 @@ LEGACY: dict[str, e.Event] = {
                                               config=CONFIG, host_config=HOST_V5,
                                               created=1_700_000_000_000_000_000),
     "ContainerUpdated-v5": e.ContainerUpdated(host_config=HOST_V5, generation=2),
+    # Before ImageRegistered.origin (commit's image `create`).
+    "ImageRegistered-v1": e.ImageRegistered(image_id=IMAGE_ID, repo_tags=("nginx:1.27",),
+                                            config=IMAGE_CONFIG,
+                                            layers=("sha256:" + "ab" * 32,), size=1234,
+                                            created=1_700_000_000),
 }
 
 

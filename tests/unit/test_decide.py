@@ -1121,3 +1121,47 @@ def test_a_process_up_during_rm_f_is_killed_and_never_recorded_started() -> None
     # its exit marks it dead (no start recorded, even though the exit "overtook" it)
     got.scenario.when(exited(code=137)).then(
         e.NetworkDisconnected, e.ContainerDied, e.ContainerMarkedDead)
+
+
+# --- commit and noted actions (Docker's commit, top, archive events) ----------------------
+
+def commit(ref: str = "web", tags: tuple[str, ...] = ("snap",)) -> c.CommitContainer:
+    return c.CommitContainer(ref=ref, image_id=OTHER_IMAGE_ID, repo_tags=tags,
+                             config=ImageConfig(cmd=("sh",)), comment="why")
+
+
+def test_commit_records_image_create_tag_then_the_containers_commit() -> None:
+    got = given(*running()).when(commit()).then(
+        e.ImageRegistered(image_id=OTHER_IMAGE_ID, config=ImageConfig(cmd=("sh",)),
+                          origin="commit"),
+        e.ImageTagged(image_id=OTHER_IMAGE_ID, tag="snap:latest"),
+        e.ContainerCommitted(image_id=OTHER_IMAGE_ID, image_ref="snap:latest", comment="why"))
+    assert all(r.meta.container_id == A for r in got.outcome.records)
+    assert got.world.images[OTHER_IMAGE_ID].repo_tags == ("snap:latest",)
+    assert got.world.tags["snap:latest"] == OTHER_IMAGE_ID
+
+
+def test_commit_tag_moves_from_the_image_it_named() -> None:
+    got = given(*running()).when(commit(tags=("busybox",)))
+    got.then(e.ImageRegistered, e.ImageTagged, e.ContainerCommitted)
+    assert got.world.tags == {"busybox:latest": OTHER_IMAGE_ID}
+    assert got.world.images[IMAGE_ID].repo_tags == ()
+
+
+def test_commit_refuses_a_dead_removed_or_gone_container() -> None:
+    given(create(), rm()).when(commit(A)).then(
+        (409, f"You cannot commit container {A} which is Dead"))
+    given(create(), rm(), removed()).when(commit(A)).then((404, f"No such container: {A}"))
+    marked = given(*running(), rm(force=True))
+    marked.when(commit(A)).then(
+        (409, f"You cannot commit container {A} which is being removed"))
+
+
+def test_noted_actions_are_container_events_and_unknown_ones_are_refused() -> None:
+    got = given(*running()).when(c.NoteContainerAction(ref="web", action="top"))
+    got.then(e.ContainerActionNoted(action="top"))
+    given(*running()).when(c.NoteContainerAction(ref="web", action="reboot")).then(
+        (400, "unknown container action 'reboot': expected one of archive-path, attach, "
+              "detach, export, extract-to-dir, resize, top"))
+    given().when(c.NoteContainerAction(ref="ghost", action="top")).then(
+        (404, "No such container: ghost"))
