@@ -85,6 +85,9 @@ def main() -> None:
         print(f"{args.runs} x (run -d, rm -f) {args.parallel} parallel   {parallel:6.2f} s")
         print(f"`moor run -d` CLI process (incl. Python start-up) median "
               f"{statistics.median(cli):7.1f} ms")
+        from bench.netstart import compare, report
+
+        report(*compare(client, args.latency_samples))  # issue 11: user network + DNS
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from engine.errors import InvalidParameter
 from events.specs import PortBinding
 
 __all__ = [
-    "DEFAULT_DETACH_KEYS", "detach_key_bytes",
+    "DEFAULT_DETACH_KEYS", "detach_at", "detach_key_bytes", "keys_tail",
     "PROTOS",
     "parse_bytes",
     "parse_cpus",
@@ -190,3 +190,17 @@ def detach_key_bytes(keys: str) -> bytes:
         else:
             raise ValueError(keys)
     return bytes(out)
+
+
+def detach_at(seen: bytes, data: bytes, keys: bytes) -> int | None:
+    """Where in ``data`` the detach keys end the input: the count of its bytes before them
+    (0 if they began in ``seen``, the bytes read before); None if they are not complete."""
+    if not keys:
+        return None
+    at = (seen + data).find(keys)
+    return None if at < 0 else max(0, at - len(seen))
+
+
+def keys_tail(seen: bytes, data: bytes, keys: bytes) -> bytes:
+    """The bytes to remember for the next read: enough to find keys split across reads."""
+    return (seen + data)[-(len(keys) - 1):] if len(keys) > 1 else b""

@@ -11,6 +11,7 @@ from typing import ClassVar
 import msgspec
 
 from events import saga
+from events.netspecs import EndpointSettings, Networking
 from events.runs import ExitStatus
 from events.specs import (
     ContainerConfig,
@@ -25,8 +26,16 @@ __all__ = [
     "Command",
     "CommitContainer",
     "CompactLog",
+    "ConnectNetwork",
     "CreateContainer",
+    "CreateNetwork",
+    "DisconnectNetwork",
+    "PruneNetworks",
+    "RemoveLink",
+    "RemoveNetwork",
+    "ReportNetworkJoined",
     "CreateExec",
+    "CreateVolume",
     "DefineNetwork",
     "Envelope",
     "exit_command_id",
@@ -37,6 +46,10 @@ __all__ = [
     "RegisterImage",
     "RemoveContainer",
     "RemoveImage",
+    "TagImage",
+    "RecordImagePush",
+    "NoteImageAction",
+    "RemoveVolume",
     "RenameContainer",
     "Report",
     "ReportHostBooted",
@@ -99,6 +112,9 @@ class RegisterImage(_Command, tag="RegisterImage"):
     layers: tuple[str, ...] = ()
     size: int = 0
     created: int = 0
+    origin: str = ""  # "" (load), "pull" or "import": which Docker event records it
+    repo_digests: tuple[str, ...] = ()
+    source_ref: str = ""  # the familiar reference a pull named
 
 
 class CommitContainer(RegisterImage, tag="CommitContainer", kw_only=True):
@@ -121,9 +137,47 @@ class NoteContainerAction(_Command, tag="NoteContainerAction"):
     attributes: dict[str, str] = {}
 
 
+class CreateVolume(_Command, tag="CreateVolume"):
+    """`POST /volumes/create` (the client names an anonymous volume)."""
+
+    name: str
+    driver: str = ""
+    labels: dict[str, str] = {}
+    options: dict[str, str] = {}
+
+
+class RemoveVolume(_Command, tag="RemoveVolume"):
+    name: str
+    force: bool = False
+
+
 class RemoveImage(_Command, tag="RemoveImage"):
     ref: str
     force: bool = False
+
+
+class TagImage(_Command, tag="TagImage"):
+    """`docker tag`: `tag` (a normalised reference) now names the image `ref` names."""
+
+    ref: str
+    tag: str
+
+
+class RecordImagePush(_Command, tag="RecordImagePush"):
+    """A push of the image `ref` names finished; the registry named it `repo_digest`."""
+
+    ref: str
+    pushed: str  # the familiar reference pushed
+    repo_digest: str = ""
+
+
+class NoteImageAction(_Command, tag="NoteImageAction"):
+    """An image action that changes no state (`save`, `prune`): recorded so `docker
+    events`, audit and replay show it. `ref` "" for an action on no single image."""
+
+    action: str
+    ref: str = ""
+    attributes: dict[str, str] = {}
 
 
 class CreateContainer(_Command, tag="CreateContainer"):
@@ -132,6 +186,7 @@ class CreateContainer(_Command, tag="CreateContainer"):
     config: ContainerConfig
     name: str = ""
     host_config: HostConfig = msgspec.field(default_factory=HostConfig)
+    networking: Networking | None = None  # endpoints, DNS, extra hosts, links
 
 
 class StartContainer(_Command, tag="StartContainer"):
@@ -158,6 +213,7 @@ class RestartContainer(_Command, tag="RestartContainer"):
 class RemoveContainer(_Command, tag="RemoveContainer"):
     ref: str
     force: bool = False
+    volumes: bool = False  # rm -v: remove its anonymous volumes too
 
 
 class RenameContainer(_Command, tag="RenameContainer"):
@@ -340,6 +396,64 @@ class ReportExecExited(_Command, tag="ReportExecExited"):
     exit_code: int
 
 
+# --- user-defined networks and links (engine.core.networks) ------------------------
+
+class CreateNetwork(_Command, tag="CreateNetwork"):
+    """`docker network create` (bridge driver): `network_id` is the client's 64 hex.
+
+    `subnet` "" asks the engine to pick one; the client may pass `subnet` and set
+    `subnet_given` False when it picked a free one itself (IPAM shows it as auto)."""
+
+    name: str
+    network_id: str
+    subnet: str = ""
+    gateway: str = ""
+    ip_range: str = ""
+    labels: dict[str, str] = {}
+    internal: bool = False
+    options: dict[str, str] = {}
+    subnet_given: bool = True
+
+
+class RemoveNetwork(_Command, tag="RemoveNetwork"):
+    network: str  # a name, id or id prefix
+
+
+class PruneNetworks(_Command, tag="PruneNetworks"):
+    """Remove unused user networks; `labels` are Docker's label / label! filters."""
+
+    labels: tuple[str, ...] = ()
+    not_labels: tuple[str, ...] = ()
+    until: int = 0  # unix ns; 0: no bound
+
+
+class ConnectNetwork(_Command, tag="ConnectNetwork"):
+    ref: str  # the container
+    network: str
+    settings: EndpointSettings = msgspec.field(default_factory=EndpointSettings)
+
+
+class DisconnectNetwork(_Command, tag="DisconnectNetwork"):
+    ref: str
+    network: str
+    force: bool = False
+
+
+class RemoveLink(_Command, tag="RemoveLink"):
+    """`docker rm --link /<parent>/<alias>`."""
+
+    name: str
+
+
+class ReportNetworkJoined(_Command, tag="ReportNetworkJoined"):
+    """A live connect's endpoint joined the running container (or failed: `error`)."""
+
+    generation: int
+    network: str
+    endpoint_id: str = ""
+    error: str = ""
+
+
 Report = (
     ReportMounted
     | ReportSandbox
@@ -353,6 +467,7 @@ Report = (
     | RestoreContainer
     | ReportFrozen
     | ReportExecExited
+    | ReportNetworkJoined
 )
 
 SagaReport = ReportMounted | ReportSandbox | ReportEndpoint | ReportProcessStarted
@@ -364,7 +479,7 @@ SAGA_REPORTS: tuple[type[SagaReport], ...] = (
 REPORT_TYPES: tuple[type, ...] = (
     ReportMounted, ReportSandbox, ReportEndpoint, ReportProcessStarted,
     ReportProcessExited, ReportStepFailed, ReportRemoved, ReportDrift, ReportHostBooted,
-    RestoreContainer, ReportFrozen, ReportExecExited,
+    RestoreContainer, ReportFrozen, ReportExecExited, ReportNetworkJoined,
 )
 
 Command = (
@@ -372,7 +487,12 @@ Command = (
     | RegisterImage
     | CommitContainer
     | NoteContainerAction
+    | CreateVolume
+    | RemoveVolume
     | RemoveImage
+    | TagImage
+    | RecordImagePush
+    | NoteImageAction
     | CreateContainer
     | StartContainer
     | StopContainer
@@ -399,4 +519,11 @@ Command = (
     | StartExec
     | ReportFrozen
     | ReportExecExited
+    | CreateNetwork
+    | RemoveNetwork
+    | PruneNetworks
+    | ConnectNetwork
+    | DisconnectNetwork
+    | RemoveLink
+    | ReportNetworkJoined
 )

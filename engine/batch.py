@@ -13,20 +13,19 @@ from typing import Any, NamedTuple
 import msgspec
 
 from engine.core.decider import apply_command
+from engine.core.evolve import WORLD_EVENTS
 from engine.core.react import react
 from engine.core.state import World
 from engine.intake import Prepared
 from engine.keys import GROUP, Keys
+from engine.metrics_journal import NOTED
 from engine.outbox import encode_job
 from engine.snapshot import encode_world_parts
 from engine.timers import RestartTimers
 from events import model as e
 
-__all__ = ["Batch", "Redo", "decide_batch"]
+__all__ = ["Batch", "Redo", "Tally", "decide_batch"]
 
-# Events are leaf Structs: a type lookup replaces isinstance.
-_WORLD_EVENTS = frozenset((e.NetworkDefined, e.ImageRegistered, e.ImageRemoved,
-                           e.HostBooted))
 _ENC = msgspec.msgpack.Encoder()
 
 
@@ -34,14 +33,29 @@ class Redo(Exception):
     """The batch was refused for stale memory: rebuild and process it again."""
 
 
+class Tally(NamedTuple):
+    """What a batch decided, for the metrics once its write lands (engine.metrics).
+
+    Counted in the loop that decides, so the metrics cost no second pass: commands decided
+    and duplicates answered again, by command type; entries quarantined; the records a
+    metric reads (engine.metrics_journal.NOTED).
+    """
+
+    decided: dict[type, int]
+    duplicates: dict[type, int]
+    quarantined: int
+    noted: list[e.EventRecord]
+
+
 class Batch(NamedTuple):
     """A decided batch: its write's ARGV, the inbox streams it acknowledges (the write's
-    last KEYS), the dedupe marks it answers, its fencing epoch."""
+    last KEYS), the dedupe marks it answers, its fencing epoch, its tally."""
 
     argv: list[Any]
     streams: tuple[str, ...]
     command_ids: frozenset[str]
     epoch: int | None
+    tally: Tally | None = None
 
 
 def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: Keys, *,
@@ -63,6 +77,9 @@ def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: 
     after: dict[str, int] = {}
     world_changed = False
     seen: set[str] = set()
+    decided: dict[type, int] = {}
+    duplicates: dict[type, int] = {}
+    noted: list[e.EventRecord] = []
     for item in decoded:
         env = item[1]
         if env is None:
@@ -70,11 +87,14 @@ def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: 
             continue
         mark = item[0]  # the command id, or principal/id (engine.keys.Inbox.mark)
         # Fire-and-forget senders (worker reports) get no wake-up list: nobody pops it.
+        kind = type(item[2])
         if mark in done or mark in seen:
             if env.reply:  # a duplicate: answer with the stored result again
                 replies += (mark, reply_key(env.command_id))
+            duplicates[kind] = duplicates.get(kind, 0) + 1
             continue
         seen.add(mark)
+        decided[kind] = decided.get(kind, 0) + 1
         cid, expected_version, records, result = apply_command(world, env, item[2], item[3])
         commands += (mark, encode(result), len(records))
         commands += map(encode, records)
@@ -84,8 +104,11 @@ def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: 
         for observe in observers:
             observe(records)
         for record in records:
-            if type(record.event) in _WORLD_EVENTS:
+            event_type = type(record.event)
+            if event_type in WORLD_EVENTS:  # leaf Structs: a type lookup, no isinstance
                 world_changed = True
+            if event_type in NOTED:
+                noted.append(record)
             found = react(world, record)
             if found:
                 jobs += map(encode_job, found)
@@ -124,7 +147,8 @@ def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: 
     for section in (replies, quarantine):
         argv.append(len(section))
         argv += section
-    return Batch(argv, tuple(acks), frozenset(seen), epoch)
+    tally = Tally(decided, duplicates, len(quarantine) // 4, noted)
+    return Batch(argv, tuple(acks), frozenset(seen), epoch, tally)
 
 
 def _raw(fields: dict[bytes, bytes]) -> bytes:

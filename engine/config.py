@@ -27,6 +27,8 @@ __all__ = [
     "engine_id",
     "key_prefix",
     "load_policy",
+    "metrics_addr",
+    "metrics_fd",
     "named_redis_url",
     "validate_engine_id",
 ]
@@ -38,6 +40,9 @@ __all__ = [
 # refuses the subnet, and MOOR_SUBNET picks another.
 DEFAULT_SUBNET = "10.77.0.0/16"
 DEFAULT_BRIDGE = "moor0"
+# `moor up` serves the metrics on a free loopback port unless MOOR_METRICS_ADDR says where.
+DEFAULT_METRICS_ADDR = "127.0.0.1:0"
+METRICS_FD = "MOOR_METRICS_FD"  # set by `moor up` for its reducer: the socket it bound
 
 
 def default_network() -> NetworkSpec:
@@ -152,3 +157,31 @@ def load_policy(path: str | None = None) -> Policy:
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidParameter(f"admission policy {path}: {exc}") from None
     return ALLOW_ALL if policy.allows_all else policy  # the decider skips ALLOW_ALL
+
+
+def metrics_addr(default: str | None = DEFAULT_METRICS_ADDR) -> tuple[str, int] | None:
+    """Return where to serve /metrics: MOOR_METRICS_ADDR (HOST:PORT, port 0 for a free
+    one; "off" for nowhere), else `default` (None: nowhere).
+
+    `moor up` uses the loopback default; a reducer run on its own serves only when told.
+    """
+    text = os.environ.get("MOOR_METRICS_ADDR") or default
+    if text is None or text.lower() == "off":
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+        if not sep or not 0 <= number <= 65535:
+            raise ValueError(port)
+    except ValueError:
+        raise InvalidParameter(f"invalid MOOR_METRICS_ADDR {text!r} (expected IP:PORT, e.g. "
+                               "127.0.0.1:9464, or off)") from None
+    return host, number
+
+
+def metrics_fd() -> int | None:
+    """Return the listening socket `moor up` handed its reducer (MOOR_METRICS_FD), or None."""
+    text = os.environ.get(METRICS_FD)
+    return int(text) if text and text.isdigit() else None

@@ -28,6 +28,11 @@ class Lease:
         self.lease_ms = lease_ms
         self.epoch: int | None = None
         self.renewed_at = 0.0
+        # Lease changes seen by this process, read by the metrics at scrape time: plain
+        # counts, as a change is rare and the reducer's thread is the only writer.
+        self.acquired = 0
+        self.released = 0
+        self.lost = 0
         self._acquire = redis.register_script(scripts.ACQUIRE)
         self._renew = redis.register_script(scripts.RENEW)
         self._release = redis.register_script(scripts.RELEASE)
@@ -40,6 +45,7 @@ class Lease:
             return False
         self.epoch = int(epoch)
         self.renewed_at = time.monotonic()
+        self.acquired += 1
         return True
 
     def renewal_due(self) -> bool:
@@ -61,10 +67,13 @@ class Lease:
         """Give the lease up (clean shutdown) so a standby takes over at once."""
         if self.epoch is not None:
             self._release(keys=[self.keys.lease], args=[self.owner])
+            self.released += 1
         self.epoch = None
 
     def drop(self) -> None:
         """Forget the epoch without touching the lease (deposed, or Redis went away)."""
+        if self.epoch is not None:
+            self.lost += 1
         self.epoch = None
 
     def fence(self, pipe: Any) -> None:

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from typing import Any
 
 import redis as redislib
@@ -27,10 +28,12 @@ from engine.compact import Compaction
 from engine.core.admission import ALLOW_ALL, Policy
 from engine.core.react import resume
 from engine.core.state import World
+from engine.errors import MoorError
 from engine.eventlog import read_records
 from engine.intake import CommandReader, Entry, Prepared
 from engine.keys import Keys, consumer_name
 from engine.lease import Deposed, Lease
+from engine.metrics import ReducerMetrics
 from engine.outbox import JobOutbox
 from engine.snapshot import fold_for_snapshot, load_world, queue_snapshot_writes
 from engine.timers import RestartTimers
@@ -87,6 +90,8 @@ class Reducer:
         self.lease = Lease(redis, keys, self.owner, lease_ms)
         self.intake = CommandReader(redis, keys, batch, reclaim_ms, policy)
         self.writer = BatchWriter(redis, keys, self.outbox)
+        self.metrics = ReducerMetrics()
+        self.metrics.watch(self)
 
     @property
     def epoch(self) -> int | None:
@@ -168,7 +173,37 @@ class Reducer:
         landed is unknown, so memory is thrown away and the next term boots with a new
         epoch from what Redis holds, fencing any write of this term still in flight.
         """
-        stop = stop or threading.Event()
+        server = self._serve_metrics()
+        try:
+            self._lead(stop or threading.Event())
+        finally:
+            if server is not None:
+                server.close()
+
+    def _serve_metrics(self) -> Any:
+        """Serve /metrics while run() runs, where moor up or MOOR_METRICS_ADDR says.
+
+        A metrics endpoint that cannot start is logged, never fatal: the fold matters more.
+        """
+        from engine import metrics_http
+        from engine.config import metrics_addr, metrics_fd
+
+        try:
+            fd = metrics_fd()
+            addr = metrics_addr(default=None)
+            if fd is not None:
+                sock = metrics_http.inherited(fd)
+            elif addr is not None:
+                sock = metrics_http.listen(*addr)
+            else:
+                return None
+            return metrics_http.serve(sock, self.metrics.registry)
+        except (OSError, ValueError, MoorError) as exc:  # MoorError: a bad MOOR_METRICS_ADDR
+            log.error("metrics not served: %s", exc)
+            return None
+
+    def _lead(self, stop: threading.Event) -> None:
+        """run()'s loop: lead, or stand by, until stopped."""
         backoff = Backoff()
         while not stop.is_set():
             try:
@@ -259,9 +294,12 @@ class Reducer:
         so run() can renew it; every batch decided is written before step() returns
         (entries the intake holds back for the id order stay pending: engine.intake).
         """
-        intake, writer, lease = self.intake, self.writer, self.lease
+        intake, writer, lease, written = self.intake, self.writer, self.lease, self.metrics.written
+        clock = time.perf_counter
         folded = len(entries)
-        batch = self._decide(intake.prepare(entries, frozenset()))
+        prepared = intake.prepare(entries, frozenset())
+        began = clock()  # a batch's fold latency: from its decide to its write landed
+        batch = self._decide(prepared)
         # Short batches mean the inboxes were drained when read: write at once rather
         # than spend a round trip reading ahead (keeps a lone command's latency low).
         drained = not intake.more
@@ -272,14 +310,18 @@ class Reducer:
             # Pending entries are read by id (see CommandReader.read), one batch at a time.
             read_next = not (intake.reading_pending or lease.renewal_due())
             receive = writer.send(batch, intake.next_read() if read_next else None)
+            began_next = clock()
             try:
-                batch = self._decide(prepared)
+                decided = self._decide(prepared)
             finally:
                 reply = receive()  # a refused write raises here, whatever decide did
+                written(batch, clock() - began)  # landed (a refusal raised above)
+            batch, began = decided, began_next
             ahead = intake.take(reply) if read_next else []
             if not read_next and not lease.renewal_due():
                 ahead = intake.read()
         writer.commit(batch)
+        written(batch, clock() - began)
         return folded
 
     def _decide(self, prepared: Prepared) -> Batch:

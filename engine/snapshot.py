@@ -4,7 +4,8 @@ Layout (keys in engine.keys):
 - `containers` hash: container id -> msgpack Container (deleted when destroyed)
 - `versions` hash: container id -> version; a destroyed id keeps its final version, which
   is how tombstones survive a reload
-- `world` hash: "parts" -> msgpack WorldParts (images, networks, the host's boot id);
+- `world` hash: "parts" -> msgpack WorldParts (images, networks, volumes, the host's
+  boot id);
   "checkpoint" -> the last events-stream id the snapshot includes
 Names, tags, addresses and exec ids are derived on load, so they cannot disagree with containers.
 """
@@ -18,9 +19,10 @@ import msgspec
 
 from engine.core.evolve import evolve
 from engine.core.ipam import address_key
-from engine.core.state import Container, Image, World
+from engine.core.state import Container, Image, Volume, World
 from engine.keys import Keys
 from events.model import EventRecord
+from events.netspecs import NetworkInfo
 from events.specs import NetworkSpec
 
 __all__ = [
@@ -42,6 +44,9 @@ class WorldParts(msgspec.Struct, kw_only=True):
     images: dict[str, Image] = {}
     networks: dict[str, NetworkSpec] = {}
     host_boot_id: str = ""  # the boot the host's containers were last restored after
+    volumes: dict[str, Volume] = {}
+    network_info: dict[str, NetworkInfo] = {}  # user-defined networks
+    links: dict[str, str] = {}  # legacy links: "<parent id>/<alias>" -> child id
 
 
 _PARTS = msgspec.msgpack.Decoder(WorldParts)
@@ -50,7 +55,8 @@ _PARTS = msgspec.msgpack.Decoder(WorldParts)
 def encode_world_parts(world: World) -> bytes:
     """Return the engine-wide parts of the snapshot (written when they change)."""
     return _ENC.encode(WorldParts(images=world.images, networks=world.networks,
-                                  host_boot_id=world.host_boot_id))
+                                  host_boot_id=world.host_boot_id, volumes=world.volumes,
+                                  network_info=world.network_info, links=world.links))
 
 
 def world_from_parts(containers: dict[bytes, bytes], versions: dict[bytes, bytes],
@@ -62,6 +68,9 @@ def world_from_parts(containers: dict[bytes, bytes], versions: dict[bytes, bytes
         world.images = decoded.images
         world.networks = decoded.networks
         world.host_boot_id = decoded.host_boot_id
+        world.volumes = decoded.volumes
+        world.network_info = decoded.network_info
+        world.links = decoded.links
     for image in world.images.values():
         for tag in image.repo_tags:
             world.tags[tag] = image.id
@@ -71,6 +80,8 @@ def world_from_parts(containers: dict[bytes, bytes], versions: dict[bytes, bytes
         world.names[ctr.name] = ctr.id
         if ctr.endpoint is not None:
             world.addresses[address_key(ctr.endpoint.network, ctr.endpoint.ip_address)] = ctr.id
+        for extra in ctr.endpoints.values():
+            world.addresses[address_key(extra.network, extra.ip_address)] = ctr.id
         for exec_id in ctr.execs:
             world.execs[exec_id] = ctr.id
     for cid in versions:

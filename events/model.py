@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import msgspec
 
+from events.netspecs import NetworkInfo, Networking
 from events.specs import (
     ContainerConfig,
     Endpoint,
     ExecConfig,
     HostConfig,
     ImageConfig,
+    MountPoint,
     NetworkSpec,
 )
 
@@ -35,6 +37,8 @@ __all__ = [
     "ContainerStopped",
     "ContainerUnpaused",
     "DriftObserved",
+    "EndpointReleased",
+    "EndpointReserved",
     "Event",
     "EventMeta",
     "EventRecord",
@@ -45,12 +49,20 @@ __all__ = [
     "FreezeFailed",
     "FreezeRequested",
     "HostBooted",
+    "ImageActionNoted",
+    "ImagePushed",
     "ImageRegistered",
     "ImageRemoved",
     "ImageTagged",
+    "LinkAdded",
+    "LinkRemoved",
     "NetworkConnected",
+    "NetworkCreated",
     "NetworkDefined",
     "NetworkDisconnected",
+    "NetworkRemoved",
+    "NetworkingConfigured",
+    "NetworksPruned",
     "RemovalFailed",
     "RemovalStarted",
     "ReportIgnored",
@@ -60,6 +72,10 @@ __all__ = [
     "SignalRequested",
     "StartFailed",
     "StartInitiated",
+    "VolumeCreated",
+    "VolumeMounted",
+    "VolumeRemoved",
+    "VolumeUnmounted",
 ]
 
 
@@ -78,7 +94,27 @@ class ImageRegistered(_Event, tag="ImageRegistered"):
     layers: tuple[str, ...] = ()
     size: int = 0
     created: int = 0
-    origin: str = ""  # "" as `docker load` (the content arrived whole), "commit"
+    # "" as `docker load` (the content arrived whole), "commit", "pull", "import"
+    origin: str = ""
+    repo_digests: tuple[str, ...] = ()  # "repo@sha256:<manifest digest>" that name it
+    ref: str = ""  # the familiar reference a pull named (Docker's Actor.ID of `pull`)
+
+
+class ImagePushed(_Event, tag="ImagePushed"):
+    """A push sent the image to a registry; `repo_digest` (repo@sha256:...) now names it."""
+
+    image_id: str
+    ref: str  # the familiar reference pushed, as Docker's `push` event names it
+    repo_digest: str = ""
+
+
+class ImageActionNoted(_Event, tag="ImageActionNoted"):
+    """A Docker image event action that changes no state (`save`, `prune`), with its
+    attributes; `image_id` is "" for an action on no single image (prune)."""
+
+    action: str
+    image_id: str = ""
+    attributes: dict[str, str] = {}
 
 
 class ImageTagged(_Event, tag="ImageTagged"):
@@ -112,6 +148,7 @@ class ContainerCreated(_Event, tag="ContainerCreated"):
     config: ContainerConfig
     host_config: HostConfig
     created: int
+    mounts: tuple[MountPoint, ...] = ()  # resolved at create (engine.core.volumes)
 
 
 class ContainerRenamed(_Event, tag="ContainerRenamed"):
@@ -222,6 +259,7 @@ class RestartFailed(_Event, tag="RestartFailed"):
 
 class RemovalStarted(_Event, tag="RemovalStarted"):
     force: bool = False
+    volumes: bool = False  # rm -v: the anonymous volumes go too
 
 
 class ContainerMarkedDead(_Event, tag="ContainerMarkedDead"):
@@ -327,6 +365,40 @@ class ContainerCommitted(_Event, tag="ContainerCommitted"):
     comment: str = ""
 
 
+class VolumeCreated(_Event, tag="VolumeCreated"):
+    """A volume now exists (Docker's volume `create`); `created` is when it was decided."""
+
+    name: str
+    driver: str = "local"
+    labels: dict[str, str] = {}
+    options: dict[str, str] = {}
+    created: int = 0
+
+
+class VolumeRemoved(_Event, tag="VolumeRemoved"):
+    """A volume is gone (Docker's volume `destroy`); its directory goes with it."""
+
+    name: str
+    driver: str = "local"
+
+
+class VolumeMounted(_Event, tag="VolumeMounted"):
+    """A start mounted the volume (Docker's volume `mount`, before `network connect`)."""
+
+    name: str
+    driver: str
+    destination: str
+    rw: bool
+    propagation: str = ""
+
+
+class VolumeUnmounted(_Event, tag="VolumeUnmounted"):
+    """The run that mounted it ended (Docker's volume `unmount`, before `die`)."""
+
+    name: str
+    driver: str
+
+
 class ContainerActionNoted(_Event, tag="ContainerActionNoted"):
     """A Docker event action that changes no state (top, archive-path, extract-to-dir,
     attach, detach, resize, export), with the attributes Docker adds to it."""
@@ -335,11 +407,73 @@ class ContainerActionNoted(_Event, tag="ContainerActionNoted"):
     attributes: dict[str, str] = {}
 
 
+# --- user-defined networks, endpoints and legacy links (engine.core.networks) -------
+
+class NetworkCreated(_Event, tag="NetworkCreated"):
+    """`docker network create`: a user-defined bridge network (Docker's `create`)."""
+
+    network: NetworkSpec
+    info: NetworkInfo
+
+
+class NetworkRemoved(_Event, tag="NetworkRemoved"):
+    """A user-defined network is gone (Docker's `destroy`)."""
+
+    network_id: str
+    name: str
+    bridge: str = ""  # the device and subnet the host releases
+    subnet: str = ""
+
+
+class NetworksPruned(_Event, tag="NetworksPruned"):
+    """`docker network prune` ran (Docker's `prune`); each removal is its own fact."""
+
+    names: tuple[str, ...] = ()
+
+
+class NetworkingConfigured(_Event, tag="NetworkingConfigured"):
+    """The container's networking from now on (create, connect, disconnect)."""
+
+    networking: Networking
+
+
+class EndpointReserved(_Event, tag="EndpointReserved"):
+    """A running container's connect was accepted: the address is held, the host joins it."""
+
+    generation: int
+    endpoint: Endpoint
+
+
+class EndpointReleased(_Event, tag="EndpointReleased"):
+    """A reserved endpoint was never joined (the host failed): its address is free again."""
+
+    generation: int
+    network: str
+    error: str = ""
+
+
+class LinkAdded(_Event, tag="LinkAdded"):
+    """A legacy link `/<parent>/<alias>` -> child (engine-wide, as Docker's link index)."""
+
+    parent: str
+    child: str
+    alias: str
+
+
+class LinkRemoved(_Event, tag="LinkRemoved"):
+    """A legacy link went (`rm --link`, or the removal of its parent or child)."""
+
+    parent: str
+    alias: str
+
+
 Event = (
     NetworkDefined
     | ImageRegistered
     | ImageTagged
     | ImageRemoved
+    | ImagePushed
+    | ImageActionNoted
     | HostBooted
     | ContainerCreated
     | ContainerRenamed
@@ -375,6 +509,18 @@ Event = (
     | ContainerUpdated
     | ContainerCommitted
     | ContainerActionNoted
+    | NetworkCreated
+    | NetworkRemoved
+    | NetworksPruned
+    | NetworkingConfigured
+    | EndpointReserved
+    | EndpointReleased
+    | LinkAdded
+    | LinkRemoved
+    | VolumeCreated
+    | VolumeRemoved
+    | VolumeMounted
+    | VolumeUnmounted
 )
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import msgspec
 
-from events.specs import ContainerConfig, Endpoint, HostConfig, NetworkSpec
+from events.netspecs import NetPlan
+from events.specs import ContainerConfig, Endpoint, HostConfig, MountPoint, NetworkSpec
 
 __all__ = ["ENDPOINT", "MOUNT", "REMOVE", "SANDBOX", "SPAWN", "STEPS", "Donor", "StartPlan",
            "saga_steps"]
@@ -36,6 +37,8 @@ _BY_MODE = {
 
 def saga_steps(network_mode: str) -> tuple[str, ...]:
     """Return the start saga's steps for a network mode (user networks join like bridge)."""
+    if network_mode.startswith("container:"):  # the donor's namespace: nothing to join
+        return _BY_MODE["host"]
     return _BY_MODE.get(network_mode, _BY_MODE["bridge"])
 
 
@@ -65,3 +68,5 @@ class StartPlan(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     network: NetworkSpec | None = None
     steps: tuple[str, ...] = ()
     joins: dict[str, Donor] = {}  # namespace kind ("pid", "ipc") -> whose to enter
+    mounts: tuple[MountPoint, ...] = ()  # binds, volumes and tmpfs (engine.core.volumes)
+    net: NetPlan | None = None  # DNS, hosts entries, links (engine.core.networks)

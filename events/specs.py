@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 __all__ = [
+    "ANONYMOUS_LABEL",
     "DEFAULT_SHM_SIZE",
     "ContainerConfig",
     "DeviceMapping",
@@ -17,6 +18,8 @@ __all__ = [
     "HostConfig",
     "ImageConfig",
     "LogConfig",
+    "Mount",
+    "MountPoint",
     "NetworkSpec",
     "PortBinding",
     "RestartPolicy",
@@ -25,6 +28,7 @@ __all__ = [
 
 
 DEFAULT_SHM_SIZE = 64 * 1024 * 1024  # Docker's ShmSize when unset
+ANONYMOUS_LABEL = "com.docker.volume.anonymous"  # Docker's mark of an anonymous volume
 
 
 class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -57,6 +61,41 @@ class Ulimit(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     hard: int
 
 
+class Mount(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """One entry of Docker's HostConfig.Mounts (`--mount`), as given."""
+
+    type: str  # bind, volume, tmpfs (the docker CLI's default, volume, is set by the CLI)
+    source: str = ""  # host path (bind) or volume name ("" anonymous)
+    target: str = ""
+    read_only: bool = False
+    propagation: str = ""  # bind: BindOptions.Propagation
+    no_copy: bool = False  # volume: VolumeOptions.NoCopy
+    labels: dict[str, str] = {}  # volume: VolumeOptions.Labels
+    driver: str = ""  # volume: VolumeOptions.DriverConfig.Name
+    tmpfs_size: int = 0  # tmpfs: TmpfsOptions.SizeBytes
+    tmpfs_mode: int = 0  # tmpfs: TmpfsOptions.Mode
+
+
+class MountPoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """A mount the container gets, resolved at create (Docker's MountPoint).
+
+    `source` is the host path for a bind, "" for a volume (its path is the driver's) and
+    for tmpfs. `copy` asks for the image's content to be copied into an empty volume.
+    """
+
+    type: str  # bind, volume, tmpfs
+    destination: str
+    name: str = ""  # the volume's
+    source: str = ""
+    driver: str = ""  # "local" for volumes
+    mode: str = ""  # Docker's Mode string as shown by inspect ("ro", "z", ...)
+    rw: bool = True
+    propagation: str = ""
+    copy: bool = False
+    create_source: bool = False  # `-v` binds: a missing host path is made at start
+    tmpfs_options: str = ""  # tmpfs: mount data ("size=...,mode=...")
+
+
 class LogConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """Docker's HostConfig.LogConfig: the log driver and its options (`--log-opt`).
 
@@ -83,7 +122,13 @@ class ContainerConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     stop_timeout: int | None = None
     hostname: str = ""
     exposed_ports: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()  # Config.Volumes: anonymous volumes (`-v /path`, VOLUME)
     tty: bool = False
+    open_stdin: bool = False  # -i: stdin stays open for attachers
+    stdin_once: bool = False  # the first attacher's end of input closes stdin
+    attach_stdin: bool = False  # what the creating client attached (Docker records it)
+    attach_stdout: bool = False
+    attach_stderr: bool = False
 
 
 class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -127,6 +172,9 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     ulimits: tuple[Ulimit, ...] = ()
     shm_size: int = 0  # /dev/shm bytes; unset: Docker's 64 MiB
     log_config: LogConfig = msgspec.field(default_factory=LogConfig)
+    binds: tuple[str, ...] = ()  # `-v src:dst[:mode]` as given (Docker's HostConfig.Binds)
+    mounts: tuple[Mount, ...] = ()  # `--mount`
+    volumes_from: tuple[str, ...] = ()  # `--volumes-from ctr[:ro|rw]`
 
 
 class ExecConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -155,6 +203,7 @@ class ImageConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     stop_signal: str = ""
     user: str = ""
     labels: dict[str, str] = {}
+    volumes: tuple[str, ...] = ()  # VOLUME: anonymous volumes at these paths
 
 
 class NetworkSpec(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -22,14 +22,19 @@ from typing import Any
 
 from moor import (
     admincli,
+    attachcli,
+    buildcli,
     commitcli,
     cpcli,
     execcli,
     hostcli,
     lifecyclecli,
+    networkcli,
     programcli,
+    pullcli,
     readcli,
     statscli,
+    volumecli,
 )
 
 __all__ = ["build_parser", "command_word", "main"]
@@ -54,8 +59,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.set_defaults(log_level=logging.WARNING, long_running=False)
     real = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub: Any = real if only is None else _Only(real, only)
-    for module in (lifecyclecli, execcli, readcli, hostcli, programcli, admincli, statscli,
-                   cpcli, commitcli):
+    for module in (lifecyclecli, execcli, attachcli, readcli, hostcli, programcli, admincli,
+                   statscli, cpcli, commitcli, volumecli, buildcli, pullcli, networkcli):
         module.register(sub)
     if only is not None and not sub.found:
         return build_parser()  # not a command: the full parser says so, listing them all

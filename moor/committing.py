@@ -23,10 +23,11 @@ from workers.storage.commit import commit_image
 from workers.storage.images import dirs_of_layers, valid_tag
 from workers.storage.rootfs import container_dir
 
-__all__ = ["commit", "container_changes"]
+__all__ = ["commit", "container_changes", "upper_dir"]
 
 
-def _upper(data_root: str, cid: str) -> str:
+def upper_dir(data_root: str, cid: str) -> str:
+    """Return the container's overlay upper dir on this host (what a commit stores)."""
     return os.path.join(container_dir(data_root, cid), "upper")
 
 
@@ -35,7 +36,7 @@ def container_changes(data_root: str, world: World, ref: str) -> list[Change]:
     ctr = find_container(world, ref)
     image = world.images.get(ctr.image_id)
     lowers = dirs_of_layers(data_root, image.layers) if image is not None else []
-    upper = _upper(data_root, ctr.id)
+    upper = upper_dir(data_root, ctr.id)
     return read_changes(upper, lowers) if os.path.isdir(upper) else []
 
 
@@ -54,7 +55,7 @@ def commit(client: Client, world: World, data_root: str, ref: str, *, reference:
     if freeze:
         client.pause(ctr.id)
     try:
-        info = commit_image(data_root, _upper(data_root, ctr.id), ctr.image_id, ctr.config,
+        info = commit_image(data_root, upper_dir(data_root, ctr.id), ctr.image_id, ctr.config,
                             user_config=config, changes=changes, comment=comment,
                             author=author, tags=[reference] if reference else [],
                             container_id=ctr.id)

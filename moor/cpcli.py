@@ -149,21 +149,15 @@ def _prune(args: argparse.Namespace) -> int:
     import time
 
     from engine.config import data_root
-    from moor.connect import client_for
+    from moor.cliargs import client_of, confirm, live_world
     from moor.pruning import prune_containers
     from moor.statscli import human_size
-    from projections.stream import load_live
     from projections.views.filters import parse_filter_flags
 
-    if not args.force:
-        sys.stdout.write("WARNING! This will remove all stopped containers.\n"
-                         "Are you sure you want to continue? [y/N] ")
-        sys.stdout.flush()
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            return 0
-    client = client_for(args.redis_url, actor=args.actor, reason=args.reason,
-                        timeout=args.timeout)
-    deleted, reclaimed = prune_containers(client, load_live(client.redis, client.keys)[0],
+    if not args.force and not confirm("This will remove all stopped containers."):
+        return 0
+    client = client_of(args)
+    deleted, reclaimed = prune_containers(client, live_world(client),
                                           parse_filter_flags(args.filter), data_root(),
                                           time.time_ns())
     if deleted:

@@ -9,12 +9,6 @@ and stderr without. Exits with the process's exit code, as `docker exec` does.
 from __future__ import annotations
 
 import argparse
-import os
-import select
-import signal
-import socket
-import struct
-import sys
 from typing import Any
 
 from moor.failures import guard
@@ -29,6 +23,7 @@ def _exec(args: argparse.Namespace) -> int:
     from events import model as e
     from events.specs import ExecConfig
     from moor.connect import client_for
+    from moor.terminal import connect, relay
     from projections.stream import tail_id
     from workers.interactive import exec_socket
 
@@ -49,98 +44,12 @@ def _exec(args: argparse.Namespace) -> int:
         return 0
     path = exec_socket(engine_id(data_root(), client.keys.prefix), exec_id)
     keys = detach_key_bytes(args.detach_keys or "")
-    if _attach(path, args.tty, args.interactive, keys):
+    if relay(connect(path), path, args.tty, args.interactive, keys):
         return 0  # detached: the process keeps running
     _, record = client.wait_event(cid, after, lambda ev: isinstance(ev, e.ExecDied)
                                   and ev.exec_id == exec_id, timeout=30)
     assert isinstance(record.event, e.ExecDied)
     return record.event.exit_code
-
-
-def _connect(path: str) -> socket.socket:
-    import time
-
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(path)
-            return sock
-        except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
-            if time.monotonic() > deadline:
-                from engine.errors import Internal
-
-                raise Internal("timeout waiting for exec session ready") from None
-            time.sleep(0.005)
-
-
-def _resize(path: str) -> None:
-    import fcntl
-    import termios
-
-    try:
-        rows, cols, _, _ = struct.unpack(
-            "HHHH", fcntl.ioctl(sys.stdin.fileno(), termios.TIOCGWINSZ, b"\0" * 8))
-        with socket.socket(socket.AF_UNIX) as ctl:
-            ctl.connect(path + ".ctl")
-            ctl.sendall(f"resize {rows} {cols}\n".encode())
-    except OSError:
-        pass
-
-
-def _attach(path: str, tty: bool, interactive: bool, keys: bytes) -> bool:
-    """Relay until the output ends; True if the user detached."""
-    import termios
-    import tty as ttymod
-
-    sock = _connect(path)
-    saved: Any = None
-    if tty and os.isatty(0):
-        saved = termios.tcgetattr(0)
-        ttymod.setraw(0)
-        _resize(path)
-        signal.signal(signal.SIGWINCH, lambda *_: _resize(path))
-    out, err = sys.stdout.buffer, sys.stderr.buffer
-    pending = b""
-    seen = b""
-    stdin_open = interactive
-    try:
-        while True:
-            watch = [sock] + ([0] if stdin_open else [])
-            ready, _, _ = select.select(watch, [], [])
-            if 0 in ready:
-                data = os.read(0, 65536)
-                if not data:
-                    sock.shutdown(socket.SHUT_WR)
-                    stdin_open = False
-                else:
-                    if tty:
-                        seen = (seen + data)[-len(keys):]
-                        if seen == keys:
-                            return True
-                    sock.sendall(data)
-            if sock in ready:
-                data = sock.recv(65536)
-                if not data:
-                    return False
-                if tty:
-                    out.write(data)
-                    out.flush()
-                    continue
-                pending += data
-                while len(pending) >= 8:
-                    kind, size = struct.unpack(">BxxxI", pending[:8])
-                    if len(pending) < 8 + size:
-                        break
-                    target = err if kind == 2 else out
-                    target.write(pending[8:8 + size])
-                    target.flush()
-                    pending = pending[8 + size:]
-    finally:
-        sock.close()
-        if saved is not None:
-            termios.tcsetattr(0, termios.TCSADRAIN, saved)
 
 
 def register(sub: Any) -> None:

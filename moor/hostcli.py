@@ -23,10 +23,9 @@ __all__ = ["image_fields", "register", "register_image"]
 
 
 def _client(args: argparse.Namespace) -> Client:
-    from moor.connect import client_for
+    from moor.cliargs import client_of
 
-    return client_for(args.redis_url, actor=args.actor, reason=args.reason,
-                      timeout=args.timeout)
+    return client_of(args)
 
 
 def image_fields(info: ImageInfo) -> dict[str, Any]:

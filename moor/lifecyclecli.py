@@ -14,18 +14,18 @@ from moor.failures import guard, print_error
 
 if TYPE_CHECKING:
     from commands.client import Client
+    from events.netspecs import Networking
     from events.specs import ContainerConfig, HostConfig, LogConfig, RestartPolicy, Ulimit
 
-__all__ = ["add_container_flags", "container_spec", "register"]
+__all__ = ["add_container_flags", "container_spec", "networking", "register"]
 
 Action = Callable[["Client", str], object]
 
 
 def _client(args: argparse.Namespace) -> Client:
-    from moor.connect import client_for
+    from moor.cliargs import client_of
 
-    return client_for(args.redis_url, actor=args.actor, reason=args.reason,
-                      timeout=args.timeout, lite=True)
+    return client_of(args, lite=True)  # a lifecycle call is short: no redis-py
 
 
 def _restart_policy(text: str) -> RestartPolicy:
@@ -144,16 +144,22 @@ def add_resource_flags(p: argparse.ArgumentParser) -> None:
 
 def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfig]:
     """Build Config and HostConfig from docker-run-style flags."""
+    import os
+
+    from commands.mountopts import parse_mount, split_volumes
     from commands.options import parse_bytes, parse_labels, parse_publish
     from events.caps import normalize_caps
     from events.specs import ContainerConfig, HostConfig, PortBinding
+    from moor.api.mounts import check_bind_sources
 
     bindings: dict[str, list[PortBinding]] = {}
     for spec in args.publish:
         for port, binding in parse_publish(spec):
             bindings.setdefault(port, []).append(binding)
+    binds, volumes = split_volumes(args.volume, os.getcwd())  # the CLI resolves "./x"
     config = ContainerConfig(
         image=args.image,
+        volumes=volumes,
         cmd=tuple(args.command) or None,
         entrypoint=(args.entrypoint,) if args.entrypoint is not None else None,
         env=tuple(args.env),
@@ -164,6 +170,7 @@ def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfi
         stop_timeout=args.stop_timeout,
         hostname=args.hostname or "",
         exposed_ports=tuple(bindings),
+        **_stdio_options(args),
     )
     host = HostConfig(
         network_mode=args.network,
@@ -183,23 +190,82 @@ def container_spec(args: argparse.Namespace) -> tuple[ContainerConfig, HostConfi
         readonly_rootfs=args.read_only,
         **_host_options(args),
         log_config=_log_config(args),
+        binds=binds, mounts=tuple(parse_mount(m) for m in args.mount),
+        volumes_from=tuple(args.volumes_from),
     )
+    check_bind_sources(host)
     return config, host
+
+
+def _attaches(args: argparse.Namespace) -> bool:
+    """`run -i`/`-t` without `-d` attaches this terminal (plain `moor run` stays detached)."""
+    return (args.interactive or args.tty) and not getattr(args, "detach", False)
+
+
+def _stdio_options(args: argparse.Namespace) -> dict[str, bool]:
+    """Config's TTY and stdin fields as the docker CLI sets them for -i, -t and -d."""
+    attached = _attaches(args)
+    return {"tty": args.tty, "open_stdin": args.interactive,
+            "stdin_once": args.interactive and attached,
+            "attach_stdin": args.interactive and attached, "attach_stdout": attached,
+            "attach_stderr": attached}
+
+
+def networking(args: argparse.Namespace) -> Networking | None:
+    """The networking flags as the docker CLI sends them, read by the API's one parser."""
+    from moor.api.netcreate import networking_spec
+
+    endpoint: dict[str, Any] = {}
+    if args.ip:
+        endpoint["IPAMConfig"] = {"IPv4Address": args.ip}
+    if args.network_alias:
+        endpoint["Aliases"] = args.network_alias
+    if args.mac_address:
+        endpoint["MacAddress"] = args.mac_address
+    body = {"HostConfig": {"Dns": args.dns, "DnsSearch": args.dns_search,
+                           "DnsOptions": args.dns_option, "ExtraHosts": args.add_host,
+                           "Links": args.link},
+            "NetworkingConfig": {"EndpointsConfig": {args.network: endpoint}}}
+    return networking_spec(body, args.network)
 
 
 def _create(args: argparse.Namespace) -> int:
     config, host = container_spec(args)
-    print(_client(args).create(config, host, name=args.name or ""))
+    print(_client(args).create(config, host, name=args.name or "",
+                               networking=networking(args)))
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
     config, host = container_spec(args)  # a bad flag fails before Redis is opened
+    net = networking(args)
     client = _client(args)
-    cid = client.create(config, host, name=args.name or "")
-    client.start(cid)
-    print(cid)
-    return 0
+    cid = client.create(config, host, name=args.name or "", networking=net)
+    if not _attaches(args):
+        client.start(cid)
+        print(cid)
+        return 0
+    return _start_attached(client, cid, args)
+
+
+def _start_attached(client: Client, ref: str, args: argparse.Namespace) -> int:
+    """Start, then attach with the output since the start (`run -it`, `start -ai`)."""
+    from moor.attachcli import attach_to
+    from projections.stream import tail_id
+
+    after = tail_id(client.redis, client.keys)
+    cid = client.start(ref)
+    return attach_to(client, cid, after, stdin=args.interactive,
+                     keys_text=args.detach_keys or "", replay=True)
+
+
+def _start(args: argparse.Namespace) -> int:
+    if not (args.attach or args.interactive):
+        return _each(args, lambda c, r: c.start(r))
+    if len(args.containers) > 1:
+        print_error("you cannot start and attach multiple containers at once")
+        return 1
+    return _start_attached(_client(args), args.containers[0], args)
 
 
 def _each(args: argparse.Namespace, action: Action) -> int:
@@ -258,6 +324,14 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-l", "--label", action="append", default=[])
     p.add_argument("-p", "--publish", action="append", default=[])
     p.add_argument("--network", default="bridge")
+    p.add_argument("--ip", help="the IPv4 address on --network")
+    p.add_argument("--network-alias", action="append", default=[])
+    p.add_argument("--mac-address")
+    p.add_argument("--dns", action="append", default=[])
+    p.add_argument("--dns-search", action="append", default=[])
+    p.add_argument("--dns-option", action="append", default=[])
+    p.add_argument("--add-host", action="append", default=[], help="NAME:IP")
+    p.add_argument("--link", action="append", default=[], help="NAME[:ALIAS]")
     add_resource_flags(p)
     p.add_argument("--memory-swappiness", type=int)
     p.add_argument("--oom-kill-disable", action="store_true")
@@ -280,6 +354,11 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--privileged", action="store_true")
     p.add_argument("--tmpfs", action="append", default=[])
+    p.add_argument("-v", "--volume", action="append", default=[],
+                   help="bind or volume: [SOURCE:]TARGET[:MODE]")
+    p.add_argument("--mount", action="append", default=[],
+                   help="type=bind|volume|tmpfs,source=...,target=...[,readonly]")
+    p.add_argument("--volumes-from", action="append", default=[])
     p.add_argument("--sysctl", action="append", default=[])
     p.add_argument("--device", action="append", default=[])
     p.add_argument("--device-cgroup-rule", action="append", default=[])
@@ -291,6 +370,9 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", action="store_true")
     p.add_argument("--runtime")
     p.add_argument("--isolation")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
+    p.add_argument("--detach-keys")
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
 
@@ -301,7 +383,7 @@ def _stop_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _no_flags(p: argparse.ArgumentParser) -> None:
-    """start takes no flags of its own."""
+    """pause and unpause take no flags of their own."""
 
 
 def _kill_flags(p: argparse.ArgumentParser) -> None:
@@ -310,19 +392,21 @@ def _kill_flags(p: argparse.ArgumentParser) -> None:
 
 def _rm_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("-v", "--volumes", action="store_true",
+                   help="remove the anonymous volumes of the containers too")
 
 
 # Each verb: (help, its flags, the client call it makes for one container).
 _VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
                         Callable[[argparse.Namespace], Action]]] = {
-    "start": ("start containers", _no_flags, lambda a: lambda c, r: c.start(r)),
     "stop": ("stop containers", _stop_flags,
              lambda a: lambda c, r: c.stop(r, a.time, a.signal or "")),
     "restart": ("restart containers", _stop_flags,
                 lambda a: lambda c, r: c.restart(r, a.time, a.signal or "")),
     "kill": ("send a signal (default SIGKILL)", _kill_flags,
              lambda a: lambda c, r: c.kill(r, a.signal)),
-    "rm": ("remove containers", _rm_flags, lambda a: lambda c, r: c.remove(r, a.force)),
+    "rm": ("remove containers", _rm_flags,
+           lambda a: lambda c, r: c.remove(r, a.force, volumes=a.volumes)),
     "pause": ("pause containers (freeze their processes)", _no_flags,
               lambda a: lambda c, r: c.pause(r)),
     "unpause": ("unpause containers", _no_flags, lambda a: lambda c, r: c.unpause(r)),
@@ -334,10 +418,16 @@ def register(sub: Any) -> None:
     p = sub.add_parser("create", help="create a container")
     add_container_flags(p)
     p.set_defaults(func=guard(_create))
-    p = sub.add_parser("run", help="create and start a container (detached)")
-    p.add_argument("-d", "--detach", action="store_true", help="accepted; runs detach")
+    p = sub.add_parser("run", help="create and start a container (detached unless -i/-t)")
+    p.add_argument("-d", "--detach", action="store_true", help="with -i/-t: do not attach")
     add_container_flags(p)
     p.set_defaults(func=guard(_run))
+    p = sub.add_parser("start", help="start containers")
+    p.add_argument("-a", "--attach", action="store_true", help="attach this terminal")
+    p.add_argument("-i", "--interactive", action="store_true", help="attach stdin too")
+    p.add_argument("--detach-keys")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+    p.set_defaults(func=guard(_start))
     for name, (help_, flags, action) in _VERBS.items():
         p = sub.add_parser(name, help=help_)
         flags(p)

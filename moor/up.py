@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -149,22 +150,49 @@ def _options(args: argparse.Namespace, argv: list[str]) -> list[str]:
     return []
 
 
-def _spawn(title: str, argv: list[str], env: dict[str, str]) -> Child:
+def _metrics_socket() -> socket.socket | None:
+    """Bind the metrics address (MOOR_METRICS_ADDR, else a free loopback port) for the
+    reducer to serve on; None when MOOR_METRICS_ADDR is "off"."""
+    from engine.config import metrics_addr
+    from engine.errors import InvalidParameter
+    from engine.metrics_http import listen
+
+    addr = metrics_addr()
+    if addr is None:
+        return None
+    try:
+        return listen(*addr)
+    except OSError as exc:  # e.g. the port is taken: say which setting to change
+        raise InvalidParameter(f"metrics: cannot listen on {addr[0]}:{addr[1]} ({exc}); "
+                               "set MOOR_METRICS_ADDR") from None
+
+
+def _spawn(title: str, argv: list[str], env: dict[str, str],
+           metrics: socket.socket | None = None) -> Child:
+    from engine.config import METRICS_FD
     from moor.lifeline import die_with_parent
 
+    fds: tuple[int, ...] = ()
+    if metrics is not None and argv[:1] == ["reducer"]:
+        # The reducer serves /metrics on the socket we bound: the same address across
+        # its restarts, and scrapes wait in the backlog while it restarts.
+        fds = (metrics.fileno(),)
+        env = dict(env, **{METRICS_FD: str(metrics.fileno())})
     # Its own process group: Ctrl-C reaches moor up alone, which stops the children in
     # order. PDEATHSIG: they stop too if moor up is killed outright.
     proc = subprocess.Popen([sys.executable, "-m", "moor.cli", *argv], env=env,
-                            stdin=subprocess.DEVNULL, process_group=0,
+                            stdin=subprocess.DEVNULL, process_group=0, pass_fds=fds,
                             preexec_fn=die_with_parent(os.getpid()))
     return Child(title=title, argv=argv, proc=proc, started=time.monotonic())
 
 
-def _describe(children: list[Child], redis_line: str) -> None:
-    import socket
+def _describe(children: list[Child], redis_line: str, metrics: socket.socket | None) -> None:
+    from engine.metrics_http import url_of
 
     host = socket.gethostname()
     print(f"moor up: {redis_line}", flush=True)
+    if metrics is not None:
+        print(f"moor up: metrics: {url_of(metrics)}", flush=True)
     print(f"moor up: pid {os.getpid():<7} moor up            stops everything below with "
           "Ctrl-C or SIGTERM (containers keep running)", flush=True)
     for child, (_, _, effect) in zip(children, CHILDREN, strict=True):
@@ -201,8 +229,10 @@ def run(args: argparse.Namespace) -> int:
     owned: tuple[int, int | None] | None = None
     children: list[Child] = []
     failed = False
+    metrics: socket.socket | None = None
     try:
         url, owned, redis_line = _redis(args, root, _take_over(root))
+        metrics = _metrics_socket()
         if not named_redis_url(args.redis_url):
             from engine.config import key_prefix
             from engine.keys import keys_for
@@ -212,9 +242,9 @@ def run(args: argparse.Namespace) -> int:
         env = dict(os.environ, MOOR_REDIS_URL=url)
         env.pop("MOOR_PRINCIPAL", None)  # each program speaks as its own role
         programs = [(title, [*argv, *_options(args, argv)]) for title, argv, _ in CHILDREN]
-        children = [_spawn(title, argv, env) for title, argv in programs]
+        children = [_spawn(title, argv, env, metrics) for title, argv in programs]
         _write_record(root, owned, children)
-        _describe(children, redis_line)
+        _describe(children, redis_line, metrics)
         while not stop.is_set() and not failed:
             stop.wait(0.2)
             for i, child in enumerate(children):
@@ -227,10 +257,12 @@ def run(args: argparse.Namespace) -> int:
                     failed = True
                     break
                 print(f"moor up: {child.title} exited with {code}; restarting", flush=True)
-                children[i] = _spawn(child.title, child.argv, env)
+                children[i] = _spawn(child.title, child.argv, env, metrics)
                 _write_record(root, owned, children)
     finally:
         _stop(children)
+        if metrics is not None:
+            metrics.close()
         if owned is not None:
             from moor.embedded import stop_embedded
 

@@ -13,7 +13,7 @@ die() { printf '!!! %s\n' "$*" >&2; exit 1; }
 # package:command pairs; a package is missing if dpkg does not list it as installed.
 REQUIRED=(redis-server:redis-server busybox-static:busybox iptables:iptables
           iproute2:ip kmod:modprobe iputils-ping:ping tini:tini-static libseccomp2:
-          procps:ps)
+          procps:ps docker-registry:docker-registry skopeo:skopeo)
 
 installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]

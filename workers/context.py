@@ -48,6 +48,14 @@ class HostContext:
         raw = self.redis.hget(self.keys.containers, container_id)
         return _CONTAINER.decode(raw) if raw is not None else None
 
+    def volume_exists(self, name: str) -> bool:
+        """Tell whether the snapshot holds the volume (a removal job must not delete the
+        directory of a volume created again under the same name since)."""
+        from engine.snapshot import WorldParts
+
+        raw = self.redis.hget(self.keys.world, "parts")
+        return raw is not None and name in msgspec.msgpack.decode(raw, type=WorldParts).volumes
+
     def container_dir(self, container_id: str) -> str:
         return os.path.join(self.root, "containers", container_id)
 

@@ -15,12 +15,13 @@ from commands import schema as c
 from engine.config import engine_id
 from engine.core.state import Container
 from events.caps import CAPABILITIES, capability_mask, effective_caps, no_new_privileges
+from events.specs import ContainerConfig
 from workers.context import HostContext
 from workers.proc import execproc, freezer, seccomp
 from workers.proc.init import SpawnError
 from workers.proc.supervisor import report_client
 
-__all__ = ["exec_socket", "freeze", "start_exec", "thaw_for_signal"]
+__all__ = ["attach_socket", "exec_socket", "freeze", "start_exec", "thaw_for_signal"]
 
 log = logging.getLogger("moorage.worker")
 
@@ -30,6 +31,17 @@ _EXIT_RETRIES = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 def exec_socket(engine: str, exec_id: str) -> str:
     """Where an exec's supervisor serves its stdio (short: unix socket paths end at 107)."""
     return f"/run/moorage/{engine}/exec/{exec_id[:32]}.sock"
+
+
+def attach_socket(engine: str, cid: str, config: ContainerConfig) -> str:
+    """Where a container's supervisor serves attach; "" when it serves none.
+
+    Only a container with a TTY or an open stdin has one: the others' output is followed
+    in their json-file log (`moor.api.streams`), which needs no live supervisor.
+    """
+    if not (config.tty or config.open_stdin):
+        return ""
+    return f"/run/moorage/{engine}/attach/{cid[:32]}.sock"
 
 
 def freeze(ctx: HostContext, cid: str, generation: int, frozen: bool, version: int) -> None:

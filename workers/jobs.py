@@ -15,9 +15,11 @@ from commands.codec import CODEC
 from workers import interactive, saga, update
 from workers.context import current
 from workers.proc import process
+from workers.storage import volumes
 
-__all__ = ["freeze_container", "remove_container", "signal_container", "start_container",
-           "start_exec", "teardown_container", "update_container"]
+__all__ = ["create_volume", "freeze_container", "remove_container", "remove_volume",
+           "signal_container", "start_container", "start_exec", "teardown_container",
+           "update_container"]
 
 log = logging.getLogger("moorage.worker")
 
@@ -68,3 +70,15 @@ def start_exec(container_id: str, exec_id: str, detach: bool = False) -> None:
 def update_container(container_id: str, generation: int, version: int = 0) -> None:
     with _timed("update", container_id):
         update.update_limits(current(), container_id, generation, version)
+
+
+def create_volume(name: str) -> None:
+    volumes.ensure_volume(current().root, name)
+
+
+def remove_volume(name: str) -> None:
+    ctx = current()
+    if ctx.volume_exists(name):
+        log.info("volume %s exists again; its directory stays", name[:12])
+        return
+    volumes.release_volume(ctx.root, name)

@@ -48,6 +48,10 @@ MS_PRIVATE = 0x40000
 MS_SLAVE = 0x80000
 MS_SHARED = 0x100000
 MS_STRICTATIME = 0x1000000
+# A bind's propagation mode (Docker's names) as mount(2) flags.
+_PROPAGATION = {"private": MS_PRIVATE, "rprivate": MS_PRIVATE | MS_REC,
+                "shared": MS_SHARED, "rshared": MS_SHARED | MS_REC,
+                "slave": MS_SLAVE, "rslave": MS_SLAVE | MS_REC}
 
 MNT_DETACH = 0x2
 
@@ -274,11 +278,14 @@ def _make_node(root: str, dev: str, node: DeviceNode) -> None:
     os.chown(path, node.uid, node.gid)
 
 
-def setup_rootfs(root: str, binds: tuple[tuple[str, str, bool], ...] = (),
+def setup_rootfs(root: str, binds: tuple[tuple[str, str, bool, str], ...] = (),
                  tmpfs: tuple[tuple[str, int, str], ...] = (), shm: str = "",
                  sysfs_rw: bool = False, nodes: tuple[DeviceNode, ...] = (),
                  shm_size: int = 0) -> None:
-    """Mount /proc, a minimal /dev, /sys, tmpfs mounts and binds (source, target, ro) under root.
+    """Mount /proc, a minimal /dev, /sys, tmpfs mounts and binds under root.
+
+    `binds` are (source, target, read-only, propagation); a propagation ("rprivate",
+    "rshared", ...) is set on the bind inside the container's mount namespace.
 
     Call in a fresh mount namespace (and pid namespace, for /proc) before pivoting.
     `tmpfs` is (target, mount flags, data) per `--tmpfs`; `shm` is "" for a private
@@ -325,11 +332,13 @@ def setup_rootfs(root: str, binds: tuple[tuple[str, str, bool], ...] = (),
             mount(None, sys_dir, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
     for target, flags, data in tmpfs:
         mount("tmpfs", _mountpoint(root, target), "tmpfs", flags, data or None)
-    for source, target, readonly in binds:
+    for source, target, readonly, propagation in binds:
         host = _mountpoint(root, target, is_dir=os.path.isdir(source))
         mount(source, host, None, MS_BIND | MS_REC)
         if readonly:
             mount(None, host, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        if propagation:
+            mount(None, host, None, _PROPAGATION[propagation])
 
 
 def pivot_into(root: str) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from commands import schema as c
+from engine.config import engine_id
 from engine.errors import Internal, MoorError
 from events.caps import capability_mask, effective_caps, no_new_privileges
 from events.hostopts import DEFAULT_SYSCTLS
@@ -26,14 +27,14 @@ from events.saga import ENDPOINT, MOUNT, REMOVE, SANDBOX, SPAWN, StartPlan, saga
 from events.specs import ContainerConfig, HostConfig
 from workers import interactive
 from workers.context import HostContext
-from workers.net import network, portmap
+from workers.net import dnsctl, netfiles, network, portmap, usernet
 from workers.net.hostfiles import write_hostfiles
 from workers.net.netconf import BridgeConfig, from_port_bindings
 from workers.proc import cgroups, process, seccomp, shm
 from workers.proc.init import SpawnError
 from workers.proc.spawn import RunFinished, spawn
 from workers.proc.spec import BindMount, ProcessSpec, limits_for
-from workers.storage import images, rootfs
+from workers.storage import images, rootfs, volumes
 
 __all__ = ["forget_bridges", "lost_exit", "release_runtime", "remove", "signal", "start",
            "teardown"]
@@ -100,6 +101,8 @@ class _Start:
         self.netns: str | None = None  # the sandbox; None keeps the host's network
         self.ip: str | None = None  # the endpoint's address
         self.finished: ExitStatus | None = None  # set when this generation already ran
+        self.binds: tuple[BindMount, ...] = ()  # the plan's binds and volumes, readied
+        self.tmpfs: tuple[tuple[str, str], ...] = ()  # the plan's `--mount type=tmpfs`
 
 
 def _mount(run: _Start) -> tuple[c.SagaReport, str]:
@@ -109,6 +112,8 @@ def _mount(run: _Start) -> tuple[c.SagaReport, str]:
     rootfs.ensure_rw_layer(ctx.root, cid)
     run.rootfs = rootfs.ensure_mounted(ctx.root, cid, lowers)
     run.undo.push(MOUNT, lambda: rootfs.release_mount(ctx.root, cid))
+    # Volumes are readied here, so their `mount` events precede `network connect`.
+    run.binds, run.tmpfs = volumes.prepare_mounts(ctx.root, run.rootfs, run.plan.mounts)
     return c.ReportMounted(generation=run.gen, rootfs=run.rootfs), f"mount-{cid}-{run.gen}"
 
 
@@ -191,7 +196,7 @@ def _sharing(run: _Start) -> dict[str, Any]:
     return {
         "privileged": host.privileged, "devices": host.devices,
         "device_rules": host.device_cgroup_rules, "group_add": host.group_add,
-        "tmpfs": tuple(host.tmpfs.items()), "sysctls": tuple(sysctls.items()),
+        "tmpfs": (*host.tmpfs.items(), *run.tmpfs), "sysctls": tuple(sysctls.items()),
         "pid_ns": _namespace(plan, "pid", host.pid_mode),
         "ipc_ns": _namespace(plan, "ipc", host.ipc_mode), "shm": _shm(run.ctx, plan, run.undo),
         "uts_host": host.uts_mode == "host",
@@ -208,27 +213,46 @@ def _log_options(config: ContainerConfig, host: HostConfig) -> dict[str, Any]:
             "log_max_file": max_file, "log_attrs": log_attrs(log, config.labels, config.env)}
 
 
+def _shared_netns(plan: StartPlan) -> str | None:
+    """`--network container:<x>`: x's namespace (None keeps the host's, for host mode)."""
+    if plan.net is not None and plan.net.shared_from:
+        return network.netns_path(plan.net.shared_from)
+    if plan.host_config.network_mode.startswith("container:"):
+        raise SpawnError(128, "cannot join the network namespace of "
+                              f"{plan.host_config.network_mode[10:]}: it is not running")
+    return None
+
+
 def _spawn(run: _Start) -> tuple[c.SagaReport, str]:
     """Write the container's host files and start its process under a supervisor."""
     ctx, cid, config, host = run.ctx, run.cid, run.plan.config, run.plan.host_config
     cdir, state_dir, log_path = _paths(ctx, cid)
     # --uts host: the host's name, as the container sees it anyway.
     hostname = os.uname().nodename if host.uts_mode == "host" else config.hostname or cid[:12]
+    if run.plan.net is not None and run.plan.net.shared_hostname:
+        hostname = run.plan.net.shared_hostname  # --network container:<x>: x's, as Docker
     files = write_hostfiles(cdir, cid, run.ip, hostname)
+    link_env = netfiles.prepare(ctx.root, ctx.redis_url, ctx.keys.prefix, run.plan, files,
+                                run.netns, run.ip, hostname)
     ro = host.readonly_rootfs  # Docker: with --read-only these bind mounts are read-only too
     mounts = (BindMount(source=files.hosts, target="/etc/hosts", readonly=ro),
               BindMount(source=files.hostname, target="/etc/hostname", readonly=ro),
-              BindMount(source=files.resolv_conf, target="/etc/resolv.conf", readonly=ro))
+              BindMount(source=files.resolv_conf, target="/etc/resolv.conf", readonly=ro),
+              *run.binds)
     caps = capability_mask(effective_caps(host.cap_add, host.cap_drop, host.privileged))
     spec = ProcessSpec(
         container_id=cid, rootfs=run.rootfs,
         argv=(*(config.entrypoint or ()), *(config.cmd or ())), state_dir=state_dir,
-        log_path=log_path, env=config.env, working_dir=config.working_dir or "/",
-        user=config.user, hostname=hostname, netns=run.netns,
+        log_path=log_path, env=(*link_env, *config.env),
+        working_dir=config.working_dir or "/",
+        user=config.user, hostname=hostname, netns=run.netns or _shared_netns(run.plan),
         limits=limits_for(host), mounts=mounts,
         report=ctx.exit_report(cid, run.gen), generation=run.gen,
         capabilities=caps, no_new_privs=no_new_privileges(host.security_opt),
         readonly_rootfs=host.readonly_rootfs, seccomp=_seccomp(ctx, host, caps),
+        tty=config.tty, open_stdin=config.open_stdin, stdin_once=config.stdin_once,
+        attach_socket=interactive.attach_socket(engine_id(ctx.root, ctx.keys.prefix), cid,
+                                                config),
         **_log_options(config, host), **_sharing(run))
     try:
         result = spawn(spec)
@@ -367,6 +391,8 @@ def release_runtime(ctx: HostContext, cid: str, ports: bool = True,
         portmap.release_ports(cid)
     if reuse:
         network.release_endpoint(cid)
+    dnsctl.drop(ctx.root, cid)  # its listeners hold the namespace: close them first
+    usernet.release_extra_endpoints(ctx.container_dir(cid))
     network.release_sandbox(cid, reuse=reuse)
     rootfs.release_mount(ctx.root, cid)
     shm.release_shm(ctx.container_dir(cid))

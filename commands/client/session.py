@@ -29,7 +29,8 @@ from engine.errors import (
 from engine.keys import Inbox, Keys
 from engine.resp import redis_errors
 from events import model as e
-from events.specs import ContainerConfig, ExecConfig, HostConfig
+from events.netspecs import Networking
+from events.specs import ANONYMOUS_LABEL, ContainerConfig, ExecConfig, HostConfig
 
 __all__ = ["Client", "Submitted", "new_container_id"]
 
@@ -174,15 +175,38 @@ class Client:
         return self.submit(c.NoteContainerAction(ref=ref, action=action,
                                                  attributes=attributes)).result.container_id
 
+    def create_volume(self, name: str = "", driver: str = "", labels: dict[str, str] | None = None,
+                      options: dict[str, str] | None = None) -> str:
+        """Create a volume (no name: an anonymous one, named here as Docker does, with
+        its label); return its name."""
+        labels = dict(labels or {})
+        if not name:
+            name = secrets.token_hex(32)
+            labels[ANONYMOUS_LABEL] = ""
+        try:
+            self.submit(c.CreateVolume(name=name, driver=driver, labels=labels,
+                                       options=options or {}))
+        except NotModified:
+            pass  # it exists: Docker answers with it
+        return name
+
+    def remove_volume(self, name: str, force: bool = False) -> None:
+        try:
+            self.submit(c.RemoveVolume(name=name, force=force))
+        except NotModified:
+            pass  # forced and already gone: no error, as Docker
+
     def remove_image(self, ref: str, force: bool = False) -> CommandResult:
         return self.submit(c.RemoveImage(ref=ref, force=force)).result
 
     def create(self, config: ContainerConfig, host_config: HostConfig | None = None,
-               name: str = "", container_id: str | None = None) -> str:
-        """Create a container and return its id."""
+               name: str = "", container_id: str | None = None,
+               networking: Networking | None = None) -> str:
+        """Create a container (with its networks' settings, DNS and links); return its id."""
         cid = container_id or new_container_id()
         self.submit(c.CreateContainer(name=name, config=config,
-                                      host_config=host_config or HostConfig()),
+                                      host_config=host_config or HostConfig(),
+                                      networking=networking),
                     container_id=cid)
         return cid
 
@@ -236,9 +260,11 @@ class Client:
             self._await_start(sub, e.ContainerRestarted, self._stop_grace(timeout))
         return sub.result.container_id
 
-    def remove(self, ref: str, force: bool = False, wait: bool = True) -> str:
-        """Remove; with `wait`, block until destroyed (or raise the removal error)."""
-        sub = self.submit(c.RemoveContainer(ref=ref, force=force))
+    def remove(self, ref: str, force: bool = False, wait: bool = True,
+               volumes: bool = False) -> str:
+        """Remove (`volumes`: its anonymous volumes too); with `wait`, block until
+        destroyed (or raise the removal error)."""
+        sub = self.submit(c.RemoveContainer(ref=ref, force=force, volumes=volumes))
         cid = sub.result.container_id
         if wait:
             _, record = self.wait_event(

@@ -52,20 +52,32 @@ def _image_fact(world: World, cmd: c.RegisterImage, tags: tuple[str, ...],
     if not cmd.image_id.startswith("sha256:") or not names.is_full_id(cmd.image_id[7:]):
         raise InvalidParameter(f"invalid image id: {cmd.image_id}")
     known = world.images.get(cmd.image_id)
+    digests = cmd.repo_digests
     if known is not None:
         tags = tuple(dict.fromkeys((*known.repo_tags, *tags)))
+        digests = tuple(dict.fromkeys((*known.repo_digests, *digests)))
     return e.ImageRegistered(image_id=cmd.image_id, repo_tags=tags, config=cmd.config,
                              layers=cmd.layers, size=cmd.size, created=cmd.created,
-                             origin=origin)
+                             origin=origin, repo_digests=digests,
+                             ref=cmd.source_ref)
 
 
 def _tags(cmd: c.RegisterImage) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names.normalize_image_ref(t) for t in cmd.repo_tags))
 
 
+_ORIGINS = ("", "pull", "import", "build")  # a commit has its own command
+
+
 def register_image(world: World, env: c.Envelope,
                    cmd: c.RegisterImage) -> tuple[str, list[e.Event]]:
-    return "", [_image_fact(world, cmd, _tags(cmd))]
+    if cmd.origin not in _ORIGINS:
+        raise InvalidParameter(f"unknown image origin {cmd.origin!r}")
+    if cmd.origin in ("import", "build"):
+        # Docker's import and build: the image, then a `tag` per reference.
+        return "", [_image_fact(world, cmd, (), origin=cmd.origin),
+                    *(e.ImageTagged(image_id=cmd.image_id, tag=t) for t in _tags(cmd))]
+    return "", [_image_fact(world, cmd, _tags(cmd), origin=cmd.origin)]
 
 
 def commit_container(world: World, env: c.Envelope,
@@ -85,12 +97,32 @@ def commit_container(world: World, env: c.Envelope,
     return ctr.id, events
 
 
+def _repository(ref: str) -> str:
+    name = ref.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[:len(name) - len(last)] + last.split(":", 1)[0]
+
+
+def _deleted(image_id: str, refs: tuple[str, ...]) -> list[e.Event]:
+    """Docker's order: an `untag` per reference, then the `delete`."""
+    return [*(e.ImageRemoved(image_id=image_id, untagged=(r,), deleted=False) for r in refs),
+            e.ImageRemoved(image_id=image_id, deleted=True)]
+
+
 def remove_image(world: World, env: c.Envelope, cmd: c.RemoveImage) -> tuple[str, list[e.Event]]:
     image_id = names.resolve_image(world, cmd.ref)
     image = world.images[image_id]
     tag = names.normalize_image_ref(cmd.ref)
+    if "@" in cmd.ref:
+        tag = names.familiar_digest_ref(cmd.ref)
+        if tag in image.repo_digests and (image.repo_tags or len(image.repo_digests) > 1):
+            return "", [e.ImageRemoved(image_id=image_id, untagged=(tag,), deleted=False)]
     if tag in image.repo_tags and len(image.repo_tags) > 1:
         return "", [e.ImageRemoved(image_id=image_id, untagged=(tag,), deleted=False)]
+    by_id = tag not in image.repo_tags and tag not in image.repo_digests
+    if by_id and not cmd.force and len({_repository(t) for t in image.repo_tags}) > 1:
+        raise Conflict(f"conflict: unable to delete {image_id[7:19]} (must be forced) - "
+                       "image is referenced in multiple repositories")
     # Sorted, so the container named in the message never depends on dict order.
     users = sorted((x for x in world.containers.values() if x.image_id == image_id),
                    key=lambda x: (x.created, x.id))
@@ -109,4 +141,6 @@ def remove_image(world: World, env: c.Envelope, cmd: c.RemoveImage) -> tuple[str
     if users and not cmd.force:
         raise Conflict(f"conflict: unable to delete {short} (must be forced) - image is "
                        f"being used by stopped container {users[0].id[:12]}")
-    return "", [e.ImageRemoved(image_id=image_id, untagged=image.repo_tags, deleted=not users)]
+    if users:
+        return "", [e.ImageRemoved(image_id=image_id, untagged=image.repo_tags, deleted=False)]
+    return "", _deleted(image_id, (*image.repo_tags, *image.repo_digests))

@@ -14,7 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from commands import schema as c
-from engine.core import admission, catalog, interactive, lifecycle, names, reports, restore, update
+from engine.core import (
+    admission,
+    catalog,
+    imaging,
+    interactive,
+    lifecycle,
+    names,
+    networks,
+    reports,
+    restore,
+    update,
+    volumes,
+)
 from engine.core.state import World
 from engine.errors import MoorError
 from events import model as e
@@ -46,7 +58,8 @@ def decide(world: World, env: c.Envelope, cmd: c.Command,
 def _target_id(world: World, env: c.Envelope, cmd: c.Command) -> str:
     """Attach a rejection to the container it concerned, when there is one."""
     ref = getattr(cmd, "ref", None)
-    if ref is not None and not isinstance(cmd, c.RemoveImage):
+    if ref is not None and not isinstance(cmd, c.RemoveImage | c.TagImage | c.RecordImagePush
+                                          | c.NoteImageAction):
         try:
             return names.resolve(world, ref).id
         except MoorError:
@@ -59,7 +72,12 @@ _HANDLERS: dict[type, Callable[..., tuple[str, list[e.Event]]]] = {
     c.RegisterImage: catalog.register_image,
     c.CommitContainer: catalog.commit_container,
     c.NoteContainerAction: interactive.note_action,
+    c.CreateVolume: volumes.create_volume,
+    c.RemoveVolume: volumes.remove_volume,
     c.RemoveImage: catalog.remove_image,
+    c.TagImage: imaging.tag_image,
+    c.RecordImagePush: imaging.record_push,
+    c.NoteImageAction: imaging.note_image_action,
     c.CreateContainer: lifecycle.create,
     c.StartContainer: lifecycle.start,
     c.StopContainer: lifecycle.stop,
@@ -83,4 +101,11 @@ _HANDLERS: dict[type, Callable[..., tuple[str, list[e.Event]]]] = {
     c.StartExec: interactive.start_exec,
     c.ReportExecExited: interactive.exec_exited,
     c.UpdateContainer: update.update,
+    c.CreateNetwork: networks.create_network,
+    c.RemoveNetwork: networks.remove_network,
+    c.PruneNetworks: networks.prune_networks,
+    c.ConnectNetwork: networks.connect,
+    c.DisconnectNetwork: networks.disconnect,
+    c.RemoveLink: networks.remove_link,
+    c.ReportNetworkJoined: networks.network_joined,
 }

@@ -11,12 +11,13 @@ from typing import Any
 
 from msgspec.structs import replace
 
+from engine.core import netfold
 from engine.core.ipam import address_key
-from engine.core.state import Container, Exec, Image, World
+from engine.core.state import Container, Exec, Image, Volume, World
 from events import model as e
 from events import saga
 
-__all__ = ["evolve", "fold"]
+__all__ = ["WORLD_EVENTS", "evolve", "fold"]
 
 
 def evolve(world: World, record: e.EventRecord) -> World:
@@ -70,7 +71,15 @@ def _image_registered(world: World, ev: e.ImageRegistered) -> None:
     for tag in ev.repo_tags:
         _move_tag(world, tag, ev.image_id)
     world.images[ev.image_id] = Image(id=ev.image_id, repo_tags=ev.repo_tags, config=ev.config,
-                                      layers=ev.layers, size=ev.size, created=ev.created)
+                                      layers=ev.layers, size=ev.size, created=ev.created,
+                                      repo_digests=ev.repo_digests)
+
+
+def _image_pushed(world: World, ev: e.ImagePushed) -> None:
+    image = world.images.get(ev.image_id)
+    if image is not None and ev.repo_digest and ev.repo_digest not in image.repo_digests:
+        world.images[ev.image_id] = replace(
+            image, repo_digests=(*image.repo_digests, ev.repo_digest))
 
 
 def _image_tagged(world: World, ev: e.ImageTagged) -> None:
@@ -93,7 +102,17 @@ def _image_removed(world: World, ev: e.ImageRemoved) -> None:
         del world.images[ev.image_id]
     else:
         world.images[ev.image_id] = replace(
-            image, repo_tags=tuple(t for t in image.repo_tags if t not in ev.untagged))
+            image, repo_tags=tuple(t for t in image.repo_tags if t not in ev.untagged),
+            repo_digests=tuple(d for d in image.repo_digests if d not in ev.untagged))
+
+
+def _volume_created(world: World, ev: e.VolumeCreated) -> None:
+    world.volumes[ev.name] = Volume(name=ev.name, driver=ev.driver, labels=ev.labels,
+                                    options=ev.options, created=ev.created)
+
+
+def _volume_removed(world: World, ev: e.VolumeRemoved) -> None:
+    world.volumes.pop(ev.name, None)
 
 
 def _host_booted(world: World, ev: e.HostBooted) -> None:
@@ -105,8 +124,14 @@ _WORLD: dict[type, Callable[[World, Any], None]] = {
     e.HostBooted: _host_booted,
     e.ImageRegistered: _image_registered,
     e.ImageTagged: _image_tagged,
+    e.VolumeCreated: _volume_created,
+    e.VolumeRemoved: _volume_removed,
     e.ImageRemoved: _image_removed,
+    e.ImagePushed: _image_pushed,
+    **netfold.WORLD,
 }
+# The engine-wide facts: the snapshot's world parts are rewritten when one is folded.
+WORLD_EVENTS = frozenset(_WORLD)
 
 
 # --- containers -----------------------------------------------------------------------
@@ -114,7 +139,8 @@ _WORLD: dict[type, Callable[[World, Any], None]] = {
 def _created(world: World, meta: e.EventMeta, ev: e.ContainerCreated) -> None:
     world.containers[meta.container_id] = Container(
         id=meta.container_id, name=ev.name, image=ev.image, image_id=ev.image_id,
-        config=ev.config, host_config=ev.host_config, created=ev.created, version=meta.version)
+        config=ev.config, host_config=ev.host_config, created=ev.created, version=meta.version,
+        mounts=ev.mounts)
     world.names[ev.name] = meta.container_id
 
 
@@ -129,6 +155,7 @@ def _destroyed(world: World, ctr: Container) -> None:
 
 
 def _release_address(world: World, ctr: Container) -> None:
+    netfold.release_extra(world, ctr)
     if ctr.endpoint is not None:
         key = address_key(ctr.endpoint.network, ctr.endpoint.ip_address)
         if world.addresses.get(key) == ctr.id:
@@ -171,6 +198,8 @@ def _sandbox_created(world: World, ctr: Container, ev: e.SandboxCreated) -> dict
 
 
 def _network_connected(world: World, ctr: Container, ev: e.NetworkConnected) -> dict[str, Any]:
+    if ev.endpoint.network in ctr.endpoints:  # a live connect, not the start saga's
+        return netfold.extra_connected(world, ctr, ev)
     return {"saga": _advance(ctr, saga.ENDPOINT), "endpoint": ev.endpoint, "connected": True}
 
 
@@ -189,7 +218,7 @@ def _start_failed(world: World, ctr: Container, ev: e.StartFailed) -> dict[str, 
     return {"saga": (), "error": ev.error, "exit_code": ev.exit_code, "endpoint": None,
             "connected": False, "stop_pending": False, "restart_pending": False,
             "restart_attempt": False, "running": False, "restarting": False, "restart_due": 0,
-            "sandbox_key": "", "rootfs": ""}
+            "sandbox_key": "", "rootfs": "", "endpoints": {}}
 
 
 def _signal_requested(world: World, ctr: Container, ev: e.SignalRequested) -> dict[str, Any]:
@@ -204,6 +233,8 @@ def _signal_requested(world: World, ctr: Container, ev: e.SignalRequested) -> di
 
 
 def _disconnected(world: World, ctr: Container, ev: e.NetworkDisconnected) -> dict[str, Any]:
+    if ev.network in ctr.endpoints:
+        return netfold.extra_disconnected(world, ctr, ev)
     return {"connected": False}
 
 
@@ -217,7 +248,7 @@ def _died(world: World, ctr: Container, ev: e.ContainerDied) -> dict[str, Any]:
     return {"running": False, "paused": False, "freezing": False, "restarting": False,
             "pid": 0, "saga": (), "exit_code": ev.exit_code, "finished_at": ev.finished_at,
             "endpoint": None, "connected": False, "sandbox_key": "", "rootfs": "",
-            "oom_killed": ctr.oom_killed or ev.oom_killed}
+            "oom_killed": ctr.oom_killed or ev.oom_killed, "endpoints": {}}
 
 
 def _restart_failed(world: World, ctr: Container, ev: e.RestartFailed) -> dict[str, Any]:
@@ -240,7 +271,7 @@ def _restart_scheduled(world: World, ctr: Container, ev: e.RestartScheduled
 
 
 def _removal_started(world: World, ctr: Container, ev: e.RemovalStarted) -> dict[str, Any]:
-    return {"removal_in_progress": True}
+    return {"removal_in_progress": True, "remove_volumes": ev.volumes}
 
 
 def _marked_dead(world: World, ctr: Container, ev: e.ContainerMarkedDead) -> dict[str, Any]:
@@ -319,4 +350,5 @@ _CONTAINER: dict[type, Callable[[World, Container, Any], dict[str, Any]]] = {
     e.ExecStarted: _exec_started,
     e.ExecDied: _exec_died,
     e.ContainerUpdated: _updated,
+    **netfold.CONTAINER,
 }

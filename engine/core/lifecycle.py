@@ -9,11 +9,12 @@ from __future__ import annotations
 import msgspec
 
 from commands import schema as c
-from engine.core import names
+from engine.core import names, networks
 from engine.core.ipam import allocate
 from engine.core.joins import check_joins
 from engine.core.state import Container, World
 from engine.core.validate import merge_image_config, validate_create
+from engine.core.volumes import mount_points
 from engine.errors import Conflict, Internal, InvalidParameter, MoorError, NotFound, NotModified
 from events import model as e
 from events.signals import parse_signal
@@ -42,6 +43,8 @@ def create(world: World, env: c.Envelope, cmd: c.CreateContainer) -> tuple[str, 
     policy = msgspec.structs.replace(host.restart_policy, name=host.restart_policy.name or "no")
     host = msgspec.structs.replace(host, network_mode=mode, restart_policy=policy)
     validate_create(world, cmd.config, host)
+    networks.check_create(world, host, cmd.networking, cmd.config.hostname,
+                          bool(cmd.config.exposed_ports))
     image_id = names.resolve_image(world, cmd.config.image)
     config = merge_image_config(cmd.config, world.images[image_id])
     if not config.hostname and host.uts_mode != "host":  # --uts host: the host's name
@@ -49,8 +52,12 @@ def create(world: World, env: c.Envelope, cmd: c.CreateContainer) -> tuple[str, 
     # A generated name can fall back to the short id, which a user may already hold.
     name = names.valid_name(cmd.name) if cmd.name else names.generate_name(cid, world.names)
     _check_name_free(world, name)
-    return cid, [e.ContainerCreated(name=name, image=cmd.config.image, image_id=image_id,
-                                    config=config, host_config=host, created=env.issued_at)]
+    mounts, volumes = mount_points(world, cid, config, host, env.issued_at)
+    return cid, [*volumes,
+                 e.ContainerCreated(name=name, image=cmd.config.image, image_id=image_id,
+                                    config=config, host_config=host, created=env.issued_at,
+                                    mounts=mounts),
+                 *networks.create_events(world, cid, host, cmd.networking)]
 
 
 def _check_name_free(world: World, name: str) -> None:
@@ -67,8 +74,10 @@ def _check_name_free(world: World, name: str) -> None:
 def endpoint_for(world: World, ctr: Container) -> Endpoint | None:
     """Reserve the container's address on its network (None for network modes none, host)."""
     mode = ctr.host_config.network_mode
-    if mode in ("none", "host"):
+    if mode in ("none", "host") or mode.startswith("container:"):
         return None
+    if networks.is_user_network(world, mode):  # --ip, --ip-range, --mac-address
+        return networks.endpoint_on(world, ctr, mode)
     spec = world.networks.get(mode)
     if spec is None:
         raise NotFound(f"network {mode} not found")
@@ -95,6 +104,8 @@ def start(world: World, env: c.Envelope, cmd: c.StartContainer) -> tuple[str, li
     if ctr.removal_in_progress or ctr.dead:
         raise Conflict("container is marked for removal and cannot be started")
     check_joins(world, ctr)
+    networks.check_net_donor(world, ctr)
+    networks.check_links(world, ctr)
     return ctr.id, [begin_start(world, ctr, restart=False)]
 
 
@@ -202,10 +213,12 @@ def remove(world: World, env: c.Envelope, cmd: c.RemoveContainer) -> tuple[str, 
             state = "restarting" if ctr.restarting else "running"
             raise Conflict(f'cannot remove container "{cmd.ref}": container is {state}: stop '
                            "the container before removing or force remove")
+        started = e.RemovalStarted(force=True, volumes=cmd.volumes)
         if in_backoff(ctr):
-            return ctr.id, [e.RemovalStarted(force=True), e.ContainerMarkedDead()]
-        return ctr.id, [e.RemovalStarted(force=True), kill_for_removal(ctr)]
-    return ctr.id, [e.RemovalStarted(force=cmd.force), e.ContainerMarkedDead()]
+            return ctr.id, [started, e.ContainerMarkedDead()]
+        return ctr.id, [started, kill_for_removal(ctr)]
+    return ctr.id, [e.RemovalStarted(force=cmd.force, volumes=cmd.volumes),
+                    e.ContainerMarkedDead()]
 
 
 def rename(world: World, env: c.Envelope, cmd: c.RenameContainer) -> tuple[str, list[e.Event]]:

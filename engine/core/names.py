@@ -8,8 +8,8 @@ import re
 from engine.core.state import Container, World
 from engine.errors import InvalidParameter, NotFound
 
-__all__ = ["generate_name", "is_full_id", "normalize_image_ref", "resolve", "resolve_image",
-           "valid_name"]
+__all__ = ["familiar_digest_ref", "generate_name", "is_full_id", "normalize_image_ref",
+           "resolve", "resolve_image", "valid_name"]
 
 _HEX = frozenset("0123456789abcdef")
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -91,12 +91,32 @@ def normalize_image_ref(ref: str) -> str:
     return ref if ":" in last else f"{ref}:latest"
 
 
+def familiar_digest_ref(ref: str) -> str:
+    """Write `docker.io/library/busybox[:tag]@sha256:...` as `busybox@sha256:...`."""
+    name, _, digest = ref.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:  # a tag beside the digest is ignored, as Docker does
+        name = name[:len(name) - len(last)] + last.split(":", 1)[0]
+    for registry in ("docker.io/", "index.docker.io/"):
+        if name.startswith(registry):
+            name = name[len(registry):]
+            if name.startswith("library/") and name.count("/") == 1:
+                name = name[len("library/"):]
+            break
+    return f"{name}@{digest}"
+
+
 def resolve_image(world: World, ref: str) -> str:
     """Return the image id for a tag, full id or unique id prefix, or raise 404."""
     tagged = normalize_image_ref(ref)
     image_id = world.tags.get(tagged)
     if image_id is not None:
         return image_id
+    if "@" in ref:  # repo@sha256:..., kept in the familiar form by pulls and pushes
+        digested = familiar_digest_ref(ref)
+        for image in world.images.values():
+            if digested in image.repo_digests:
+                return image.id
     if ref in world.images:
         return ref
     hexpart = ref[7:] if ref.startswith("sha256:") else ref

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from commands.codec import CODEC
+from engine.core import networks
 from engine.core.joins import namespace_joins
+from engine.core.netreact import net_jobs
 from engine.core.state import Container, World
 from events import model as e
 from events.saga import StartPlan
@@ -37,7 +39,8 @@ def start_plan(world: World, ctr: Container) -> StartPlan:
     return StartPlan(container_id=ctr.id, generation=ctr.generation, name=ctr.name,
                      image_id=ctr.image_id, layers=image.layers if image is not None else (),
                      config=ctr.config, host_config=ctr.host_config, endpoint=ctr.endpoint,
-                     network=network, steps=ctr.saga, joins=namespace_joins(world, ctr))
+                     network=network, steps=ctr.saga, joins=namespace_joins(world, ctr),
+                     mounts=ctr.mounts, net=networks.net_plan(world, ctr))
 
 
 def _start_job(world: World, ctr: Container) -> Job:
@@ -66,6 +69,14 @@ def _remove_job(ctr: Container) -> Job:
 def react(world: World, record: e.EventRecord) -> list[Job]:
     """Return the jobs an event triggers; `world` is the state after the event."""
     event = record.event
+    if isinstance(event, e.VolumeCreated | e.VolumeRemoved):
+        # The directory is made at once (inspect's Mountpoint exists), and goes with it.
+        verb = "create" if isinstance(event, e.VolumeCreated) else "remove"
+        return [Job(f"{_JOBS}.{verb}_volume", f"volume-{verb}-{event.name}-{record.meta.at}",
+                    {"name": event.name})]
+    triples = net_jobs(world, record)
+    if triples is not None:
+        return [Job(*t) for t in triples]
     ctr = world.containers.get(record.meta.container_id)
     if ctr is None:
         return []

@@ -12,9 +12,11 @@ from typing import Any
 import msgspec
 
 from commands import schema as c
+from engine.core import networks
 from engine.core.lifecycle import begin_start, endpoint_for, in_backoff, kill_for_removal
 from engine.core.policy import policy_restart
 from engine.core.state import Container, World
+from engine.core.volumes import unused_anonymous, volume_mounts, volume_unmounts
 from engine.errors import MoorError
 from events import model as e
 from events import saga
@@ -41,7 +43,9 @@ def saga_report(world: World, env: c.Envelope, cmd: c.SagaReport) -> tuple[str, 
     if not ctr.saga or ctr.saga[0] != step:
         return ctr.id, [ignored(cmd, f"step {step} not awaited")]
     if isinstance(cmd, c.ReportMounted):
-        return ctr.id, [e.RootfsMounted(generation=cmd.generation, rootfs=cmd.rootfs)]
+        # The worker's mount step also readies the volumes: Docker's volume `mount`s.
+        return ctr.id, [e.RootfsMounted(generation=cmd.generation, rootfs=cmd.rootfs),
+                        *volume_mounts(ctr)]
     if isinstance(cmd, c.ReportSandbox):
         return ctr.id, [e.SandboxCreated(generation=cmd.generation, sandbox_key=cmd.sandbox_key)]
     if isinstance(cmd, c.ReportEndpoint):
@@ -90,6 +94,9 @@ def exited(world: World, env: c.Envelope,
         events.append(e.ContainerOOMKilled(generation=g))
     if ctr.connected and ctr.endpoint is not None:
         events.append(e.NetworkDisconnected(generation=g, network=ctr.endpoint.network))
+    events += [e.NetworkDisconnected(generation=g, network=n)  # live connects' endpoints
+               for n, ep in ctr.endpoints.items() if ep.endpoint_id]
+    events += volume_unmounts(ctr)
     events.append(e.ContainerDied(generation=g, exit_code=cmd.exit_code,
                                   finished_at=cmd.finished_at, oom_killed=cmd.oom_killed))
     if ctr.stop_pending or restart_pending:
@@ -167,4 +174,9 @@ def removed(world: World, env: c.Envelope, cmd: c.ReportRemoved) -> tuple[str, l
         return env.container_id, [ignored(cmd, "no such container")]
     if not (ctr.dead and ctr.removal_in_progress):
         return ctr.id, [ignored(cmd, "container is not being removed")]
-    return ctr.id, [e.ContainerDestroyed(name=ctr.name)]
+    gone: list[e.Event] = []
+    if ctr.remove_volumes or ctr.host_config.auto_remove:
+        # Docker's removeMountPoints: anonymous volumes no other container uses.
+        gone = [e.VolumeRemoved(name=name) for name in unused_anonymous(world, ctr)]
+    return ctr.id, [e.ContainerDestroyed(name=ctr.name), *gone,
+                    *networks.destroy_links(world, ctr)]

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import msgspec
 
+from events.netspecs import NetworkInfo, Networking
 from events.specs import (
+    ANONYMOUS_LABEL,
     ContainerConfig,
     Endpoint,
     ExecConfig,
     HostConfig,
     ImageConfig,
+    MountPoint,
     NetworkSpec,
 )
 
-__all__ = ["Container", "Exec", "Image", "World", "status_of"]
+__all__ = ["ANONYMOUS_LABEL", "Container", "Exec", "Image", "Volume", "World", "status_of"]
 
 
 class Exec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -72,6 +75,10 @@ class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, g
     rootfs: str = ""
     freezing: bool = False  # a pause or unpause is in flight on the host
     execs: dict[str, Exec] = {}  # exec id -> its record, until the container goes
+    networking: Networking = msgspec.field(default_factory=Networking)  # engine.core.networks
+    endpoints: dict[str, Endpoint] = {}  # networks joined beyond the primary, by name
+    mounts: tuple[MountPoint, ...] = ()  # resolved at create (engine.core.volumes)
+    remove_volumes: bool = False  # rm -v: its anonymous volumes go with it
 
     @property
     def starting(self) -> bool:
@@ -87,6 +94,25 @@ class Image(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=Fa
     layers: tuple[str, ...] = ()
     size: int = 0
     created: int = 0
+    repo_digests: tuple[str, ...] = ()  # "repo@sha256:..." from pulls and pushes
+
+
+class Volume(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A volume known to the engine (its directory lives on the host, under the data root).
+
+    Not omit_defaults: msgspec omits a str default by identity, so a decoded "local"
+    would show where a decided one does not, and the fold's copies would differ.
+    """
+
+    name: str
+    driver: str = "local"
+    labels: dict[str, str] = {}
+    options: dict[str, str] = {}
+    created: int = 0
+
+    @property
+    def anonymous(self) -> bool:
+        return ANONYMOUS_LABEL in self.labels
 
 
 class World(msgspec.Struct, kw_only=True):
@@ -97,10 +123,13 @@ class World(msgspec.Struct, kw_only=True):
     images: dict[str, Image] = {}
     tags: dict[str, str] = {}  # "repo:tag" -> image id
     networks: dict[str, NetworkSpec] = {}
+    network_info: dict[str, NetworkInfo] = {}  # user-defined networks' records, by name
+    links: dict[str, str] = {}  # "<parent id>/<alias>" -> child id (legacy links)
     addresses: dict[str, str] = {}  # "network/ip" -> container id
     destroyed: set[str] = set()  # removed ids stay terminal
     execs: dict[str, str] = {}  # exec id -> container id (derived, as names are)
     host_boot_id: str = ""  # the host's kernel boot id last restored after (HostBooted)
+    volumes: dict[str, Volume] = {}
 
     def snapshot(self) -> dict[str, object]:
         """Return a comparable plain copy (tests and replay --verify)."""

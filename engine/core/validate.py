@@ -153,7 +153,8 @@ def validate_create(world: World, config: ContainerConfig, host: HostConfig) -> 
             if binding.host_port and not _PORT.match(binding.host_port):
                 raise InvalidParameter(f'invalid port specification: "{binding.host_port}"')
     mode = host.network_mode
-    if mode not in ("bridge", "none", "host") and mode not in world.networks:
+    if mode not in ("bridge", "none", "host") and mode not in world.networks \
+            and not mode.startswith("container:"):  # engine.core.networks checks those
         raise NotFound(f"network {mode} not found")
 
 
@@ -180,6 +181,7 @@ def merge_image_config(config: ContainerConfig, image: Image) -> ContainerConfig
         stop_signal=config.stop_signal or img.stop_signal,
         exposed_ports=tuple(dict.fromkeys((*img.exposed_ports, *config.exposed_ports))),
         labels={**img.labels, **config.labels},
+        volumes=tuple(dict.fromkeys((*img.volumes, *config.volumes))),
     )
     if not (merged.entrypoint or merged.cmd):
         raise InvalidParameter("no command specified")

@@ -20,9 +20,12 @@ from events.signals import parse_signal
 from moor.api.context import ctx, run
 from moor.api.create import container_spec, create_warnings
 from moor.api.http import json_body, json_response, query_bool, query_int
+from moor.api.mounts import check_bind_sources
+from moor.api.netcreate import networking_spec
 from projections.views.filters import parse_filters_json
 from projections.views.inspect import find_container, inspect_container
 from projections.views.ps import list_containers
+from projections.views.volumes import mounts_doc
 from workers.storage.rootfs import container_dir
 
 __all__ = ["create", "inspect", "kill", "list_", "remove", "rename", "restart", "start", "stop"]
@@ -50,13 +53,15 @@ async def list_(request: web.Request) -> web.Response:
 async def create(request: web.Request) -> web.Response:
     body = await json_body(request)
     config, host = container_spec(body)
+    check_bind_sources(host)  # the host's file system: the one check the engine cannot make
     platform = request.query.get("platform", "")
     if platform and not platform.startswith("linux"):
         raise InvalidParameter(f'"{platform}": unknown operating system or architecture: '
                                "invalid argument")
     name = request.query.get("name", "")
     client = ctx(request).client(request)
-    cid = await run(client.create, config, host, name=name)
+    networking = networking_spec(body, host.network_mode)
+    cid = await run(lambda: client.create(config, host, name=name, networking=networking))
     return json_response({"Id": cid, "Warnings": create_warnings(host)}, status=201)
 
 
@@ -67,6 +72,8 @@ async def inspect(request: web.Request) -> web.Response:
     doc = inspect_container(world, find_container(world, ref), time.time_ns())
     # Host facts the pure projection cannot know; docker-py reads LogConfig after a run.
     doc["HostConfig"].setdefault("LogConfig", {"Type": "json-file", "Config": {}})
+    ctr = world.containers[doc["Id"]]
+    doc["Mounts"] = mounts_doc(ctr.mounts, context.data_root)
     if not doc.get("LogPath") and doc["HostConfig"]["LogConfig"]["Type"] == "json-file":
         doc["LogPath"] = os.path.join(container_dir(context.data_root, doc["Id"]),
                                       f"{doc['Id']}-json.log")
@@ -142,10 +149,19 @@ async def kill(request: web.Request) -> web.Response:
 async def remove(request: web.Request) -> web.Response:
     ref = request.match_info["id"]
     if query_bool(request, "link"):
-        # moorage has no legacy links: every name is a container's own name.
-        raise MoorError("Conflict, cannot remove the default link name of the container")
+        await run(ctx(request).client(request).submit, c.RemoveLink(name=ref))
+        return _no_content()
     client = ctx(request).client(request)
-    await run(client.remove, ref, query_bool(request, "force"))
+    await run(client.remove, ref, query_bool(request, "force"), True, query_bool(request, "v"))
+    return _no_content()
+
+
+async def remove_link(request: web.Request) -> web.Response:
+    """`DELETE /containers/<parent>/<alias>?link=1` (`docker rm --link`)."""
+    name = f"/{request.match_info['parent'].lstrip('/')}/{request.match_info['alias']}"
+    if not query_bool(request, "link"):
+        raise MoorError(f"No such container: {name}")
+    await run(ctx(request).client(request).submit, c.RemoveLink(name=name))
     return _no_content()
 
 

@@ -25,6 +25,8 @@ from events.specs import (
     RestartPolicy,
     Ulimit,
 )
+from moor.api.jsonshape import json_object
+from moor.api.mounts import config_volumes, host_mounts
 
 __all__ = ["UnsupportedSetting", "container_spec", "create_warnings", "is_unset", "resources"]
 
@@ -32,8 +34,8 @@ __all__ = ["UnsupportedSetting", "container_spec", "create_warnings", "is_unset"
 _CONFIG_FIELDS = frozenset({
     "Image", "Cmd", "Entrypoint", "Env", "Labels", "WorkingDir", "User", "StopSignal",
     "StopTimeout", "Hostname", "ExposedPorts",
-    # Harmless hints: the logs are always captured, whatever the client attaches to.
-    "AttachStdout", "AttachStderr",
+    "Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStdout", "AttachStderr",
+    "Volumes",
 })
 _HOST_FIELDS = frozenset({
     "PortBindings", "RestartPolicy", "AutoRemove", "NetworkMode", "Memory", "PidsLimit",
@@ -42,6 +44,11 @@ _HOST_FIELDS = frozenset({
     "CgroupnsMode", "Init", "Runtime", "Isolation", "MemorySwap", "MemorySwappiness",
     "MemoryReservation", "OomKillDisable", "CpuShares", "CpuPeriod", "CpuQuota", "CpusetCpus",
     "CpusetMems", "BlkioWeight", "Ulimits", "ShmSize", "LogConfig",
+    "Dns", "DnsSearch", "DnsOptions", "ExtraHosts", "Links",  # moor.api.netcreate
+    "Binds", "Mounts", "VolumesFrom",
+    # The terminal's size `docker run -t` sends: taken as a hint only, since the CLI
+    # resizes the pty (POST /containers/{id}/resize) as soon as the container started.
+    "ConsoleSize",
 })
 # Values that mean "not set" for a field although they are not zero.
 _UNSET_MARKERS: dict[str, tuple[Any, ...]] = {
@@ -91,14 +98,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _object(value: Any, name: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidParameter(f"invalid JSON: {name} must be an object")
-    return value
-
-
 def _strings(value: Any, name: str) -> tuple[str, ...] | None:
     """Docker's StrSlice: null, a string or a list of strings."""
     if value is None:
@@ -127,14 +126,14 @@ def _int(value: Any, name: str) -> int:
 
 
 def _labels(value: Any) -> dict[str, str]:
-    labels = _object(value, "Labels")
+    labels = json_object(value, "Labels")
     if not all(isinstance(v, str) for v in labels.values()):
         raise InvalidParameter("invalid JSON: Labels must map strings to strings")
     return dict(labels)
 
 
 def _text_map(value: Any, name: str) -> dict[str, str]:
-    doc = _object(value, name)
+    doc = json_object(value, name)
     if not all(isinstance(v, str) for v in doc.values()):
         raise InvalidParameter(f"invalid JSON: {name} must map strings to strings")
     return dict(doc)
@@ -147,7 +146,7 @@ def _devices(value: Any) -> tuple[DeviceMapping, ...]:
         raise InvalidParameter("invalid JSON: HostConfig.Devices must be a list")
     out = []
     for item in value:
-        doc = _object(item, "HostConfig.Devices entry")
+        doc = json_object(item, "HostConfig.Devices entry")
         host_path = _text(doc.get("PathOnHost"), "PathOnHost")
         out.append(DeviceMapping(
             path_on_host=host_path,
@@ -183,7 +182,7 @@ def _ulimits(value: Any) -> tuple[Ulimit, ...]:
     return tuple(Ulimit(name=_text(doc.get("Name"), "Ulimit.Name"),
                         soft=_int(doc.get("Soft"), "Ulimit.Soft"),
                         hard=_int(doc.get("Hard"), "Ulimit.Hard"))
-                 for doc in (_object(item, "HostConfig.Ulimits entry") for item in value or ()))
+                 for doc in (json_object(item, "HostConfig.Ulimits entry") for item in value or ()))
 
 
 def resources(host: Mapping[str, Any]) -> dict[str, Any]:
@@ -213,14 +212,14 @@ def _port_key(key: str) -> str:
 
 def _bindings(value: Any) -> dict[str, tuple[PortBinding, ...]]:
     out: dict[str, tuple[PortBinding, ...]] = {}
-    for key, items in _object(value, "HostConfig.PortBindings").items():
+    for key, items in json_object(value, "HostConfig.PortBindings").items():
         if items is None:
             items = []
         if not isinstance(items, list):
             raise InvalidParameter("invalid JSON: HostConfig.PortBindings values must be lists")
         bindings = []
         for item in items:
-            item = _object(item, "HostConfig.PortBindings entry")
+            item = json_object(item, "HostConfig.PortBindings entry")
             port = parse_host_port(_text(item.get("HostPort"), "HostPort"))
             bindings.append(PortBinding(host_ip=parse_host_ip(_text(item.get("HostIp"), "HostIp")),
                                         host_port=str(port) if port else ""))
@@ -229,7 +228,7 @@ def _bindings(value: Any) -> dict[str, tuple[PortBinding, ...]]:
 
 
 def _restart_policy(value: Any) -> RestartPolicy:
-    doc = _object(value, "HostConfig.RestartPolicy")
+    doc = json_object(value, "HostConfig.RestartPolicy")
     return RestartPolicy(name=_text(doc.get("Name"), "RestartPolicy.Name") or "no",
                          maximum_retry_count=_int(doc.get("MaximumRetryCount"),
                                                   "RestartPolicy.MaximumRetryCount"))
@@ -237,7 +236,7 @@ def _restart_policy(value: Any) -> RestartPolicy:
 
 def _log_config(value: Any) -> LogConfig:
     """Map HostConfig.LogConfig; an empty Type is the daemon's default driver (json-file)."""
-    doc = _object(value, "HostConfig.LogConfig")
+    doc = json_object(value, "HostConfig.LogConfig")
     _refuse_unsupported(doc, frozenset({"Type", "Config"}), "HostConfig.LogConfig")
     return LogConfig(type=_text(doc.get("Type"), "LogConfig.Type") or "json-file",
                      config=_text_map(doc.get("Config"), "LogConfig.Config"))
@@ -249,25 +248,17 @@ def _network_mode(host: Mapping[str, Any]) -> str:
 
 
 def _check_networking(doc: Any, mode: str) -> None:
-    """Accept NetworkingConfig only as the empty endpoint of the container's own network."""
-    endpoints = _object(_object(doc, "NetworkingConfig").get("EndpointsConfig"),
-                        "NetworkingConfig.EndpointsConfig")
-    for name, settings in endpoints.items():
-        where = f"NetworkingConfig.EndpointsConfig.{name}"
-        if name not in (mode, "default") and not (name == "bridge" and mode == "bridge"):
-            raise UnsupportedSetting(
-                f"moorage does not support connecting to more than the network of "
-                f"HostConfig.NetworkMode ({mode}): {where}")
-        _refuse_unsupported(_object(settings, where), frozenset(), where)
-    rest = {k: v for k, v in _object(doc, "NetworkingConfig").items() if k != "EndpointsConfig"}
-    _refuse_unsupported(rest, frozenset(), "NetworkingConfig")
+    """Check NetworkingConfig's shape (moor.api.netcreate reads it into Networking)."""
+    from moor.api.netcreate import check_networking
+
+    check_networking(doc, mode)
 
 
 def container_spec(body: Any) -> tuple[ContainerConfig, HostConfig]:
     """Return (Config, HostConfig) for a create request body, or raise Docker-style 400s."""
     if not isinstance(body, dict):
         raise InvalidParameter("config cannot be empty in order to create a container")
-    host = _object(body.get("HostConfig"), "HostConfig")
+    host = json_object(body.get("HostConfig"), "HostConfig")
     config_doc = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
     _refuse_unsupported(config_doc, _CONFIG_FIELDS, "")
     _refuse_unsupported(host, _HOST_FIELDS, "HostConfig")
@@ -285,8 +276,13 @@ def container_spec(body: Any) -> tuple[ContainerConfig, HostConfig]:
         stop_signal=_text(body.get("StopSignal"), "StopSignal"),
         stop_timeout=None if stop_timeout is None else _int(stop_timeout, "StopTimeout"),
         hostname=_text(body.get("Hostname"), "Hostname"),
-        exposed_ports=tuple(_port_key(k) for k in _object(body.get("ExposedPorts"),
+        exposed_ports=tuple(_port_key(k) for k in json_object(body.get("ExposedPorts"),
                                                           "ExposedPorts")),
+        tty=bool(body.get("Tty")), open_stdin=bool(body.get("OpenStdin")),
+        stdin_once=bool(body.get("StdinOnce")), attach_stdin=bool(body.get("AttachStdin")),
+        attach_stdout=bool(body.get("AttachStdout")),
+        attach_stderr=bool(body.get("AttachStderr")),
+        volumes=config_volumes(body),
     )
     pids = _int(host.get("PidsLimit"), "HostConfig.PidsLimit")
     host_config = HostConfig(
@@ -302,6 +298,7 @@ def container_spec(body: Any) -> tuple[ContainerConfig, HostConfig]:
         readonly_rootfs=bool(host.get("ReadonlyRootfs")),
         **_security_fields(host),
         log_config=_log_config(host.get("LogConfig")),
+        **host_mounts(host),
     )
     return config, host_config
 

@@ -9,8 +9,11 @@ cancelled it) the thread is told to stop and does so within one blocking read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -27,6 +30,7 @@ __all__ = [
     "json_response",
     "query_bool",
     "query_int",
+    "spooled_body",
     "thread_stream",
 ]
 
@@ -139,3 +143,24 @@ async def thread_stream(make: Callable[[threading.Event], Iterator[Any]],
             yield item
     finally:
         stop.set()  # the thread sees it after its current blocking read
+
+
+_SPOOL_CHUNK = 1 << 20
+
+
+@contextlib.asynccontextmanager
+async def spooled_body(request: web.Request, data_root: str, kind: str
+                       ) -> AsyncIterator[str]:
+    """Write the request body (a tar: load, import) to a file under the data root, not to
+    memory; yield its path, and delete it afterwards."""
+    spool = os.path.join(data_root, "tmp")
+    await asyncio.to_thread(os.makedirs, spool, exist_ok=True)
+    path = os.path.join(spool, f"{kind}-{uuid.uuid4().hex}.tar")
+    try:
+        with open(path, "wb") as f:
+            async for chunk in request.content.iter_chunked(_SPOOL_CHUNK):
+                await asyncio.to_thread(f.write, chunk)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -1,4 +1,4 @@
-"""Image endpoints: list, inspect, load (`docker load`), remove; pulling is refused.
+"""Image endpoints: list, inspect, load (`docker load`), remove; pull and import delegate.
 
 The engine's World is the list of images; their content lives in this host's store
 (workers.storage.images). A load writes the request body to a file under the data root, reads
@@ -9,26 +9,22 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import uuid
 from typing import Any
 
 from aiohttp import web
 
 from commands import schema as c
 from commands.client import Client
-from commands.codec import CODEC
-from engine.core.names import normalize_image_ref
 from engine.core.state import Image, World
 from engine.errors import InvalidParameter
 from events import model as e
 from moor.api.context import ApiContext, ctx, run
-from moor.api.http import NotImplementedHere, dumps, json_response, query_bool
+from moor.api.http import dumps, json_response, query_bool, spooled_body
 from projections.views.filters import check_keys, match_kv, parse_filters_json
 from projections.views.inspect import find_image, inspect_image
 
 __all__ = ["create", "inspect", "list_", "load", "remove"]
 
-_CHUNK = 1 << 20
 
 
 def _created_s(image: Image) -> int:
@@ -38,7 +34,8 @@ def _created_s(image: Image) -> int:
 
 def _item(image: Image) -> dict[str, Any]:
     return {"Id": image.id, "ParentId": "", "RepoTags": list(image.repo_tags),
-            "RepoDigests": [], "Created": _created_s(image), "Size": image.size,
+            "RepoDigests": list(image.repo_digests), "Created": _created_s(image),
+            "Size": image.size,
             "SharedSize": -1, "Labels": dict(image.config.labels), "Containers": -1}
 
 
@@ -92,34 +89,21 @@ def _load_file(context: ApiContext, client: Client, path: str) -> list[str]:
 
 async def load(request: web.Request) -> web.Response:
     context = ctx(request)
-    spool = os.path.join(context.data_root, "tmp")
-    await run(os.makedirs, spool, exist_ok=True)
-    path = os.path.join(spool, f"load-{uuid.uuid4().hex}.tar")
-    try:
-        with open(path, "wb") as f:
-            async for chunk in request.content.iter_chunked(_CHUNK):
-                await run(f.write, chunk)
+    async with spooled_body(request, context.data_root, "load") as path:
         if os.path.getsize(path) == 0:
             raise InvalidParameter("invalid tar archive: the request body is empty")
         lines = await run(_load_file, context, context.client(request), path)
-    finally:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
     body = b"".join(dumps({"stream": line}) for line in lines)
     return web.Response(body=body, content_type="application/json")
 
 
 def _remove(context: ApiContext, client: Client, ref: str, force: bool) -> list[dict[str, str]]:
+    from moor.api.imageops import facts_of
     from workers.storage import images as store
 
     sub = client.submit(c.RemoveImage(ref=ref, force=force))
-    entries = context.redis.xrange(context.keys.events, min=sub.last_event_id,
-                                   max=sub.last_event_id)
     out: list[dict[str, str]] = []
-    for _, fields in entries:
-        ev = CODEC.record(fields[b"d"]).event
+    for ev in facts_of(context, sub.last_event_id):
         if isinstance(ev, e.ImageRemoved):
             out += [{"Untagged": tag} for tag in ev.untagged]
             if ev.deleted:
@@ -139,12 +123,8 @@ async def remove(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-async def create(request: web.Request) -> web.Response:
-    image = request.query.get("fromImage", "")
-    tag = request.query.get("tag", "")
-    if request.query.get("fromSrc"):
-        raise NotImplementedHere("moorage does not import images over the API: use "
-                                 "`moor image import TARBALL REF` on the engine's host")
-    ref = normalize_image_ref(f"{image}:{tag}" if tag and "@" not in image else image)
-    raise NotImplementedHere(f"moorage does not pull images: load {ref or 'the image'} with "
-                             "`docker load -i ARCHIVE` or `moor image import TARBALL REF`")
+async def create(request: web.Request) -> web.StreamResponse:
+    """`POST /images/create`: a pull or an import (moor.api.distribution)."""
+    from moor.api.distribution import create as create_image
+
+    return await create_image(request)

@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         socket_gid(args.group)  # an unknown group stops the server before it listens
     redis, keys = redis_and_keys(args.redis_url, prefix=args.prefix, role="control")
     args.socket = args.socket or os.path.join(data_root(), "docker.sock")
-    context = ApiContext(redis=redis, keys=keys, data_root=data_root(), timeout=args.timeout)
+    context = ApiContext(redis=redis, keys=keys, data_root=os.path.realpath(data_root()),
+                         timeout=args.timeout)
     try:
         asyncio.run(serve(args, context))
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Streaming endpoints: `wait`, `logs`, `attach` (output only) and `events`.
+"""Streaming endpoints: `wait`, `logs` and `events` (`attach` is in moor.api.attach).
 
 All of them follow the events stream (or a container's json-file log) from a cursor taken
 before the response headers are sent, so nothing that happens after the client's request
@@ -7,37 +7,34 @@ is missed: `docker run` relies on it, sending `wait` before `start`.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
 
-from commands.codec import CODEC
 from engine.core.state import Container, World
 from engine.errors import InvalidParameter, MoorError
 from engine.eventlog import read_records
 from events import model as e
 from moor.api.context import ApiContext, ctx, run
-from moor.api.http import JSON, api_version, dumps, query_bool, thread_stream
+from moor.api.hijack import stream_content_type
+from moor.api.http import JSON, dumps, query_bool, thread_stream
 from projections.stream import load_live, watch
 from projections.views.feed import FeedState, docker_event, event_filter, observe
 from projections.views.filters import parse_filters_json
 from projections.views.inspect import find_container
 from projections.views.points import parse_time
+from workers.proc.console import frame
 from workers.proc.logs import NO_READING, fixed_time, read_logs
 from workers.storage.rootfs import container_dir
 
-__all__ = ["HalfCloseTolerant", "attach", "events", "logs", "stream_content_type", "wait"]
+__all__ = ["encode", "events", "log_lines", "logs", "pump", "wait"]
 
 _CONDITIONS = ("not-running", "next-exit", "removed")
 _STREAMS = {"stdin": 0, "stdout": 1, "stderr": 2}
-_MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
-_RAW = "application/vnd.docker.raw-stream"
 _BLOCK_MS = 500
 
 
@@ -93,10 +90,6 @@ async def wait(request: web.Request) -> web.StreamResponse:
 
 # --- logs and attach -----------------------------------------------------------------------
 
-def _frame(stream: str, data: bytes) -> bytes:
-    return struct.pack(">BxxxL", _STREAMS.get(stream, 1), len(data)) + data
-
-
 def _time_arg(request: web.Request, name: str) -> int | None:
     value = request.query.get(name, "")
     if value in ("", "0"):
@@ -110,7 +103,7 @@ class LogsNotSupported(MoorError):
     status = 501
 
 
-def _log_lines(root: str, ctr: Container, *, tail: int | None, since: int | None,
+def log_lines(root: str, ctr: Container, *, tail: int | None, since: int | None,
                until: int | None, follow: bool, timestamps: bool, details: bool,
                wanted: set[str], stop: threading.Event) -> Iterator[tuple[str, bytes]]:
     cdir = container_dir(root, ctr.id)
@@ -138,21 +131,15 @@ def _tail_arg(request: web.Request) -> int | None:
         return None  # dockerd treats a bad tail as "all"
 
 
-def stream_content_type(request: web.Request, tty: bool) -> str:
-    """Raw with a TTY or before API 1.42; stdcopy-multiplexed otherwise."""
-    if tty:
-        return _RAW
-    return _MULTIPLEXED if api_version(request) >= (1, 42) else _RAW
+def encode(raw: bool, stream: str, data: bytes) -> bytes:
+    """Docker's stream bytes: as written with a TTY (``raw``), else a stdcopy frame."""
+    return data if raw else frame(_STREAMS.get(stream, 1), data)
 
 
-def _encode(ctr: Container, stream: str, data: bytes) -> bytes:
-    return data if ctr.config.tty else _frame(stream, data)
-
-
-async def _pump(resp: web.StreamResponse, ctr: Container, items: Any) -> None:
-    """Write (stream, bytes) items, coalescing what is already queued into one write."""
+async def pump(write: Callable[[bytes], Awaitable[Any]], raw: bool, items: Any) -> None:
+    """Write (stream, bytes) items from a thread_stream (to a response or a websocket)."""
     async for stream, data in items:
-        await resp.write(_encode(ctr, stream, data))
+        await write(encode(raw, stream, data))
 
 
 async def logs(request: web.Request) -> web.StreamResponse:
@@ -171,121 +158,10 @@ async def logs(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(
         headers={"Content-Type": stream_content_type(request, ctr.config.tty)})
     await resp.prepare(request)
-    await _pump(resp, ctr, thread_stream(
-        lambda stop: _log_lines(context.data_root, ctr, tail=tail, since=since, until=until,
+    await pump(resp.write, ctr.config.tty, thread_stream(
+        lambda stop: log_lines(context.data_root, ctr, tail=tail, since=since, until=until,
                                 follow=follow, timestamps=timestamps, details=details,
                                 wanted=wanted, stop=stop)))
-    await resp.write_eof()
-    return resp
-
-
-def _open_log(root: str, cid: str) -> int | None:
-    try:
-        return os.open(os.path.join(container_dir(root, cid), f"{cid}-json.log"),
-                       os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-
-
-def _await_run(context: ApiContext, ctr: Container, cursor: str, stop: threading.Event
-               ) -> tuple[int | None, bool]:
-    """Open the run's log as soon as it exists and wait until the process started.
-
-    Returns (log fd or None, whether the process runs or ran). The log is held open from
-    the moment the supervisor creates it: with AutoRemove the container's directory may
-    be deleted soon after a short process exits, before the output could be read.
-    """
-    fd = _open_log(context.data_root, ctr.id)
-    if ctr.running:
-        return fd, True
-    started = False
-    while not stop.is_set():
-        if fd is None:
-            fd = _open_log(context.data_root, ctr.id)
-        reply = context.redis.xread({context.keys.events: cursor}, count=500,
-                                    block=None if fd is None else _BLOCK_MS)
-        for _, entries in reply or []:
-            for entry_id, fields in entries:
-                cursor = entry_id.decode()
-                record = CODEC.record(fields[b"d"])
-                if record.meta.container_id != ctr.id:
-                    continue
-                if isinstance(record.event, e.ContainerStarted):
-                    started = True
-                elif isinstance(record.event, e.StartFailed | e.ContainerDestroyed):
-                    return fd, started
-        if started and fd is not None:
-            return fd, True
-        if fd is None:
-            time.sleep(0.002)  # the file appears when the supervisor spawns the process
-    return fd, started
-
-
-def _attached_output(context: ApiContext, ctr: Container, cursor: str, since: int,
-                     wanted: set[str], stop: threading.Event) -> Iterator[tuple[str, bytes]]:
-    """Wait for the container to run (docker run attaches before start), then follow."""
-    fd, started = _await_run(context, ctr, cursor, stop)
-    if fd is None:
-        return
-    try:
-        cdir = container_dir(context.data_root, ctr.id)
-        for stream, _, line in read_logs(f"/proc/self/fd/{fd}", since=since, follow=started,
-                                         state_dir=os.path.join(cdir, "state"),
-                                         live_path=os.path.join(cdir, f"{ctr.id}-json.log")):
-            if stop.is_set():
-                return
-            if stream in wanted:
-                yield stream, line.encode("utf-8", "surrogateescape")
-    finally:
-        os.close(fd)
-
-
-class HalfCloseTolerant(asyncio.Protocol):
-    """Delegate to aiohttp's protocol, but keep the transport open on the peer's EOF."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def eof_received(self) -> bool:
-        return True
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-
-async def attach(request: web.Request) -> web.StreamResponse:
-    """Stream the container's output over the upgraded connection (no stdin, no TTY)."""
-    if query_bool(request, "stdin"):
-        raise InvalidParameter("moorage does not support attaching to a container's stdin")
-    context = ctx(request)
-    since = time.time_ns()
-    _, cursor, ctr = await run(_snapshot, context, request.match_info["id"])
-    wanted = {s for s in ("stdout", "stderr") if query_bool(request, s)}
-    upgrade = request.headers.get("Upgrade", "").lower() == "tcp"
-    headers = {"Content-Type": stream_content_type(request, ctr.config.tty)}
-    if upgrade:
-        headers.update({"Connection": "Upgrade", "Upgrade": "tcp"})
-    resp = web.StreamResponse(status=101 if upgrade else 200, reason="UPGRADED"
-                              if upgrade else None, headers=headers)
-    resp.force_close()
-    # The docker CLI half-closes an attach connection at once when it sends no stdin;
-    # asyncio would then close the whole transport (aiohttp's eof_received says so).
-    # Keep the write side open for this connection: it is closed when the output ends.
-    if request.transport is not None and request.protocol is not None:
-        request.transport.set_protocol(HalfCloseTolerant(request.protocol))
-    await resp.prepare(request)
-    if query_bool(request, "stream") and wanted:
-        await _pump(resp, ctr, thread_stream(
-            lambda stop: _attached_output(context, ctr, cursor, since, wanted, stop)))
     await resp.write_eof()
     return resp
 

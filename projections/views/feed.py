@@ -11,9 +11,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from engine.core.networks import derived_network_id
 from engine.core.state import World
 from events import model as e
 from projections.views.filters import check_keys, fuzzy_match, match_kv
+from projections.views.imagefeed import image_action, image_actor
 from projections.views.points import id_ms, rfc3339_nano
 
 __all__ = [
@@ -48,6 +50,7 @@ class FeedState:
 
     containers: dict[str, Known] = field(default_factory=dict)
     execs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # exec id -> its Cmd
+    networks: dict[str, str] = field(default_factory=dict)  # user network name -> its id
 
     @classmethod
     def from_world(cls, world: World) -> FeedState:
@@ -55,7 +58,8 @@ class FeedState:
         return cls({cid: Known(c.name, c.image, c.config.labels)
                     for cid, c in world.containers.items()},
                    {x.id: x.config.cmd for c in world.containers.values()
-                    for x in c.execs.values()})
+                    for x in c.execs.values()},
+                   {name: info.id for name, info in world.network_info.items()})
 
 
 def observe(state: FeedState, record: e.EventRecord) -> FeedState:
@@ -68,6 +72,8 @@ def observe(state: FeedState, record: e.EventRecord) -> FeedState:
         state.containers[cid] = state.containers[cid]._replace(name=ev.new_name)
     elif isinstance(ev, e.ExecCreated):
         state.execs[ev.exec_id] = ev.config.cmd
+    elif isinstance(ev, e.NetworkCreated):
+        state.networks[ev.network.name] = ev.info.id
     return state
 
 
@@ -150,18 +156,45 @@ def _container_event(record: e.EventRecord, stream_id: str, action: str,
             **_times(record, stream_id)}
 
 
-def _network_event(record: e.EventRecord, stream_id: str, action: str,
-                   network: str) -> dict[str, Any]:
-    attrs = {"container": record.meta.container_id, "name": network, "type": "bridge"}
-    return {"Type": "network", "Action": action, "Actor": {"ID": network, "Attributes": attrs},
+def _network_event(record: e.EventRecord, stream_id: str, action: str, network: str,
+                   source: FeedState | World) -> dict[str, Any]:
+    """Docker's network event: Actor.ID the network's id; `container` for (dis)connects."""
+    known = source.networks if isinstance(source, FeedState) else {
+        name: info.id for name, info in source.network_info.items()}
+    net_id = known.get(network) or derived_network_id(network)
+    attrs = {"name": network, "type": "bridge"}
+    if action in ("connect", "disconnect"):
+        attrs["container"] = record.meta.container_id
+    return {"Type": "network", "Action": action, "Actor": {"ID": net_id, "Attributes": attrs},
             "scope": "local", **_times(record, stream_id)}
 
 
-def _image_event(record: e.EventRecord, stream_id: str, action: str, image_id: str,
-                 name: str) -> dict[str, Any]:
-    return {"status": action, "id": image_id, "Type": "image", "Action": action,
-            "Actor": {"ID": image_id, "Attributes": {"name": name}}, "scope": "local",
+def _image_event(record: e.EventRecord, stream_id: str, action: str) -> dict[str, Any]:
+    actor, attrs = image_actor(record.event)
+    return {"status": action, "id": actor, "Type": "image", "Action": action,
+            "Actor": {"ID": actor, "Attributes": attrs}, "scope": "local",
             **_times(record, stream_id)}
+
+
+_VOLUME_ACTIONS: dict[type, str] = {
+    e.VolumeCreated: "create",
+    e.VolumeMounted: "mount",
+    e.VolumeUnmounted: "unmount",
+    e.VolumeRemoved: "destroy",
+}
+
+
+def _volume_event(record: e.EventRecord, stream_id: str, action: str) -> dict[str, Any]:
+    ev = record.event
+    attrs = {"driver": ev.driver}  # type: ignore[attr-defined]
+    if isinstance(ev, e.VolumeMounted | e.VolumeUnmounted):
+        attrs["container"] = record.meta.container_id
+    if isinstance(ev, e.VolumeMounted):
+        attrs |= {"destination": ev.destination, "read/write": str(ev.rw).lower(),
+                  "propagation": ev.propagation}
+    name = ev.name  # type: ignore[attr-defined]
+    return {"Type": "volume", "Action": action, "Actor": {"ID": name, "Attributes": attrs},
+            "scope": "local", **_times(record, stream_id)}
 
 
 def docker_event(record: e.EventRecord, stream_id: str,
@@ -182,20 +215,19 @@ def docker_event(record: e.EventRecord, stream_id: str,
     if isinstance(ev, e.ContainerActionNoted):
         return _container_event(record, stream_id, ev.action, _known(record, source))
     if isinstance(ev, e.NetworkConnected):
-        return _network_event(record, stream_id, "connect", ev.endpoint.network)
+        return _network_event(record, stream_id, "connect", ev.endpoint.network, source)
     if isinstance(ev, e.NetworkDisconnected):
-        return _network_event(record, stream_id, "disconnect", ev.network)
-    if isinstance(ev, e.ImageRegistered):
-        # A registered image arrives like `docker load` (the content is already local),
-        # unless a commit made it: Docker's image `create`.
-        return _image_event(record, stream_id, "create" if ev.origin == "commit" else "load",
-                            ev.image_id, ev.repo_tags[0] if ev.repo_tags else ev.image_id)
-    if isinstance(ev, e.ImageTagged):
-        return _image_event(record, stream_id, "tag", ev.image_id, ev.tag)
-    if isinstance(ev, e.ImageRemoved):
-        name = ev.untagged[0] if ev.untagged else ev.image_id
-        return _image_event(record, stream_id, "delete" if ev.deleted else "untag",
-                            ev.image_id, name)
+        return _network_event(record, stream_id, "disconnect", ev.network, source)
+    if isinstance(ev, e.NetworkCreated):
+        return _network_event(record, stream_id, "create", ev.network.name, source)
+    if isinstance(ev, e.NetworkRemoved):
+        return _network_event(record, stream_id, "destroy", ev.name, source)
+    image = image_action(ev)
+    if image is not None:
+        return _image_event(record, stream_id, image)
+    volume = _VOLUME_ACTIONS.get(type(ev))
+    if volume is not None:
+        return _volume_event(record, stream_id, volume)
     return None
 
 

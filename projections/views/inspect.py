@@ -12,7 +12,8 @@ from engine.core.state import Container, Image, World, status_of
 from engine.core.update import effective_swap
 from engine.errors import NotFound
 from events.hostopts import MASKED_PATHS, READONLY_PATHS
-from events.specs import DEFAULT_SHM_SIZE
+from events.specs import DEFAULT_SHM_SIZE, Mount
+from projections.views.networks import host_config_networking
 from projections.views.points import rfc3339_nano
 from projections.views.shape import (
     network_endpoints,
@@ -95,6 +96,9 @@ def _host_config(ctr: Container) -> dict[str, Any]:
         "CgroupnsMode": host.cgroupns_mode or "host",  # the engine's default (cgroup v1)
         "Runtime": host.runtime or "runc",
         "Isolation": host.isolation,
+        "Binds": list(host.binds) or None,
+        "VolumesFrom": list(host.volumes_from) or None,
+        **({"Mounts": [_mount_doc(m) for m in host.mounts]} if host.mounts else {}),
         # Docker omits these when unset (omitempty).
         **({"Tmpfs": dict(host.tmpfs)} if host.tmpfs else {}),
         **({"Sysctls": dict(host.sysctls)} if host.sysctls else {}),
@@ -105,18 +109,36 @@ def _host_config(ctr: Container) -> dict[str, Any]:
     }
 
 
+def _mount_doc(m: Mount) -> dict[str, Any]:
+    """One HostConfig.Mounts entry as given, in Docker's mount.Mount JSON."""
+    doc: dict[str, Any] = {"Type": m.type, "Source": m.source, "Target": m.target}
+    if m.read_only:
+        doc["ReadOnly"] = True
+    if m.propagation:
+        doc["BindOptions"] = {"Propagation": m.propagation}
+    if m.no_copy or m.labels or m.driver:
+        doc["VolumeOptions"] = {
+            **({"NoCopy": True} if m.no_copy else {}),
+            **({"Labels": dict(m.labels)} if m.labels else {}),
+            **({"DriverConfig": {"Name": m.driver}} if m.driver else {})}
+    if m.tmpfs_size or m.tmpfs_mode:
+        doc["TmpfsOptions"] = {**({"SizeBytes": m.tmpfs_size} if m.tmpfs_size else {}),
+                               **({"Mode": m.tmpfs_mode} if m.tmpfs_mode else {})}
+    return doc
+
+
 def _config(ctr: Container) -> dict[str, Any]:
     cfg = ctr.config
     doc: dict[str, Any] = {
         "Hostname": cfg.hostname or ctr.id[:12],
         "Domainname": "",
         "User": cfg.user,
-        "AttachStdin": False,
-        "AttachStdout": False,
-        "AttachStderr": False,
+        "AttachStdin": cfg.attach_stdin,
+        "AttachStdout": cfg.attach_stdout,
+        "AttachStderr": cfg.attach_stderr,
         "Tty": cfg.tty,
-        "OpenStdin": False,
-        "StdinOnce": False,
+        "OpenStdin": cfg.open_stdin,
+        "StdinOnce": cfg.stdin_once,
         "Env": list(cfg.env),
         "Cmd": list(cfg.cmd) if cfg.cmd is not None else None,
         "Image": ctr.image,
@@ -124,7 +146,9 @@ def _config(ctr: Container) -> dict[str, Any]:
         "Entrypoint": list(cfg.entrypoint) if cfg.entrypoint is not None else None,
         "Labels": dict(cfg.labels),
     }
-    # Docker omits these three when unset (omitempty).
+    # Docker omits these when unset (omitempty).
+    if cfg.volumes:
+        doc["Volumes"] = {path: {} for path in cfg.volumes}
     if cfg.exposed_ports:
         doc["ExposedPorts"] = {port_key(p): {} for p in cfg.exposed_ports}
     if cfg.stop_signal:
@@ -176,7 +200,7 @@ def inspect_container(world: World, ctr: Container, now_ns: int = 0) -> dict[str
         "MountLabel": "",
         "ProcessLabel": "",
         "AppArmorProfile": "",
-        "HostConfig": _host_config(ctr),
+        "HostConfig": {**_host_config(ctr), **host_config_networking(world, ctr)},
         "Mounts": [],
         "Config": _config(ctr),
         "NetworkSettings": _network_settings(world, ctr),
@@ -206,7 +230,7 @@ def inspect_image(world: World, image: Image) -> dict[str, Any]:
     return {
         "Id": image.id,
         "RepoTags": list(image.repo_tags),
-        "RepoDigests": [],
+        "RepoDigests": list(image.repo_digests),
         "Parent": "",
         "Comment": "",
         "Created": rfc3339_nano(_image_created_ns(image.created)),

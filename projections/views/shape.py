@@ -94,23 +94,7 @@ def published_ports(ctr: Container) -> dict[str, list[dict[str, str]] | None]:
 
 
 def network_endpoints(world: World, ctr: Container) -> dict[str, dict[str, Any]]:
-    """Return NetworkSettings.Networks: one entry, addressed only while the endpoint is joined."""
-    mode = ctr.host_config.network_mode
-    ep = ctr.endpoint if ctr.connected else None
-    name = ep.network if ep is not None else mode
-    return {name: {
-        "IPAMConfig": None,
-        "Links": None,
-        "Aliases": None,
-        "MacAddress": ep.mac_address if ep else "",
-        "DriverOpts": None,
-        "NetworkID": network_id(name),
-        "EndpointID": ep.endpoint_id if ep else "",
-        "Gateway": ep.gateway if ep else "",
-        "IPAddress": ep.ip_address if ep else "",
-        "IPPrefixLen": ep.prefix_len if ep else 0,
-        "IPv6Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
-        "DNSNames": None,
-    }}
+    """Return NetworkSettings.Networks: an entry per network, addressed while joined."""
+    from projections.views.networks import endpoint_entries
+
+    return endpoint_entries(world, ctr)

@@ -76,8 +76,8 @@ def test_images_list_inspect_remove(sdk: Any, image: str, py_api: DockerApi) -> 
         sdk.images.get(other)
     assert err.value.explanation == f"No such image: {other}"
     with pytest.raises(docker.errors.APIError) as err:
-        sdk.images.pull("alpine", tag="3")
-    assert err.value.status_code == 501 and "does not pull" in err.value.explanation
+        sdk.images.pull(f"127.0.0.1:{free_port()}/alpine", tag="3")  # nobody serves it
+    assert err.value.status_code == 500 and "/v2/" in err.value.explanation
 
 
 def test_run_publish_inspect_list_logs(sdk: Any, image: str, engine: Engine) -> None:
@@ -178,7 +178,10 @@ def test_errors_are_typed_with_dockers_texts(sdk: Any, image: str, engine: Engin
         "invalid restart policy: unknown policy 'sometimes'; use one of 'no', 'always', "
         "'on-failure', or 'unless-stopped'")
     with pytest.raises(docker.errors.APIError) as err:
-        sdk.containers.create(image, ["true"], volumes=["/tmp:/tmp"])
+        sdk.containers.create(image, ["true"], volumes=["/tmp:/tmp:bogus"])
+    assert err.value.status_code == 400 and err.value.explanation == "invalid mode: bogus"
+    with pytest.raises(docker.errors.APIError) as err:
+        sdk.containers.create(image, ["true"], storage_opt={"size": "1G"})
     assert err.value.status_code == 400
     assert err.value.explanation.startswith("moorage does not support the container setting ")
     first.remove(force=True)

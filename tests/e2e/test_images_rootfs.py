@@ -139,7 +139,9 @@ def test_import_busybox_rootfs(store: str, busybox: str, tmp_path: Path) -> None
     again = images.import_rootfs(store, tar, "busybox:again", config=cfg,
                                  created="2024-01-01T00:00:00Z")
     assert again.id == info.id and again.repo_tags == ("busybox:again", "busybox:latest")
-    assert len([d for d in os.listdir(os.path.dirname(layer)) if ".json" not in d]) == 1
+    # The layer dir, its record and its kept blob (the bytes push and save send back).
+    assert len([d for d in os.listdir(os.path.dirname(layer))
+                if not d.endswith((".json", ".blob"))]) == 1
     with pytest.raises(images.ImageNotFound, match="No such image: nothere:latest"):
         images.get_image(store, "nothere:latest")
 
@@ -177,7 +179,7 @@ def test_load_docker_save_and_oci_layouts(store: str, tmp_path: Path, lower_laye
     # Four images, two distinct layers on disk.
     assert len(images.list_images(store)) == 4
     layer_root = os.path.join(store, "layers", "sha256")
-    assert len([d for d in os.listdir(layer_root) if not d.endswith(".json")]) == 2
+    assert len([d for d in os.listdir(layer_root) if not d.endswith((".json", ".blob"))]) == 2
     dirs = images.layer_dirs(store, multi.id)
     assert images.dirs_of_layers(store, multi.layers) == dirs
     assert [os.path.basename(d) for d in dirs] == [diff_id(upper_layer)[7:],
@@ -203,7 +205,8 @@ def test_prune_removes_orphans_and_crash_leftovers(store: str, tmp_path: Path) -
     (layer_root / ("0" * 64)).mkdir()  # an unreferenced layer
     assert images.prune_layers(store) == ["sha256:" + "0" * 64]
     assert sorted(os.listdir(layer_root)) == sorted([info.layers[0][7:],
-                                                     info.layers[0][7:] + ".json"])
+                                                     info.layers[0][7:] + ".json",
+                                                     info.layers[0][7:] + ".blob"])
 
 
 def _write(path: Path, entries: list[Entry]) -> str:
@@ -311,7 +314,8 @@ def test_remove_image_collects_unshared_layers(store: str, tmp_path: Path, lower
     layer_root = os.path.join(store, "layers", "sha256")
     assert images.remove_image(store, multi.id) is True
     assert sorted(os.listdir(layer_root)) == sorted(
-        [diff_id(lower_layer)[7:], diff_id(lower_layer)[7:] + ".json"])
+        [diff_id(lower_layer)[7:], diff_id(lower_layer)[7:] + ".json",
+         diff_id(lower_layer)[7:] + ".blob"])
     with pytest.raises(images.ImageNotFound):
         images.get_image(store, "multi:docker")
     assert images.get_image(store, "base:docker") == base

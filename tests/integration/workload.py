@@ -92,8 +92,10 @@ class _Gen:
             self.items.append(self.items[rng.randrange(len(self.items))])  # a re-delivery
         elif roll < 0.92:
             self.odd_report()
-        else:
+        elif roll < 0.96:
             self.rejection()
+        else:
+            self.catalog(target)
 
     def create(self) -> None:
         rng = self.rng
@@ -111,6 +113,9 @@ class _Gen:
             policy else 0), auto_remove=policy == "no" and rng.random() < 0.1)
         config = ContainerConfig(image="busybox", cmd=("sleep", str(rng.randint(1, 99))),
                                  env=(f"K={rng.randint(0, 9)}",))
+        if rng.random() < 0.3:  # named volumes shared between containers, anonymous ones
+            host = msgspec.structs.replace(host, binds=(f"vol{rng.randint(0, 3)}:/data",))
+            config = msgspec.structs.replace(config, volumes=("/anon",))
         self.add(c.CreateContainer(name=name, config=config, host_config=host), cid)
         self.live.setdefault(cid, {"name": name, "gen": 0, "mode": mode, "state": "created",
                                    "auto_remove": host.auto_remove})
@@ -193,6 +198,19 @@ class _Gen:
         self.add(c.ReportRemoved(generation=info["gen"]), cid)
         if rng.random() < 0.9:
             del self.live[cid]
+
+    def catalog(self, target: tuple[str, dict[str, Any]] | None) -> None:
+        """Engine-wide facts: volumes made and removed (maybe in use), commits that tag."""
+        rng = self.rng
+        choice = rng.randrange(3)
+        if choice == 0:
+            self.add(c.CreateVolume(name=f"vol{rng.randint(0, 5)}"))
+        elif choice == 1:
+            self.add(c.RemoveVolume(name=f"vol{rng.randint(0, 5)}", force=rng.random() < 0.3))
+        elif target is not None:
+            self.add(c.CommitContainer(ref=self.ref(*target),
+                                       image_id="sha256:" + f"{len(self.items):064x}",
+                                       repo_tags=(f"snap:{rng.randint(0, 2)}",)))
 
     def odd_report(self) -> None:
         rng = self.rng

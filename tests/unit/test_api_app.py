@@ -199,10 +199,10 @@ def test_images_and_pull(context: ApiContext) -> None:
         assert doc["Id"] == items[0]["Id"]
         resp = await client.get("/images/nope/json")
         assert (resp.status, await body(resp)) == (404, {"message": "No such image: nope"})
-        resp = await client.post("/images/create?fromImage=docker.io/library/alpine&tag=3")
-        assert resp.status == 501
-        assert (await body(resp))["message"].startswith(
-            "moorage does not pull images: load alpine:3 with `docker load")
+        resp = await client.post("/images/create?fromImage=Alpine&tag=3")
+        assert resp.status == 400
+        assert (await body(resp))["message"] == (
+            "invalid reference format: repository name (library/Alpine) must be lowercase")
         resp = await client.post("/images/load", data=b"not a tar",
                                  headers={"Content-Type": "application/x-tar"})
         assert resp.status == 400

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from engine.errors import InvalidParameter
-from events.specs import PortBinding, RestartPolicy
+from events.specs import Mount, PortBinding, RestartPolicy
 from moor.api.create import UnsupportedSetting, container_spec, create_warnings, is_unset
 
 # `docker run -d --name web -p 8080:80 busybox httpd -f -p 80` (docker CLI 28.2, API 1.50).
@@ -94,13 +94,13 @@ def test_supported_fields_are_mapped() -> None:
 
 @pytest.mark.parametrize(("where", "key", "value"), [
     ("HostConfig", "OomScoreAdj", 500),
-    ("HostConfig", "Binds", ["/tmp:/tmp"]),
+    ("HostConfig", "VolumeDriver", "flocker"),
     ("HostConfig", "Capabilities", ["CAP_NET_ADMIN"]),
     ("HostConfig", "CpuRealtimeRuntime", 1000),
-    ("", "Tty", True),
-    ("", "OpenStdin", True),
+    ("", "Shell", ["/bin/bash", "-c"]),
+    ("", "OnBuild", ["RUN true"]),
     ("", "Healthcheck", {"Test": ["CMD", "true"]}),
-    ("", "Volumes", {"/data": {}}),
+    ("HostConfig", "StorageOpt", {"size": "1G"}),
 ])
 def test_a_set_unsupported_field_is_refused_by_name(where: str, key: str, value: Any) -> None:
     body = copy.deepcopy(CLI_BODY)
@@ -111,14 +111,22 @@ def test_a_set_unsupported_field_is_refused_by_name(where: str, key: str, value:
     assert err.value.status == 400
 
 
-def test_networking_config_may_only_name_the_containers_own_network() -> None:
+def test_networking_config_becomes_the_containers_networking() -> None:
+    from events.netspecs import EndpointSettings
+    from moor.api.netcreate import networking_spec
+
     body = copy.deepcopy(CLI_BODY)
-    body["NetworkingConfig"]["EndpointsConfig"]["other"] = {}
-    with pytest.raises(UnsupportedSetting, match="EndpointsConfig.other"):
-        container_spec(body)
-    body = copy.deepcopy(CLI_BODY)
-    body["NetworkingConfig"]["EndpointsConfig"]["default"]["Aliases"] = ["db"]
-    with pytest.raises(UnsupportedSetting, match="EndpointsConfig.default.Aliases"):
+    assert networking_spec(body, "bridge") is None  # the CLI's empty endpoint: nothing set
+    body["NetworkingConfig"]["EndpointsConfig"]["other"] = {
+        "Aliases": ["db"], "IPAMConfig": {"IPv4Address": "10.213.77.9"}}
+    body["HostConfig"]["ExtraHosts"] = ["gw=10.0.0.1"]
+    container_spec(body)
+    net = networking_spec(body, "bridge")
+    assert net is not None and net.extra_hosts == ("gw:10.0.0.1",)
+    assert net.endpoints == {"other": EndpointSettings(aliases=("db",),
+                                                       ipv4_address="10.213.77.9")}
+    body["NetworkingConfig"]["EndpointsConfig"]["other"]["DriverOpts"] = {"x": "1"}
+    with pytest.raises(UnsupportedSetting, match="EndpointsConfig.other.DriverOpts"):
         container_spec(body)
 
 
@@ -147,3 +155,30 @@ def test_unset_values() -> None:
     assert not is_unset({"Key": ""}, "HostConfig.Sysctls")
     assert not is_unset({"net.core.somaxconn": ""})
     assert is_unset([0, 0], "HostConfig.ConsoleSize") and not is_unset(-1)
+
+
+def test_mounts_map_onto_the_specs() -> None:
+    body = copy.deepcopy(CLI_BODY)
+    body["Volumes"] = {"/anon": {}}
+    body["HostConfig"] |= {
+        "Binds": ["/srv:/srv:ro", "data:/data"], "VolumesFrom": ["other:ro"],
+        "Mounts": [{"Type": "bind", "Source": "/etc", "Target": "/host-etc", "ReadOnly": True,
+                    "BindOptions": {"Propagation": "rslave"}},
+                   {"Type": "volume", "Source": "v", "Target": "/v",
+                    "VolumeOptions": {"NoCopy": True, "Labels": {"a": "b"}}},
+                   {"Type": "tmpfs", "Target": "/t",
+                    "TmpfsOptions": {"SizeBytes": 65536, "Mode": 0o700}}]}
+    config, host = container_spec(body)
+    assert config.volumes == ("/anon",)
+    assert host.binds == ("/srv:/srv:ro", "data:/data")
+    assert host.volumes_from == ("other:ro",)
+    assert host.mounts == (
+        Mount(type="bind", source="/etc", target="/host-etc", read_only=True,
+              propagation="rslave"),
+        Mount(type="volume", source="v", target="/v", no_copy=True, labels={"a": "b"}),
+        Mount(type="tmpfs", target="/t", tmpfs_size=65536, tmpfs_mode=0o700))
+    body["HostConfig"]["Mounts"] = [{"Type": "volume", "Target": "/x",
+                                     "BindOptions": {"Propagation": "rslave"}}]
+    with pytest.raises(InvalidParameter, match='invalid mount config for type "volume": '
+                                               "field BindOptions must not be specified"):
+        container_spec(body)

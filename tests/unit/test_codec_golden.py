@@ -27,6 +27,7 @@ from commands import schema as c
 from commands.codec import CODEC, CommandResult
 from events import model as e
 from events import runs, saga
+from events.netspecs import EndpointSettings, LinkTarget, NetPlan, NetworkInfo, Networking
 from events.specs import (
     ContainerConfig,
     DeviceMapping,
@@ -35,6 +36,8 @@ from events.specs import (
     HostConfig,
     ImageConfig,
     LogConfig,
+    Mount,
+    MountPoint,
     NetworkSpec,
     PortBinding,
     RestartPolicy,
@@ -50,14 +53,18 @@ NETWORK = NetworkSpec(name="bridge", subnet="172.17.0.0/16", gateway="172.17.0.1
                       bridge="docker0")
 ENDPOINT = Endpoint(network="bridge", ip_address="172.17.0.2", prefix_len=16,
                     gateway="172.17.0.1", mac_address="02:42:ac:11:00:02", endpoint_id="ep-1")
-IMAGE_CONFIG = ImageConfig(cmd=("nginx", "-g", "daemon off;"), entrypoint=("/docker-entry.sh",),
-                           env=("PATH=/usr/bin", "NGINX_VERSION=1.27"), working_dir="/srv",
-                           exposed_ports=("80/tcp",), stop_signal="SIGQUIT", user="nginx",
-                           labels={"maintainer": "moorage"})
-CONFIG = ContainerConfig(image="nginx:1.27", cmd=("nginx",), entrypoint=("/init",),
-                         env=("A=1",), labels={"app": "web"}, working_dir="/srv", user="1000",
-                         stop_signal="SIGTERM", stop_timeout=5, hostname="web-1",
-                         exposed_ports=("80/tcp", "443/tcp"), tty=True)
+IMAGE_CONFIG_V1 = ImageConfig(cmd=("nginx", "-g", "daemon off;"),
+                              entrypoint=("/docker-entry.sh",),
+                              env=("PATH=/usr/bin", "NGINX_VERSION=1.27"), working_dir="/srv",
+                              exposed_ports=("80/tcp",), stop_signal="SIGQUIT", user="nginx",
+                              labels={"maintainer": "moorage"})
+IMAGE_CONFIG = msgspec.structs.replace(IMAGE_CONFIG_V1, volumes=("/var/cache/nginx",))
+CONFIG_V5 = ContainerConfig(image="nginx:1.27", cmd=("nginx",), entrypoint=("/init",),
+                            env=("A=1",), labels={"app": "web"}, working_dir="/srv", user="1000",
+                            stop_signal="SIGTERM", stop_timeout=5, hostname="web-1",
+                            exposed_ports=("80/tcp", "443/tcp"), tty=True)
+CONFIG = msgspec.structs.replace(CONFIG_V5, volumes=("/data",), open_stdin=True, stdin_once=True,
+                                 attach_stdin=True, attach_stdout=True, attach_stderr=True)
 HOST_V1 = HostConfig(network_mode="backend",
                      port_bindings={"80/tcp": (PortBinding(host_ip="0.0.0.0",
                                                            host_port="8080"),)},
@@ -79,8 +86,35 @@ HOST_V5 = msgspec.structs.replace(
     memory_reservation=32 * 1024 * 1024, oom_kill_disable=True, cpu_shares=512, cpu_period=50_000,
     cpu_quota=25_000, cpuset_cpus="0-1", cpuset_mems="0", blkio_weight=300,
     ulimits=(Ulimit(name="nofile", soft=1024, hard=2048),), shm_size=128 * 1024 * 1024)
-HOST = msgspec.structs.replace(
+HOST_V6 = msgspec.structs.replace(
     HOST_V5, log_config=LogConfig(type="none", config={"max-size": "1k", "max-file": "3"}))
+HOST = msgspec.structs.replace(
+    HOST_V6, binds=("/srv:/srv:ro", "data:/data"), volumes_from=("db:ro",),
+    mounts=(Mount(type="bind", source="/etc", target="/host-etc", read_only=True,
+                  propagation="rslave", no_copy=True, labels={"a": "b"}, driver="local",
+                  tmpfs_size=1024, tmpfs_mode=0o700),))
+MOUNT_POINT = MountPoint(type="volume", destination="/data", name="data", source="/h",
+                         driver="local", mode="z", rw=False, propagation="rprivate", copy=True,
+                         create_source=True, tmpfs_options="size=1k")
+SETTINGS = EndpointSettings(aliases=("web",), ipv4_address="10.213.9.5",
+                            mac_address="02:42:0a:d5:09:05")
+NETWORKING = Networking(endpoints={"appnet": SETTINGS}, dns=("10.0.0.53",),
+                        dns_search=("example.com",), dns_options=("ndots:2",),
+                        extra_hosts=("db:10.0.0.9",), links=("db:database",))
+NET_PLAN = NetPlan(embedded_dns=True, dns=("10.0.0.53",), dns_search=("example.com",),
+                   dns_options=("ndots:2",), extra_hosts=("db:10.0.0.9",),
+                   links=(LinkTarget(alias="database", name="/web/database", hostname="db1",
+                                     ip="10.213.9.6", ports=("5432/tcp",),
+                                     env=("DATABASE_NAME=/web/database",)),),
+                   parent_name="web", shared_from=CID, shared_hostname="donor")
+NET_ID = "d" * 64
+APPNET = NetworkSpec(name="appnet", subnet="10.213.9.0/24", gateway="10.213.9.1",
+                     bridge="mbdddddddddddd")
+NETWORK_INFO = NetworkInfo(id=NET_ID, created=1_700_000_000_000_000_000, labels={"team": "a"},
+                           internal=True, ip_range="10.213.9.128/25",
+                           options={"com.docker.network.bridge.name": "appnet0"},
+                           subnet_given=False)
+DIGEST = "nginx@sha256:" + "cd" * 32
 
 EXEC_ID = "abcdef0123456789" * 4
 EXEC_CONFIG = ExecConfig(cmd=("sh", "-c", "ls"), env=("A=1",), user="nobody", working_dir="/srv",
@@ -91,7 +125,27 @@ EVENTS: dict[str, e.Event] = {
     "NetworkDefined": e.NetworkDefined(network=NETWORK),
     "ImageRegistered": e.ImageRegistered(image_id=IMAGE_ID, repo_tags=("nginx:1.27",),
                                          config=IMAGE_CONFIG, layers=("sha256:" + "ab" * 32,),
-                                         size=1234, created=1_700_000_000, origin="commit"),
+                                         size=1234, created=1_700_000_000, origin="commit",
+                                         repo_digests=(DIGEST,), ref="nginx:1.27"),
+    "ImagePushed": e.ImagePushed(image_id=IMAGE_ID, ref="reg.example/app:1",
+                                 repo_digest="reg.example/app@sha256:" + "cd" * 32),
+    "ImageActionNoted": e.ImageActionNoted(action="save", image_id=IMAGE_ID,
+                                           attributes={"name": "nginx:1.27"}),
+    "VolumeCreated": e.VolumeCreated(name="data", driver="flocker", labels={"a": "b"},
+                                     options={"type": "tmpfs"}, created=1_700_000_000_000),
+    "VolumeRemoved": e.VolumeRemoved(name="data", driver="flocker"),
+    "VolumeMounted": e.VolumeMounted(name="data", driver="local", destination="/data",
+                                     rw=False, propagation="rprivate"),
+    "VolumeUnmounted": e.VolumeUnmounted(name="data", driver="local"),
+    "NetworkCreated": e.NetworkCreated(network=APPNET, info=NETWORK_INFO),
+    "NetworkRemoved": e.NetworkRemoved(network_id=NET_ID, name="appnet", bridge="mbdddddddddddd",
+                                       subnet="10.213.9.0/24"),
+    "NetworksPruned": e.NetworksPruned(names=("appnet",)),
+    "NetworkingConfigured": e.NetworkingConfigured(networking=NETWORKING),
+    "EndpointReserved": e.EndpointReserved(generation=2, endpoint=ENDPOINT),
+    "EndpointReleased": e.EndpointReleased(generation=2, network="appnet", error="join failed"),
+    "LinkAdded": e.LinkAdded(parent=CID, child="c" * 64, alias="database"),
+    "LinkRemoved": e.LinkRemoved(parent=CID, alias="database"),
     "ImageTagged": e.ImageTagged(image_id=IMAGE_ID, tag="nginx:stable"),
     "ContainerCommitted": e.ContainerCommitted(image_id=IMAGE_ID, image_ref="web:snap",
                                                comment="after setup"),
@@ -100,7 +154,8 @@ EVENTS: dict[str, e.Event] = {
     "ImageRemoved": e.ImageRemoved(image_id=IMAGE_ID, untagged=("nginx:1.27",), deleted=False),
     "ContainerCreated": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
                                            config=CONFIG, host_config=HOST,
-                                           created=1_700_000_000_000_000_000),
+                                           created=1_700_000_000_000_000_000,
+                                           mounts=(MOUNT_POINT,)),
     "ContainerRenamed": e.ContainerRenamed(old_name="web", new_name="api"),
     "HostBooted": e.HostBooted(boot_id="5f1c2d7e-9a43-4b8e-a1f0-3c6d2e8b9a17",
                                previous="0e2b4a6c-8d1f-4e3a-b5c7-9f0a1b2c3d4e"),
@@ -122,7 +177,7 @@ EVENTS: dict[str, e.Event] = {
     "ContainerStopped": e.ContainerStopped(generation=2),
     "LogCompacted": e.LogCompacted(cutoff_ms=1_700_000_000_000, retain_ms=86_400_000),
     "RestartFailed": e.RestartFailed(generation=2, error="no available addresses on this pool"),
-    "RemovalStarted": e.RemovalStarted(force=True),
+    "RemovalStarted": e.RemovalStarted(force=True, volumes=True),
     "ContainerMarkedDead": e.ContainerMarkedDead(),
     "RemovalFailed": e.RemovalFailed(error="device or resource busy"),
     "ContainerDestroyed": e.ContainerDestroyed(name="web"),
@@ -151,20 +206,44 @@ COMMANDS: dict[str, c.Command] = {
     "DefineNetwork": c.DefineNetwork(network=NETWORK),
     "RegisterImage": c.RegisterImage(image_id=IMAGE_ID, repo_tags=("nginx:1.27",),
                                      config=IMAGE_CONFIG, layers=("sha256:" + "ab" * 32,),
-                                     size=1234, created=1_700_000_000),
+                                     size=1234, created=1_700_000_000, origin="pull",
+                                     repo_digests=(DIGEST,), source_ref="nginx:1.27"),
     "CommitContainer": c.CommitContainer(ref="web", image_id=IMAGE_ID, repo_tags=("web:snap",),
                                          config=IMAGE_CONFIG, layers=("sha256:" + "ab" * 32,),
-                                         size=1234, created=1_700_000_000,
+                                         size=1234, created=1_700_000_000, origin="build",
+                                         repo_digests=(DIGEST,), source_ref="web",
                                          comment="after setup"),
+    "TagImage": c.TagImage(ref="nginx:1.27", tag="nginx:stable"),
+    "RecordImagePush": c.RecordImagePush(ref="nginx:1.27", pushed="reg.example/app:1",
+                                         repo_digest="reg.example/app@sha256:" + "cd" * 32),
+    "NoteImageAction": c.NoteImageAction(action="save", ref="nginx:1.27",
+                                         attributes={"name": "nginx:1.27"}),
+    "CreateVolume": c.CreateVolume(name="data", driver="local", labels={"a": "b"},
+                                   options={"type": "tmpfs"}),
+    "RemoveVolume": c.RemoveVolume(name="data", force=True),
+    "CreateNetwork": c.CreateNetwork(name="appnet", network_id=NET_ID, subnet="10.213.9.0/24",
+                                     gateway="10.213.9.1", ip_range="10.213.9.128/25",
+                                     labels={"team": "a"}, internal=True,
+                                     options={"com.docker.network.bridge.name": "appnet0"},
+                                     subnet_given=False),
+    "RemoveNetwork": c.RemoveNetwork(network="appnet"),
+    "PruneNetworks": c.PruneNetworks(labels=("team",), not_labels=("keep",),
+                                     until=1_700_000_000_000_000_000),
+    "ConnectNetwork": c.ConnectNetwork(ref="web", network="appnet", settings=SETTINGS),
+    "DisconnectNetwork": c.DisconnectNetwork(ref="web", network="appnet", force=True),
+    "RemoveLink": c.RemoveLink(name="/web/database"),
+    "ReportNetworkJoined": c.ReportNetworkJoined(generation=2, network="appnet",
+                                                 endpoint_id="ep-9", error="EEXIST"),
     "NoteContainerAction": c.NoteContainerAction(ref="web", action="top",
                                                  attributes={"ps_args": "-ef"}),
     "RemoveImage": c.RemoveImage(ref="nginx:1.27", force=True),
-    "CreateContainer": c.CreateContainer(config=CONFIG, name="web", host_config=HOST),
+    "CreateContainer": c.CreateContainer(config=CONFIG, name="web", host_config=HOST,
+                                         networking=NETWORKING),
     "StartContainer": c.StartContainer(ref="web"),
     "StopContainer": c.StopContainer(ref="web", timeout=3, signal="SIGINT"),
     "KillContainer": c.KillContainer(ref="web", signal="HUP"),
     "RestartContainer": c.RestartContainer(ref="web", timeout=0, signal="SIGQUIT"),
-    "RemoveContainer": c.RemoveContainer(ref="web", force=True),
+    "RemoveContainer": c.RemoveContainer(ref="web", force=True, volumes=True),
     "RenameContainer": c.RenameContainer(ref="web", new_name="api"),
     "ReportMounted": c.ReportMounted(generation=3, rootfs="/run/moor/rootfs"),
     "ReportSandbox": c.ReportSandbox(generation=3, sandbox_key="/run/netns/moor"),
@@ -204,7 +283,8 @@ HANDOFFS: dict[str, tuple[Any, Callable[[bytes], Any]]] = {
                                  image_id=IMAGE_ID, layers=("sha256:" + "ab" * 32,),
                                  config=CONFIG, host_config=HOST, endpoint=ENDPOINT,
                                  network=NETWORK, steps=("endpoint", "spawn"),
-                                 joins={"ipc": saga.Donor(container_id=CID, pid=4242)}),
+                                 joins={"ipc": saga.Donor(container_id=CID, pid=4242)},
+                                 mounts=(MOUNT_POINT,), net=NET_PLAN),
                   lambda data: CODEC.plan(JSONSerializer.loads(data))),
     "SpawnResult": (runs.SpawnResult(pid=4242, supervisor_pid=4241,
                                      started_at_ns=1_700_000_000_000_000_017),
@@ -313,28 +393,34 @@ LEGACY: dict[str, e.Event] = {
                                             timeout=10, cancels_restart=True),
     # Before CapAdd, CapDrop and SecurityOpt.
     "ContainerCreated-v1": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
-                                              config=CONFIG, host_config=HOST_V1,
+                                              config=CONFIG_V5, host_config=HOST_V1,
                                               created=1_700_000_000_000_000_000),
     # Before ReadonlyRootfs.
     "ContainerCreated-v2": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
-                                              config=CONFIG, host_config=HOST_V2,
+                                              config=CONFIG_V5, host_config=HOST_V2,
                                               created=1_700_000_000_000_000_000),
     # Before Privileged, Tmpfs, Sysctls, Devices and the namespace options.
     "ContainerCreated-v3": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
-                                              config=CONFIG, host_config=HOST_V3,
+                                              config=CONFIG_V5, host_config=HOST_V3,
                                               created=1_700_000_000_000_000_000),
     # Before the resource options (swap, reservation, CPU shares and CFS, cpuset, ulimits…).
     "ContainerCreated-v4": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
-                                              config=CONFIG, host_config=HOST_V4,
+                                              config=CONFIG_V5, host_config=HOST_V4,
                                               created=1_700_000_000_000_000_000),
     # Before LogConfig.
     "ContainerCreated-v5": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
-                                              config=CONFIG, host_config=HOST_V5,
+                                              config=CONFIG_V5, host_config=HOST_V5,
                                               created=1_700_000_000_000_000_000),
     "ContainerUpdated-v5": e.ContainerUpdated(host_config=HOST_V5, generation=2),
+    # Before volumes and mounts, attach's stdin fields, and networking (issues 10-11).
+    "ContainerCreated-v6": e.ContainerCreated(name="web", image="nginx:1.27", image_id=IMAGE_ID,
+                                              config=CONFIG_V5, host_config=HOST_V6,
+                                              created=1_700_000_000_000_000_000),
+    "ContainerUpdated-v6": e.ContainerUpdated(host_config=HOST_V6, generation=2),
+    "RemovalStarted-v1": e.RemovalStarted(force=True),
     # Before ImageRegistered.origin (commit's image `create`).
     "ImageRegistered-v1": e.ImageRegistered(image_id=IMAGE_ID, repo_tags=("nginx:1.27",),
-                                            config=IMAGE_CONFIG,
+                                            config=IMAGE_CONFIG_V1,
                                             layers=("sha256:" + "ab" * 32,), size=1234,
                                             created=1_700_000_000),
 }
@@ -362,50 +448,68 @@ LEGACY_WIRE: dict[str, tuple[Any, Callable[[bytes], Any]]] = {
                         generation=0), CODEC.exit_status),
     # Before CapAdd, CapDrop and SecurityOpt (a queued start plan meets a newer worker).
     "CreateContainer-v1.msgpack": (
-        c.CreateContainer(config=CONFIG, name="web", host_config=HOST_V1), CODEC.command),
+        c.CreateContainer(config=CONFIG_V5, name="web", host_config=HOST_V1), CODEC.command),
     "StartPlan-v1.json": (
         saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
-                       layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V1,
+                       layers=("sha256:" + "ab" * 32,), config=CONFIG_V5, host_config=HOST_V1,
                        endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn")),
         lambda data: CODEC.plan(JSONSerializer.loads(data))),
     # Before ReadonlyRootfs.
     "CreateContainer-v2.msgpack": (
-        c.CreateContainer(config=CONFIG, name="web", host_config=HOST_V2), CODEC.command),
+        c.CreateContainer(config=CONFIG_V5, name="web", host_config=HOST_V2), CODEC.command),
     "StartPlan-v2.json": (
         saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
-                       layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V2,
+                       layers=("sha256:" + "ab" * 32,), config=CONFIG_V5, host_config=HOST_V2,
                        endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn")),
         lambda data: CODEC.plan(JSONSerializer.loads(data))),
     # Before Privileged, Tmpfs, Sysctls, Devices and the namespace options.
     "CreateContainer-v3.msgpack": (
-        c.CreateContainer(config=CONFIG, name="web", host_config=HOST_V3), CODEC.command),
+        c.CreateContainer(config=CONFIG_V5, name="web", host_config=HOST_V3), CODEC.command),
     "StartPlan-v3.json": (
         saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
-                       layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V3,
+                       layers=("sha256:" + "ab" * 32,), config=CONFIG_V5, host_config=HOST_V3,
                        endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn")),
         lambda data: CODEC.plan(JSONSerializer.loads(data))),
     # Before the resource options.
     "CreateContainer-v4.msgpack": (
-        c.CreateContainer(config=CONFIG, name="web", host_config=HOST_V4), CODEC.command),
+        c.CreateContainer(config=CONFIG_V5, name="web", host_config=HOST_V4), CODEC.command),
     "StartPlan-v4.json": (
         saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
-                       layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V4,
+                       layers=("sha256:" + "ab" * 32,), config=CONFIG_V5, host_config=HOST_V4,
                        endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn"),
                        joins={"ipc": saga.Donor(container_id=CID, pid=4242)}),
         lambda data: CODEC.plan(JSONSerializer.loads(data))),
     # Before LogConfig.
     "CreateContainer-v5.msgpack": (
-        c.CreateContainer(config=CONFIG, name="web", host_config=HOST_V5), CODEC.command),
+        c.CreateContainer(config=CONFIG_V5, name="web", host_config=HOST_V5), CODEC.command),
     "UpdateContainer-v5.msgpack": (
         c.UpdateContainer(ref="web", resources=HOST_V5, pids_limit=50,
                           restart_policy=RestartPolicy(name="on-failure", maximum_retry_count=2)),
         CODEC.command),
     "StartPlan-v5.json": (
         saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
-                       layers=("sha256:" + "ab" * 32,), config=CONFIG, host_config=HOST_V5,
+                       layers=("sha256:" + "ab" * 32,), config=CONFIG_V5, host_config=HOST_V5,
                        endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn"),
                        joins={"ipc": saga.Donor(container_id=CID, pid=4242)}),
         lambda data: CODEC.plan(JSONSerializer.loads(data))),
+    # Before volumes and mounts, attach's stdin fields, networking and image origins.
+    "CreateContainer-v6.msgpack": (
+        c.CreateContainer(config=CONFIG_V5, name="web", host_config=HOST_V6), CODEC.command),
+    "UpdateContainer-v6.msgpack": (
+        c.UpdateContainer(ref="web", resources=HOST_V6, pids_limit=50,
+                          restart_policy=RestartPolicy(name="on-failure", maximum_retry_count=2)),
+        CODEC.command),
+    "StartPlan-v6.json": (
+        saga.StartPlan(container_id=CID, generation=2, name="web", image_id=IMAGE_ID,
+                       layers=("sha256:" + "ab" * 32,), config=CONFIG_V5, host_config=HOST_V6,
+                       endpoint=ENDPOINT, network=NETWORK, steps=("endpoint", "spawn"),
+                       joins={"ipc": saga.Donor(container_id=CID, pid=4242)}),
+        lambda data: CODEC.plan(JSONSerializer.loads(data))),
+    "RemoveContainer-v1.msgpack": (c.RemoveContainer(ref="web", force=True), CODEC.command),
+    "RegisterImage-v1.msgpack": (
+        c.RegisterImage(image_id=IMAGE_ID, repo_tags=("nginx:1.27",), config=IMAGE_CONFIG_V1,
+                        layers=("sha256:" + "ab" * 32,), size=1234, created=1_700_000_000),
+        CODEC.command),
 }
 
 

@@ -961,7 +961,8 @@ def test_rmi_forced_with_a_stopped_user_untags_only() -> None:
 
 def test_rmi_unused() -> None:
     got = given().when(rmi()).then(
-        e.ImageRemoved(image_id=IMAGE_ID, untagged=("busybox:latest",), deleted=True))
+        e.ImageRemoved(image_id=IMAGE_ID, untagged=("busybox:latest",), deleted=False),
+        e.ImageRemoved(image_id=IMAGE_ID, deleted=True))
     assert got.world.images == {} and got.world.tags == {}
     got.scenario.when(create()).then((404, "No such image: busybox:latest"))
 
@@ -978,8 +979,9 @@ def test_rmi_unknown() -> None:
 
 
 def test_rmi_after_the_user_is_destroyed() -> None:
-    given(create(), rm(), removed()).when(rmi()).then(e.ImageRemoved(
-        image_id=IMAGE_ID, untagged=("busybox:latest",), deleted=True))
+    given(create(), rm(), removed()).when(rmi()).then(
+        e.ImageRemoved(image_id=IMAGE_ID, untagged=("busybox:latest",), deleted=False),
+        e.ImageRemoved(image_id=IMAGE_ID, deleted=True))
 
 
 # --- react and resume ----------------------------------------------------------------------

@@ -212,6 +212,7 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str
     subnet: str
+    gw: str = ""  # a user network's --gateway; "" is the subnet's first host address
 
     def __post_init__(self) -> None:
         if _IFNAME.fullmatch(self.name) is None:
@@ -228,6 +229,8 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     def from_network_spec(cls, spec: specs.NetworkSpec) -> BridgeConfig:
         """Build the config of the bridge behind a reducer-defined network."""
         cfg = cls(name=spec.bridge, subnet=spec.subnet)
+        if spec.gateway != cfg.gateway and spec.name != "bridge":
+            cfg = cls(name=spec.bridge, subnet=spec.subnet, gw=spec.gateway)
         if spec.gateway != cfg.gateway:
             raise InvalidParameter(
                 f"network {spec.name}: gateway {spec.gateway} is not {cfg.gateway}, "
@@ -242,6 +245,8 @@ class BridgeConfig(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def gateway(self) -> str:
         """Return the gateway: the first host address of the subnet (the bridge's address)."""
+        if self.gw:
+            return self.gw
         return str(self.network.network_address + 1)
 
     @property

@@ -17,28 +17,33 @@ takes lines "resize <rows> <cols>".
 from __future__ import annotations
 
 import errno
-import fcntl
 import gc
 import os
 import select
 import signal
 import socket
-import struct
-import termios
 import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 from workers import nsutil
 from workers.proc import cgroups, init, seccomp
+from workers.proc.console import (
+    CTL_SUFFIX,
+    frame,
+    listen,
+    open_console,
+    receive_master,
+    set_size,
+    unlink_sockets,
+)
 
-__all__ = ["ExecPlan", "frame", "spawn_exec"]
+__all__ = ["ExecPlan", "spawn_exec"]
 
 _NAMESPACES = (("ipc", nsutil.CLONE_NEWIPC), ("uts", nsutil.CLONE_NEWUTS),
                ("net", nsutil.CLONE_NEWNET), ("cgroup", nsutil.CLONE_NEWCGROUP),
                ("mnt", nsutil.CLONE_NEWNS))  # the mount namespace last: it moves the root
 ATTACH_TIMEOUT = 30.0  # how long E waits for the client before running unattached
-_TIOCGPTN, _TIOCSPTLCK = 0x80045430, 0x40045431
 _KILLED = 137  # the exit code of an exec whose container ended first (SIGKILL)
 
 
@@ -61,19 +66,10 @@ class ExecPlan(NamedTuple):
     hostname: str = ""
 
 
-def frame(stream: int, data: bytes) -> bytes:
-    """Docker's stdcopy frame: stream (1 stdout, 2 stderr), three zero bytes, length."""
-    return struct.pack(">BxxxI", stream, len(data)) + data
-
-
 def spawn_exec(plan: ExecPlan, sock_path: str, on_exit: Callable[[int], None],
                timeout: float = 10.0) -> int:
     """Fork E; return its pid once its sockets listen (the process starts on attach)."""
-    for path in (sock_path, sock_path + ".ctl", sock_path + ".new", sock_path + ".ctl.new"):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    unlink_sockets(sock_path)
     os.makedirs(os.path.dirname(sock_path), 0o700, exist_ok=True)
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -102,25 +98,13 @@ def spawn_exec(plan: ExecPlan, sock_path: str, on_exit: Callable[[int], None],
     return int(reply.split()[1])
 
 
-def _listen(path: str) -> socket.socket:
-    """Listen at path; the path appears only once connections are accepted (a client
-    waiting for it must never meet a socket that still refuses)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    staging = path + ".new"
-    sock.bind(staging)
-    os.chmod(staging, 0o600)
-    sock.listen(4)
-    os.rename(staging, path)
-    return sock
-
-
 def _supervise(plan: ExecPlan, sock_path: str, on_exit: Callable[[int], None],
                ready_w: int) -> None:
     """Be E: listen, wait for the client, run the process, relay, report the exit."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
-    ctl = _listen(sock_path + ".ctl")  # first: once the main socket shows, both listen
-    main = _listen(sock_path)
+    ctl = listen(sock_path + CTL_SUFFIX)  # first: once the main socket shows, both listen
+    main = listen(sock_path)
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -147,11 +131,7 @@ def _supervise(plan: ExecPlan, sock_path: str, on_exit: Callable[[int], None],
             for s in (client, main, ctl):
                 if s is not None:
                     s.close()
-            for path in (sock_path, sock_path + ".ctl"):
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+            unlink_sockets(sock_path)
 
 
 class _Stdio(NamedTuple):
@@ -162,7 +142,7 @@ class _Stdio(NamedTuple):
 
 def _stdio(plan: ExecPlan) -> _Stdio:
     if plan.tty:
-        return _Stdio((), -1, {})  # the pty comes from C (`_open_console`)
+        return _Stdio((), -1, {})  # the pty comes from C (`console.open_console`)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     if plan.stdin:
@@ -209,31 +189,10 @@ def _run(plan: ExecPlan, client: socket.socket | None, ctl: socket.socket) -> in
 
 def _tty_stdio(plan: ExecPlan, console: socket.socket) -> _Stdio:
     """Receive the pty master C opened (none if C failed first: its error says why)."""
-    try:
-        _, fds, _, _ = socket.recv_fds(console, 16, 1)
-    finally:
-        console.close()
-    if not fds:
+    master = receive_master(console)
+    if master < 0:
         return _Stdio((), -1, {})
-    return _Stdio((), fds[0] if plan.stdin else -1, {fds[0]: 0})
-
-
-def _open_console(console: socket.socket) -> None:
-    """In the container's mount namespace: a pty of its devpts, as runc's console socket.
-
-    The slave becomes C's controlling terminal and stdio; the master goes to E.
-    """
-    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-    number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
-    slave = os.open(f"/dev/pts/{number}", os.O_RDWR | os.O_NOCTTY)
-    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-    for target in (0, 1, 2):
-        os.dup2(slave, target)
-    os.close(slave)
-    socket.send_fds(console, [b"m"], [master])
-    os.close(master)
-    console.close()
+    return _Stdio((), master if plan.stdin else -1, {master: 0})
 
 
 def _child(plan: ExecPlan, io: _Stdio, fds: dict[str, int], exec_w: int,
@@ -255,7 +214,7 @@ def _child(plan: ExecPlan, io: _Stdio, fds: dict[str, int], exec_w: int,
                 os.close(fds[kind])
             if plan.tty:
                 stage = "open the container's console"
-                _open_console(console)
+                open_console(console, conf.user.uid)
         except OSError as e:
             raise init.SpawnError(128, f"{stage}: {init.errno_text(e.errno or 0)}") from None
         init.confine_and_exec(conf, plan.working_dir or "/", plan.argv, env)
@@ -275,13 +234,6 @@ def _send(client: socket.socket, data: bytes) -> bool:
         return True
     except OSError:
         return False
-
-
-def _resize(master: int, line: bytes) -> None:
-    parts = line.split()
-    if len(parts) == 3 and parts[0] == b"resize" and parts[1].isdigit() and parts[2].isdigit():
-        fcntl.ioctl(master, termios.TIOCSWINSZ,
-                    struct.pack("HHHH", int(parts[1]), int(parts[2]), 0, 0))
 
 
 def _relay(pid: int, io: _Stdio, client: socket.socket | None, ctl: socket.socket,
@@ -333,7 +285,7 @@ def _relay(pid: int, io: _Stdio, client: socket.socket | None, ctl: socket.socke
                     conn.close()
                 elif tty:
                     for one in line.splitlines():
-                        _resize(next(iter(io.outputs)), one)
+                        set_size(next(iter(io.outputs)), one)
     for conn in controls:
         conn.close()
     for fd in owned:
@@ -344,7 +296,8 @@ def _relay(pid: int, io: _Stdio, client: socket.socket | None, ctl: socket.socke
 
 
 def _feed(client: socket.socket, stdin_w: int, tty: bool, owned: set[int]) -> int:
-    """Pass the client's bytes to stdin; at its half-close end stdin. The fd left (-1: none)."""
+    """Pass the client's bytes to stdin; at its half-close end stdin (without a TTY). The fd
+    left (-1: none)."""
     try:
         data = client.recv(65536)
     except OSError:
@@ -355,9 +308,9 @@ def _feed(client: socket.socket, stdin_w: int, tty: bool, owned: set[int]) -> in
             return stdin_w
         except OSError:
             return -1  # the process closed its stdin
-    if tty:
-        os.write(stdin_w, b"\x04")  # a terminal's end of input: ^D (the master stays open)
-    else:
+    if not tty:
         os.close(stdin_w)
         owned.discard(stdin_w)
+    # With a TTY the client's end of input (a detach, a closed connection) only ends its
+    # attachment, as Docker's: the process keeps its terminal and runs on.
     return -1

@@ -19,6 +19,7 @@ import gc
 import os
 import resource
 import signal
+import socket
 import stat
 from typing import NamedTuple, NoReturn
 
@@ -28,6 +29,7 @@ from events.hostopts import MASKED_PATHS, READONLY_PATHS
 from events.specs import Ulimit
 from workers import nsutil
 from workers.proc import cgroups, seccomp
+from workers.proc.console import open_console
 from workers.proc.devices import DeviceNode
 
 __all__ = [
@@ -83,7 +85,8 @@ class InitPlan(NamedTuple):
     user: User
     working_dir: str
     hostname: str
-    binds: tuple[tuple[str, str, bool], ...]  # (host source, container target, read-only)
+    # (host source, container target, read-only, propagation: "" or rprivate, rshared, ...)
+    binds: tuple[tuple[str, str, bool, str], ...]
     capabilities: int = DEFAULT_MASK  # bounding, permitted and effective (events.caps)
     no_new_privs: bool = False
     masked_paths: tuple[str, ...] = MASKED_PATHS
@@ -100,6 +103,7 @@ class InitPlan(NamedTuple):
     seccomp: seccomp.Program | None = None
     rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard) per --ulimit
     shm_size: int = 0  # a private /dev/shm's bytes (0: Docker's 64 MiB)
+    tty: bool = False  # Config.Tty: stdio is a pty of the container's devpts
 
 
 def rlimits(ulimits: tuple[Ulimit, ...]) -> tuple[tuple[int, int, int], ...]:
@@ -220,7 +224,7 @@ def _thermal_throttle() -> tuple[str, ...]:
                  if n.startswith("cpu") and n[3:].isdigit())
 
 
-def _enter(plan: InitPlan, netns_fd: int) -> NoReturn:
+def _enter(plan: InitPlan, netns_fd: int, console: socket.socket | None) -> NoReturn:
     """Enter the container's namespaces and rootfs, drop to the user and execve."""
     stage = "read cap_last_cap"
     try:
@@ -275,6 +279,9 @@ def _enter(plan: InitPlan, netns_fd: int) -> NoReturn:
         if plan.readonly_rootfs:  # last, as runc's finalizeRootfs: the cwd exists by now
             stage = "remount rootfs read-only"
             nsutil.remount_readonly("/")
+        if console is not None:  # the container's own devpts: the pty is its /dev/pts/N
+            stage = "open the container's console"
+            open_console(console, plan.user.uid)
         confine_and_exec(Confinement(keep, last_cap, plan.user, plan.no_new_privs, prepared),
                          workdir, plan.argv, plan.env)
     except OSError as e:
@@ -340,8 +347,13 @@ def allowed_capabilities(mask: int, last_cap: int) -> int:
     return mask & ((1 << (last_cap + 1)) - 1) & nsutil.held_capabilities()
 
 
-def run(plan: InitPlan, netns_fd: int, stdout_w: int, stderr_w: int, exec_w: int) -> NoReturn:
-    """Be C: set up stdio and signals, enter the container and exec; report failure on exec_w."""
+def run(plan: InitPlan, netns_fd: int, stdio: tuple[int, int, int], exec_w: int,
+        console: socket.socket | None = None) -> NoReturn:
+    """Be C: set up stdio and signals, enter the container and exec; report failure on exec_w.
+
+    ``stdio`` is stdin, stdout, stderr (-1: /dev/null); with a ``console`` the pty made
+    in the container replaces them once its devpts is mounted.
+    """
     code, message = 128, "container init failed"
     try:
         gc.disable()  # the caller's objects must not be finalized here (fd reuse)
@@ -351,11 +363,14 @@ def run(plan: InitPlan, netns_fd: int, stdout_w: int, stderr_w: int, exec_w: int
         for sig in _RESET_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        null = os.open("/dev/null", os.O_RDONLY)
-        for fd, target in ((null, 0), (stdout_w, 1), (stderr_w, 2)):
-            os.dup2(fd, target)
-        nsutil.close_fds_except({0, 1, 2, exec_w, netns_fd})
-        _enter(plan, netns_fd)
+        for target, fd in enumerate(stdio):  # the spare fds go with close_fds_except
+            os.dup2(fd if fd >= 0 else os.open("/dev/null", os.O_WRONLY if target
+                                               else os.O_RDONLY), target)
+        keep = {0, 1, 2, exec_w, netns_fd}
+        if console is not None:
+            keep.add(console.fileno())
+        nsutil.close_fds_except(keep)
+        _enter(plan, netns_fd, console)
     except SpawnError as e:
         code, message = e.container_exit_code, e.message
     except BaseException as e:  # noqa: B036 - nothing may unwind into the caller's stack

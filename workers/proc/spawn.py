@@ -102,10 +102,10 @@ def _plan(spec: ProcessSpec) -> tuple[tuple[str, ...], init.InitPlan]:
                          spec.device_rules)
     if spec.privileged:
         nodes = host_devices() + nodes
-    binds = tuple((m.source, m.target, m.readonly) for m in spec.mounts)
+    binds = tuple((m.source, m.target, m.readonly, m.propagation) for m in spec.mounts)
     argv = spec.argv
     if spec.init:
-        binds += ((_init_binary(), INIT_TARGET, True),)
+        binds += ((_init_binary(), INIT_TARGET, True, ""),)
         argv = (INIT_TARGET, "--", *argv)
     try:
         tmpfs = tuple((path, *tmpfs_options(options)) for path, options in spec.tmpfs)
@@ -122,7 +122,7 @@ def _plan(spec: ProcessSpec) -> tuple[tuple[str, ...], init.InitPlan]:
         tmpfs=tmpfs, shm=spec.shm, sysfs_rw=spec.privileged, nodes=nodes,
         sysctls=spec.sysctls, ipc_ns=spec.ipc_ns,
         uts_host=spec.uts_host, cgroupns_private=spec.cgroupns_private, seccomp=spec.seccomp,
-        rlimits=init.rlimits(spec.ulimits), shm_size=spec.shm_size)
+        rlimits=init.rlimits(spec.ulimits), shm_size=spec.shm_size, tty=spec.tty)
 
 
 def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:

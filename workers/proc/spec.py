@@ -52,6 +52,7 @@ class BindMount(msgspec.Struct, frozen=True, kw_only=True):
     source: str
     target: str
     readonly: bool = False
+    propagation: str = ""  # "" keeps the namespace's (private); else rprivate, rshared, ...
 
 
 class ExitReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,3 +127,11 @@ class ProcessSpec(msgspec.Struct, frozen=True, kw_only=True):
     seccomp: Program | None = None  # the compiled filter; None: unconfined
     ulimits: tuple[Ulimit, ...] = ()  # setrlimit in the container's init
     shm_size: int = 0  # the private /dev/shm's bytes; 0: Docker's 64 MiB
+    # Config.Tty: PID 1's stdio is a pty whose master the supervisor holds.
+    tty: bool = False
+    # Config.OpenStdin: the supervisor keeps PID 1's stdin (a pipe, or the pty) for
+    # attachers; StdinOnce: the first attacher's end of input closes it (without a TTY).
+    open_stdin: bool = False
+    stdin_once: bool = False
+    # Where the supervisor serves attach (workers.proc.hub); "" serves none.
+    attach_socket: str = ""

@@ -14,7 +14,9 @@ The caller's side (forking A or B, idempotence, the previous run) is
 operator can tell it from the worker: killing a supervisor kills its container. B tells
 the caller "started" or "failed" in one ``SpawnReply`` (``events.runs``); C's
 close-on-exec pipe tells B whether execve happened or why not (``init.await_exec``);
-C's stdout/stderr go through B into a json-file log.
+C's stdout/stderr (pipes, or a pty made in the container whose master C sends B) go
+through B into a json-file log; with a TTY or an open stdin B also serves attach on a
+unix socket (``workers.proc.hub``), holding C's stdin for the attachers.
 
 After the process exits, B releases the cgroup, writes ``exit.json`` (see
 ``workers.proc.process``), appends a ``ReportProcessExited`` command to Redis when
@@ -29,12 +31,14 @@ SIGKILLs the process if it outlives the deadline (``workers.proc.stopper``).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import inspect
 import math
 import os
 import select
 import signal
+import socket
 import time
 from typing import Any, NamedTuple
 
@@ -44,6 +48,8 @@ from events.runs import ExitStatus, SpawnFailure, SpawnReply, SpawnResult
 from events.signals import signal_name
 from workers import nsutil
 from workers.proc import cgroups, init, process, stopper
+from workers.proc.console import receive_master
+from workers.proc.hub import Hub, stdio_for
 from workers.proc.init import SpawnError
 from workers.proc.logs import JsonFileWriter
 from workers.proc.spec import ExitReport, ProcessSpec
@@ -55,16 +61,15 @@ STDIO_GRACE = 2.0  # Docker waits this long for stdio to drain after the exit
 
 
 def _pump(run: _Started, escalation: stopper.Escalation) -> None:
-    """Log the container's output and enforce a stop's deadline until it has exited.
+    """Log the container's output, serve its attachers and enforce a stop's deadline
+    until it has exited.
 
     Runs until the process has exited and its output has ended; the process may
     close its stdio long before it exits, and a stop must still escalate then.
     """
-    streams = {run.stdout_r: "stdout", run.stderr_r: "stderr"}
+    streams = dict(run.outputs)
+    hub = run.hub
     pidfd = os.pidfd_open(run.pid)
-    poller = select.poll()
-    for fd in (*streams, pidfd, escalation.fileno()):
-        poller.register(fd, select.POLLIN)
     exited_at: float | None = None
     try:
         while exited_at is None or streams:
@@ -75,27 +80,49 @@ def _pump(run: _Started, escalation: stopper.Escalation) -> None:
                 timeout = math.ceil((exited_at + STDIO_GRACE - time.monotonic()) * 1000)
                 if timeout <= 0:
                     break
-            for fd, _ in poller.poll(timeout):
+            interest = dict.fromkeys(streams, select.POLLIN)
+            interest[escalation.fileno()] = select.POLLIN
+            if exited_at is None:
+                interest[pidfd] = select.POLLIN
+            for fd, events in (hub.interest() if hub is not None else {}).items():
+                interest[fd] = interest.get(fd, 0) | events
+            poller = select.poll()
+            for fd, events in interest.items():
+                poller.register(fd, events)
+            for fd, events in poller.poll(timeout):
                 if fd == pidfd:
                     exited_at = time.monotonic()
-                    poller.unregister(pidfd)
                 elif fd == escalation.fileno():
                     escalation.on_wake()
-                elif not _copy(fd, streams[fd], run.writer):
-                    poller.unregister(fd)
-                    os.close(fd)
+                elif fd in streams and events & ~select.POLLOUT \
+                        and not _copy(fd, streams[fd], run.writer, hub):
                     del streams[fd]
+                    if hub is None or not hub.owns(fd):
+                        os.close(fd)
+                if hub is not None and fd not in (pidfd, escalation.fileno()):
+                    hub.handle(fd, events)
             if exited_at is None and escalation.fire_if_due(pidfd):
                 _say(f"process {run.pid} outlived its stop timeout after "
                      f"{signal_name(escalation.signal)}: SIGKILL")
     finally:
         for fd in (*streams, pidfd):
-            os.close(fd)
+            if hub is None or not hub.owns(fd):
+                os.close(fd)
+        if hub is not None:
+            hub.close()  # before exit.json: a next run's hub takes the same path
 
 
-def _copy(fd: int, stream: str, writer: JsonFileWriter) -> bool:
-    """Log what is readable on a stream's pipe; False once the stream has ended."""
-    data = os.read(fd, 65536)
+def _copy(fd: int, stream: str, writer: JsonFileWriter, hub: Hub | None) -> bool:
+    """Log what is readable on a stream's pipe (or pty) and pass it to the attachers;
+    False once the stream has ended."""
+    try:
+        data = os.read(fd, 65536)
+    except BlockingIOError:  # the pty master is non-blocking once attach serves stdin
+        return True
+    except OSError as e:  # EIO: the pty's last slave holder closed it
+        if e.errno != errno.EIO:
+            raise
+        data = b""
     try:
         if data:
             writer.feed(stream, data)
@@ -103,6 +130,8 @@ def _copy(fd: int, stream: str, writer: JsonFileWriter) -> bool:
             writer.flush(stream)
     except OSError as e:  # a full disk must not block the container on its pipe
         _say(f"log write failed: {e}")
+    if data and hub is not None:
+        hub.output(stream, data)
     return bool(data)
 
 
@@ -203,9 +232,9 @@ def _above_stdio(fd: int) -> int:
 class _Started(NamedTuple):
     pid: int
     started_at_ns: int
-    stdout_r: int
-    stderr_r: int
+    outputs: dict[int, str]  # read end (or pty master) -> the log's stream name
     writer: JsonFileWriter
+    hub: Hub | None
 
 
 def _start(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int,
@@ -217,35 +246,50 @@ def _start(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int,
                                 spec.log_attrs, discard=spec.log_discard)  # exists once spawned
     except OSError as e:
         raise SpawnError(128, f"failed to initialize logging driver: {e}") from e
-    stdout_r, stdout_w = os.pipe()
-    stderr_r, stderr_w = os.pipe()
+    io = stdio_for(spec)
     exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
+    console, console_child = socket.socketpair() if spec.tty else (None, None)
     _pid_namespace(spec.pid_ns)
     pid = os.fork()
     if pid == 0:
-        init.run(plan, netns_fd, stdout_w, stderr_w, exec_w)
-    for fd in (stdout_w, stderr_w, exec_w, netns_fd):
+        if console is not None:
+            console.close()
+        init.run(plan, netns_fd, io.child, exec_w, console_child)
+    if console_child is not None:
+        console_child.close()
+    for fd in (*io.child, exec_w, netns_fd):
         if fd >= 0:
             os.close(fd)
     me = os.getpid()  # recorded while C sets itself up, which takes longer
     process.write_pid_file(os.path.join(state, process.SUPERVISOR_PID_FILE),
                            process.ProcRef(me, process.start_ticks(me) or 0))
+    master = receive_master(console) if console is not None else -1
+    outputs = {master: "stdout"} if master >= 0 else io.outputs  # a TTY logs as stdout
     failure = init.await_exec(exec_r)
     started_at = time.time_ns()
     if failure is not None:
         _tell_failure(status_w, failure)
         os.waitpid(pid, 0)
-        for fd in (stdout_r, stderr_r, writer.fd):
-            os.close(fd)
+        for fd in (*outputs, io.stdin_w, writer.fd):
+            if fd >= 0:
+                os.close(fd)
         _release(spec.container_id)
         process.write_exit(state, ExitStatus(exit_code=failure.container_exit_code,
                                              error=failure.message))
         return None
+    hub = None
+    if spec.attach_socket:  # listening before the start is told: attach may follow
+        try:
+            hub = Hub.for_spec(spec, io.stdin_w, master)
+        except OSError as e:  # only attach is lost
+            _say(f"attach socket {spec.attach_socket}: {e}")
+            if io.stdin_w >= 0:
+                os.close(io.stdin_w)
     ticks = process.start_ticks(pid) or 0
     process.write_pid_file(os.path.join(state, process.PID_FILE),
                            process.ProcRef(pid, ticks, started_at))
     _tell(status_w, SpawnResult(pid=pid, supervisor_pid=me, started_at_ns=started_at))
-    return _Started(pid, started_at, stdout_r, stderr_r, writer)
+    return _Started(pid, started_at, outputs, writer, hub)
 
 
 def _pid_namespace(mode: str) -> None:

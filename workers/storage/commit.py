@@ -13,20 +13,22 @@ import json
 import os
 import shlex
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 
 from engine.errors import InvalidParameter
 from events.specs import ContainerConfig, ImageConfig
 from workers.storage.changes import write_layer
+from workers.storage.execform import json_form
 from workers.storage.imageconfig import HEX, docker_config
-from workers.storage.images import ImageInfo, writing
+from workers.storage.images import ImageInfo, StoreWriter, writing
 from workers.storage.storefiles import images_dir
 
-__all__ = ["apply_changes", "commit_image", "merge_config"]
+__all__ = ["add_upper_layer", "apply_changes", "commit_image", "image_doc", "merge_config",
+           "spool_layer"]
 
 _CHANGES = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "USER", "VOLUME", "WORKDIR",
             "STOPSIGNAL", "ONBUILD", "HEALTHCHECK")
@@ -34,13 +36,9 @@ _CHANGES = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "USER", "VOLUME", "WO
 
 def _exec_form(rest: str, shell: bool) -> list[str]:
     """Read a JSON array (exec form) or, failing that, a shell-form command."""
-    if rest.startswith("["):
-        try:
-            value = json.loads(rest)
-        except ValueError:
-            value = None
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
+    words = json_form(rest)
+    if words is not None:
+        return words
     return ["/bin/sh", "-c", rest] if shell else [rest]
 
 
@@ -106,7 +104,7 @@ def merge_config(base: Mapping[str, Any], container: ContainerConfig,
     container (its Config already holds the image defaults merged at create), the rest of
     the base image's Config (Volumes, OnBuild, …) is kept."""
     fields = {k: v for k, v in msgspec.to_builtins(container).items()
-              if k not in ("image", "hostname", "stop_timeout", "tty")}
+              if k in ImageConfig.__struct_fields__}
     out = {**base, **docker_config(ImageConfig(**fields))}
     for key, value in (user or {}).items():
         if value not in (None, "", [], {}):
@@ -114,7 +112,8 @@ def merge_config(base: Mapping[str, Any], container: ContainerConfig,
     return msgspec.json.decode(msgspec.json.encode(out))  # tuples as JSON lists
 
 
-def _base_doc(root: str, image_id: str) -> dict[str, Any]:
+def image_doc(root: str, image_id: str) -> dict[str, Any]:
+    """Return a stored image's config JSON as a dict (the base a new image extends)."""
     hexpart = image_id.removeprefix("sha256:")
     if not HEX.fullmatch(hexpart):
         raise InvalidParameter(f"invalid image id: {image_id}")
@@ -123,21 +122,34 @@ def _base_doc(root: str, image_id: str) -> dict[str, Any]:
     return doc
 
 
+def spool_layer(store: StoreWriter, root: str, write: Callable[[BinaryIO], object]) -> str:
+    """Add the tar `write` produces to the store as a layer (the store's lock held by
+    `store`, so nothing collects it before an image names it); return its diff id. The tar
+    is spooled under the data root, not in memory."""
+    spool = os.path.join(root, "tmp")
+    os.makedirs(spool, exist_ok=True)
+    with tempfile.TemporaryFile(dir=spool) as tar:
+        write(tar)
+        tar.seek(0)
+        return store.add_layer(tar)
+
+
+def add_upper_layer(store: StoreWriter, root: str, upper: str) -> str:
+    """Add a container's upper dir to the store as a layer; return its diff id."""
+    return spool_layer(store, root, lambda tar: write_layer(upper, tar))
+
+
 def commit_image(root: str, upper: str, base_image_id: str, container: ContainerConfig, *,
                  user_config: Mapping[str, Any] | None = None, changes: Sequence[str] = (),
                  comment: str = "", author: str = "", tags: Sequence[str] = (),
                  container_id: str = "") -> ImageInfo:
     """Store upper as a new top layer over the base image; return the new image."""
-    base = _base_doc(root, base_image_id)
+    base = image_doc(root, base_image_id)
     config = apply_changes(merge_config(base.get("config") or {}, container, user_config),
                            changes)
     when = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    spool = os.path.join(root, "tmp")
-    os.makedirs(spool, exist_ok=True)
-    with tempfile.TemporaryFile(dir=spool) as tar, writing(root) as store:
-        write_layer(upper, tar)
-        tar.seek(0)
-        diff_id = store.add_layer(tar)
+    with writing(root) as store:
+        diff_id = add_upper_layer(store, root, upper)
         history = [*(base.get("history") or []),
                    {"created": when, "comment": comment,
                     **({"author": author} if author else {})}]

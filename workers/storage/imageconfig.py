@@ -65,6 +65,7 @@ class _RawConfig(msgspec.Struct, rename="pascal"):
     stop_signal: str = ""
     user: str = ""
     labels: dict[str, str] | None = None
+    volumes: dict[str, Any] | None = None
 
 
 class _RootFS(msgspec.Struct):
@@ -107,6 +108,7 @@ def config_of(raw: _RawConfig | None) -> ImageConfig:
         entrypoint=None if raw.entrypoint is None else tuple(raw.entrypoint),
         env=tuple(raw.env or ()), working_dir=raw.working_dir, exposed_ports=ports,
         stop_signal=raw.stop_signal, user=raw.user, labels=dict(raw.labels or {}),
+        volumes=tuple(raw.volumes or ()),
     )
 
 
@@ -116,10 +118,12 @@ def docker_names(config: ImageConfig) -> dict[str, Any]:
 
 
 def docker_config(config: ImageConfig) -> dict[str, Any]:
-    """Return config in Docker's image-config JSON shape (ExposedPorts as a dict)."""
+    """Return config in Docker's image-config JSON shape (ExposedPorts, Volumes as dicts)."""
     out = docker_names(config)
     if config.exposed_ports:
         out["ExposedPorts"] = {p: {} for p in config.exposed_ports}
+    if config.volumes:
+        out["Volumes"] = {p: {} for p in config.volumes}
     return out
 
 

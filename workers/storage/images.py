@@ -31,13 +31,17 @@ Exceptions (rooted in :mod:`engine.errors`)::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import msgspec
 
@@ -78,7 +82,9 @@ __all__ = [
     "ImageInfo",
     "ImageNotFound",
     "InvalidReference",
+    "LayerBlob",
     "StoreWriter",
+    "config_bytes",
     "config_diff_ids",
     "created_ns",
     "dirs_of_layers",
@@ -87,10 +93,12 @@ __all__ = [
     "has_layer",
     "host_arch",
     "import_rootfs",
+    "layer_blob",
     "layer_dirs",
     "list_images",
     "prune_layers",
     "remove_image",
+    "replace_blob",
     "valid_tag",
     "writing",
 ]
@@ -134,6 +142,27 @@ def _info(root: str, image_id: str, raw: bytes, tags: dict[str, str]) -> ImageIn
 
 # --- writing ------------------------------------------------------------------------------
 
+class _Tee:
+    """Copy every byte read from a stream to a file (the layer's kept blob)."""
+
+    def __init__(self, src: Any, out: Any) -> None:
+        self._src, self._out = src, out
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._src.read(n)
+        self._out.write(data)
+        return data
+
+
+@contextmanager
+def _source(stream: Any) -> Iterator[Any]:
+    if isinstance(stream, str):
+        with open(stream, "rb") as f:
+            yield f
+    else:
+        yield stream
+
+
 class StoreWriter:
     """Add layers and images to a store whose writer lock is held; made by :func:`writing`."""
 
@@ -145,21 +174,53 @@ class StoreWriter:
         return has_layer(self.root, diff_id)
 
     def add_layer(self, stream: Any, *, expect_diff_id: str | None = None,
-                  expect_blob_digest: str | None = None) -> str:
-        """Extract a layer (a binary stream or a path) into the store; return its diff id."""
+                  expect_blob_digest: str | None = None, adopt_blob: bool = False) -> str:
+        """Extract a layer (a binary stream or a path) into the store; return its diff id.
+
+        The bytes read are kept as the layer's blob (see LayerMeta). With adopt_blob,
+        `stream` is a path on the store's filesystem (a verified download) that becomes
+        the blob by a rename instead of a copy.
+        """
         parent = layers_dir(self.root)
-        staged = tarsafe.stage_layer(stream, parent, expect_diff_id=expect_diff_id)
-        if expect_blob_digest is not None and staged.info.blob_digest != expect_blob_digest:
-            tarsafe.discard(staged)
-            raise BadImage(f"layer blob digest is {staged.info.blob_digest}, "
-                           f"expected {expect_blob_digest}")
-        hexpart = staged.info.diff_id.removeprefix("sha256:")
-        # Metadata first: a layer dir under its final name is always complete and described.
-        meta = msgspec.json.encode(LayerMeta(size=staged.info.size,
-                                             entries=staged.info.entries))
-        write_atomic(os.path.join(parent, hexpart + ".json"), meta)
-        tarsafe.commit(staged, os.path.join(parent, hexpart))
-        return staged.info.diff_id
+        fd, tee_path = tempfile.mkstemp(prefix=".tmp-blob-", dir=parent)
+        os.close(fd)
+        try:
+            if adopt_blob:
+                staged = tarsafe.stage_layer(stream, parent, expect_diff_id=expect_diff_id)
+            else:
+                with open(tee_path, "wb") as out, _source(stream) as src:
+                    staged = tarsafe.stage_layer(cast(BinaryIO, _Tee(src, out)), parent,
+                                                 expect_diff_id=expect_diff_id)
+            if expect_blob_digest is not None and staged.info.blob_digest != expect_blob_digest:
+                tarsafe.discard(staged)
+                raise BadImage(f"layer blob digest is {staged.info.blob_digest}, "
+                               f"expected {expect_blob_digest}")
+            hexpart = staged.info.diff_id.removeprefix("sha256:")
+            blob = stream if adopt_blob else tee_path
+            blob_size = os.path.getsize(blob)
+            with open(blob, "rb") as f:
+                compressed = f.read(2) == b"\x1f\x8b"
+            if not os.path.exists(os.path.join(parent, hexpart + ".blob")):
+                try:
+                    os.rename(blob, os.path.join(parent, hexpart + ".blob"))
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    # Another filesystem: copy under a temp name (collected if we crash),
+                    # then rename, so a blob under its final name is always whole.
+                    shutil.copyfile(blob, tee_path)
+                    os.rename(tee_path, os.path.join(parent, hexpart + ".blob"))
+            # Metadata first: a layer dir under its final name is always complete and
+            # described.
+            meta = msgspec.json.encode(LayerMeta(
+                size=staged.info.size, entries=staged.info.entries,
+                blob=staged.info.blob_digest, blob_size=blob_size, compressed=compressed))
+            write_atomic(os.path.join(parent, hexpart + ".json"), meta)
+            tarsafe.commit(staged, os.path.join(parent, hexpart))
+            return staged.info.diff_id
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tee_path)
 
     def add_image(self, config_raw: bytes, tags: Sequence[str]) -> ImageInfo:
         """Record a config whose layers are all present and point tags at it."""
@@ -197,15 +258,19 @@ def writing(root: str) -> Iterator[StoreWriter]:
 
 def import_rootfs(root: str, tar_path: str, ref: str | None = None, *,
                   config: ImageConfig | None = None, created: str | None = None,
-                  comment: str = "") -> ImageInfo:
-    """Make a one-layer image from a rootfs tarball, like ``docker import``."""
+                  comment: str = "", raw_config: dict[str, Any] | None = None) -> ImageInfo:
+    """Make a one-layer image from a rootfs tarball, like ``docker import``.
+
+    raw_config, when given, is the Config in Docker's JSON names (`--change` applied).
+    """
     tags = [valid_tag(ref)] if ref else []
     when = created or datetime.now(UTC).isoformat().replace("+00:00", "Z")
     with writing(root) as store:
         diff_id = store.add_layer(tar_path)
         doc = {
             "architecture": host_arch(),
-            "config": docker_config(config or ImageConfig()),
+            "config": raw_config if raw_config is not None
+            else docker_config(config or ImageConfig()),
             "created": when,
             "history": [{"created": when, "comment": comment or "Imported from tarball"}],
             "os": "linux",
@@ -251,6 +316,43 @@ def get_image(root: str, ref_or_id: str) -> ImageInfo:
             raise ImageNotFound(f"{which}: {ref_or_id}")
         image_id = "sha256:" + hits[0]
     return _info(root, image_id, _read_config(root, image_id), tags)
+
+
+def config_bytes(root: str, image_id: str) -> bytes:
+    """Return an image's config JSON byte for byte (its sha256 is the image id)."""
+    return _read_config(root, image_id)
+
+
+class LayerBlob(msgspec.Struct, frozen=True):
+    """A layer's kept blob: where it is, its digest and size, and whether it is gzip."""
+
+    path: str
+    digest: str
+    size: int
+    compressed: bool
+
+
+def layer_blob(root: str, diff_id: str) -> LayerBlob:
+    """Return the blob a layer arrived as; BadImage if the store kept none for it."""
+    meta = layer_meta(root, diff_id)
+    path = os.path.join(layers_dir(root), diff_id.removeprefix("sha256:") + ".blob")
+    if not meta.blob or not os.path.exists(path):
+        raise BadImage(f"layer {diff_id} was stored before moorage kept layer blobs: "
+                       "load or pull the image again to push or save it")
+    return LayerBlob(path=path, digest=meta.blob, size=meta.blob_size,
+                     compressed=meta.compressed)
+
+
+def replace_blob(root: str, diff_id: str, path: str, digest: str) -> LayerBlob:
+    """Make a gzip of a layer's plain blob its kept blob (lock held): pushes send gzip."""
+    layers = layers_dir(root)
+    hexpart = diff_id.removeprefix("sha256:")
+    meta = layer_meta(root, diff_id)
+    size = os.path.getsize(path)
+    os.rename(path, os.path.join(layers, hexpart + ".blob"))
+    write_atomic(os.path.join(layers, hexpart + ".json"), msgspec.json.encode(LayerMeta(
+        size=meta.size, entries=meta.entries, blob=digest, blob_size=size, compressed=True)))
+    return layer_blob(root, diff_id)
 
 
 def layer_dirs(root: str, image_id: str) -> list[str]:

@@ -35,10 +35,19 @@ __all__ = [
 
 
 class LayerMeta(msgspec.Struct):
-    """What the store records beside an extracted layer."""
+    """What the store records beside an extracted layer.
+
+    `blob` is the digest of ``<diff hex>.blob``, the layer's bytes as they arrived (a
+    registry's gzip blob, or the tar a load or import read): push and save send them back
+    unchanged, so the layer keeps its diff id and the image its id. "" for layers stored
+    before blobs were kept.
+    """
 
     size: int
     entries: int
+    blob: str = ""
+    blob_size: int = 0
+    compressed: bool = False  # gzip (what a registry gets); False: the plain tar
 
 
 def images_dir(root: str) -> str:
@@ -139,7 +148,8 @@ def collect(root: str) -> list[str]:
         elif HEX.fullmatch(name) and name not in keep:
             _remove_layer(layers, name)
             removed.append("sha256:" + name)
-        elif name.endswith(".json") and name[:-5] not in keep and not os.path.isdir(path[:-5]):
+        elif (name.endswith((".json", ".blob")) and name[:-5] not in keep
+              and not os.path.isdir(path[:-5])):
             with contextlib.suppress(FileNotFoundError):  # gone with its layer just now
                 os.unlink(path)
     return removed
@@ -150,5 +160,6 @@ def _remove_layer(layers: str, hexpart: str) -> None:
     doomed = os.path.join(layers, f".tmp-gc-{hexpart}")
     os.rename(os.path.join(layers, hexpart), doomed)
     shutil.rmtree(doomed)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(layers, hexpart + ".json"))
+    for suffix in (".json", ".blob"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(layers, hexpart + suffix))
