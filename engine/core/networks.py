@@ -34,7 +34,7 @@ from events.specs import Endpoint, HostConfig, NetworkSpec
 
 __all__ = [
     "AUTO_POOL", "PREDEFINED", "check_create", "connect", "create_network", "create_events",
-    "derived_network_id", "destroy_links", "disconnect", "endpoint_on", "extra_endpoints",
+    "derived_network_id", "destroy_links", "disconnect", "endpoint_on", "extra_endpoints", "rejoin",
     "is_user_network", "joined", "network_id", "net_plan", "network_joined", "networks_of",
     "prune_networks", "remove_link", "remove_network", "resolve_network",
 ]
@@ -100,6 +100,24 @@ def joined(ctr: Container) -> dict[str, Endpoint]:
 
 def extra_endpoints(ctr: Container) -> dict[str, Endpoint]:
     return ctr.endpoints
+
+
+def rejoin(world: World, ctr: Container) -> list[e.Event]:
+    """Reserve the container's endpoints on its other networks at a start (`network
+    connect` is kept across restarts); one that cannot get an address is released with
+    the reason, and the start goes on."""
+    events: list[e.Event] = []
+    for name in networks_of(ctr):
+        if name == ctr.host_config.network_mode or name in ctr.endpoints:
+            continue  # the primary joins in the start saga
+        try:
+            endpoint = endpoint_on(world, ctr, name)
+        except MoorError as err:
+            events.append(e.EndpointReleased(generation=ctr.generation, network=name,
+                                             error=err.message))
+            continue
+        events.append(e.EndpointReserved(generation=ctr.generation, endpoint=endpoint))
+    return events
 
 
 # --- network create / remove / prune ----------------------------------------------------

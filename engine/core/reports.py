@@ -58,7 +58,9 @@ def saga_report(world: World, env: c.Envelope, cmd: c.SagaReport) -> tuple[str, 
         # then marks the container dead like any exit during a removal.
         return ctr.id, [ignored(cmd, "container is being removed"),
                         kill_for_removal(ctr)]
-    return ctr.id, _started(ctr, cmd.pid, cmd.started_at)
+    # The networks it was connected to beyond its primary one are joined again, each as a
+    # live connect (Docker joins them before the process starts; here right after).
+    return ctr.id, [*_started(ctr, cmd.pid, cmd.started_at), *networks.rejoin(world, ctr)]
 
 
 def _started(ctr: Container, pid: int, started_at: int) -> list[e.Event]:

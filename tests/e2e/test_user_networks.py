@@ -276,7 +276,14 @@ def test_connect_and_disconnect_a_running_container(dk: DockerApi, engine: Engin
     assert resolve(dk, srv, f"moved{t}") == mover_ip
     feed = network_feed(dk, app)
     assert feed.count("connect") == 2, feed  # csrv's start and mover's connect
+    # A connect is kept across a restart: the start joins the network again.
+    dk.docker("restart", "-t", "0", mover)
+    wait_for(lambda: "eth1" in sh_in(dk, mover, "ip -o link show", check=False).stdout, 15,
+             "the restarted container to join its connected network again")
+    assert set(inspect(dk, mover)["NetworkSettings"]["Networks"]) == {"bridge", app}
+    serving(dk, mover, resolve(dk, mover, f"csrv{t}"), "hello-conn")
 
+    cursor = engine.last_event_id()
     dk.docker("network", "disconnect", app, mover)
     assert "eth1" not in sh_in(dk, mover, "ip -o link show").stdout
     (left,) = events_of(engine, e.NetworkDisconnected, cursor)

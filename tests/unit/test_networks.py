@@ -201,6 +201,28 @@ def test_connect_a_stopped_container_only_records_the_setting() -> None:
     assert "appnet" in t.world.containers[A].networking.endpoints
 
 
+def test_connected_networks_are_joined_again_at_every_start() -> None:
+    """Docker keeps a `network connect` across restarts; the start joins it again."""
+    from tests.unit.test_decide import joined as primary_joined
+    from tests.unit.test_decide import mounted, sandbox, spawned
+
+    g = given(net(), create(), c.ConnectNetwork(ref="web", network="appnet"), start(A),
+              mounted(1, A), sandbox(1, A), primary_joined(1, A))
+    t = g.when(spawned(1, A))
+    t.then(e.ContainerStarted, e.EndpointReserved)
+    assert t.events[1].endpoint.network == "appnet"
+    assert [j.func for j in react(g.world, g.records[-1])] == [
+        "workers.netjobs.connect_endpoint"]
+    g.when((A, c.ReportNetworkJoined(generation=1, network="appnet", endpoint_id="mx1"))
+           ).then(e.NetworkConnected)
+    # The exit disconnects it; the next start reserves and joins it again.
+    g.when(exited(1)).then(e.NetworkDisconnected, e.NetworkDisconnected, e.ContainerDied)
+    assert "appnet" not in g.world.containers[A].endpoints
+    for step in (start(A), *saga(2, A)[:-1]):
+        g.apply(step)
+    g.when(spawned(2, A)).then(e.ContainerStarted, e.EndpointReserved)
+
+
 def test_connect_in_container_mode_is_refused() -> None:
     given(net(), *running("donor", B), create(host=HostConfig(network_mode="container:donor"))
           ).when(c.ConnectNetwork(ref="web", network="appnet")).then(
