@@ -15,6 +15,7 @@ import select
 import socket
 import struct
 import subprocess
+import sys
 import termios
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Engine, wait_for
+from tests.e2e.conftest import REPO, Engine, wait_for
 from tests.e2e.dockerapi import (
     DockerApi,
     UnixHTTPConnection,
@@ -294,11 +295,26 @@ def test_moor_run_it_and_attach(engine: Engine, dk: DockerApi) -> None:
                        input="hi\n")
     assert done.stdout == "moor:hi\n"
     # A stdin attacher's EOF ends its attachment (no StdinOnce): follow the output only.
-    cid = engine.moor("run", "-d", "-i", "busybox", "sh", "-c", "sleep 1; echo late; exit 5"
+    # The container ticks until the test has seen the attach receive a tick, then ends:
+    # no race with a loaded machine's slow `moor attach` start.
+    cid = engine.moor("run", "-d", "-i", "busybox", "sh", "-c",
+                      "until [ -e /go ]; do echo tick; sleep 0.2; done; echo late; exit 5"
                       ).stdout.strip()
     engine.track(cid)
-    done = engine.moor("attach", "--no-stdin", cid, check=False)
-    assert (done.returncode, done.stdout) == (5, "late\n"), done
+    attach = subprocess.Popen([sys.executable, "-m", "moor.cli", "attach", "--no-stdin", cid],
+                              cwd=REPO, env=engine.env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert attach.stdout is not None
+        first = attach.stdout.readline()
+        assert first == "tick\n", (first, attach.stderr.read() if attach.stderr else "")
+        dk.docker("exec", cid, "touch", "/go")
+        out, err = attach.communicate(timeout=30)
+    finally:
+        if attach.poll() is None:
+            attach.kill()
+            attach.wait()
+    assert attach.returncode == 5 and out.endswith("late\n"), (attach.returncode, out, err)
     engine.moor("rm", "-f", cid)
     engine.moor("replay", "--verify")
 
