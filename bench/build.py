@@ -7,8 +7,8 @@ Each sample is one `DOCKER_BUILDKIT=0 docker build` of the e2e test's two-stage 
 (RUN, COPY, COPY --from, ENV, CMD): cold with `--no-cache` (every RUN runs in a container,
 every layer is written), cached without it (every step `Using cache`). Without `--host`
 it starts a private engine and API (bench.dockercli.private_api) and tears it all down.
-dockerd's time for the same Dockerfile is printed when a `dockerd` is on PATH and
-DOCKER_COMPARE_HOST names its socket; otherwise the line says it was not measured.
+With `--peer`, the same Dockerfile is built on a private dockerd (bench.peer, Debian's
+docker.io) in the same run, its RUN containers with `--network none`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _build(host: str, context: str, *args: str) -> float:
     return elapsed
 
 
-def measure(host: str, image: str, runs: int) -> tuple[list[float], list[float]]:
+def measure(host: str, image: str, runs: int, *extra: str) -> tuple[list[float], list[float]]:
     """Return the wall times (ms) of `runs` cold builds and `runs` cached ones."""
     context = tempfile.mkdtemp(prefix="moor-bench-build-")
     tag = f"bench-build:{os.getpid()}"
@@ -54,9 +54,9 @@ def measure(host: str, image: str, runs: int) -> tuple[list[float], list[float]]
             f.write(DOCKERFILE.format(image=image))
         with open(os.path.join(context, "greeting.txt"), "w") as f:
             f.write("greetings\n")
-        _build(host, context, "-t", tag)  # warm up: bridge, chains, page cache
-        cold = [_build(host, context, "--no-cache", "-t", tag) for _ in range(runs)]
-        cached = [_build(host, context, "-t", tag) for _ in range(runs)]
+        _build(host, context, *extra, "-t", tag)  # warm up: bridge, chains, page cache
+        cold = [_build(host, context, *extra, "--no-cache", "-t", tag) for _ in range(runs)]
+        cached = [_build(host, context, *extra, "-t", tag) for _ in range(runs)]
         return cold, cached
     finally:
         shutil.rmtree(context, ignore_errors=True)
@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--host", help="an existing API socket (default: a private engine)")
     parser.add_argument("--image", default="busybox", help="the base image with --host")
+    parser.add_argument("--peer", action="store_true",
+                        help="also build on a private dockerd (Debian docker.io)")
     args = parser.parse_args()
     if shutil.which("docker") is None:
         raise SystemExit("the docker CLI is not on PATH")
@@ -85,11 +87,14 @@ def main() -> None:
     else:
         with private_api() as (host, image):
             _report("moorage", *measure(host, image, args.runs))
-    other = os.environ.get("DOCKER_COMPARE_HOST")
-    if other and shutil.which("dockerd"):
-        _report("dockerd", *measure(other, args.image, args.runs))
+    if args.peer:
+        from bench.peer import load_busybox, private_dockerd
+
+        with private_dockerd() as peer:
+            _report("dockerd", *measure(peer, load_busybox(peer), args.runs,
+                                        "--network", "none"))
     else:
-        print("dockerd: not measured (dockerd is not installed on this host)")
+        print("dockerd: not measured (add --peer: a private dockerd from Debian's docker.io)")
 
 
 if __name__ == "__main__":
