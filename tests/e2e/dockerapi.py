@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from events import model as e
 from tests.conftest import missing_capability
 from tests.e2e.conftest import REPO, Engine, stop_process, wait_for
@@ -160,3 +162,23 @@ def daemon_error(done: subprocess.CompletedProcess[str]) -> str:
         if "Error response from daemon: " in line:
             return line
     raise AssertionError(f"no daemon error in stderr: {done.stderr!r}")
+
+
+def api_fixtures(name: str, short: str, image: str = "tag") -> tuple[Any, Any, Any]:
+    """The fixtures of a module that drives its own API server, to assign at module level:
+    `docker_api` (the server, per module), `dk` (it, per test, removing the containers the
+    test created) and the busybox image loaded into it, named `image`."""
+
+    @pytest.fixture(scope="module", name="docker_api")
+    def _api(moor_engine: Engine) -> Iterator[DockerApi]:
+        yield from start_api(moor_engine, name)
+
+    @pytest.fixture(name="dk")
+    def _dk(engine: Engine, docker_api: DockerApi) -> Iterator[DockerApi]:
+        yield from track_created(engine, docker_api)
+
+    @pytest.fixture(scope="module", name=image)
+    def _image(docker_api: DockerApi) -> str:
+        return load_busybox(docker_api, short)
+
+    return _api, _dk, _image

@@ -8,30 +8,21 @@ stop and prune, driven by the real docker CLI against moorage's socket.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Engine, wait_for
-from tests.e2e.dockerapi import DockerApi, cid_of, load_busybox, start_api, track_created
+from tests.e2e.dockerapi import (
+    DockerApi,
+    api_fixtures,
+    cid_of,
+)
 
 pytestmark = pytest.mark.privileged
 
 
-@pytest.fixture(scope="module")
-def docker_api(moor_engine: Engine) -> Iterator[DockerApi]:
-    yield from start_api(moor_engine, "action-events-api")
-
-
-@pytest.fixture
-def dk(engine: Engine, docker_api: DockerApi) -> Iterator[DockerApi]:
-    yield from track_created(engine, docker_api)
-
-
-@pytest.fixture(scope="module")
-def tag(docker_api: DockerApi) -> str:
-    return load_busybox(docker_api, "actions")
+docker_api, dk, tag = api_fixtures("action-events-api", "actions")
 
 
 def test_docker_events_show_each_action_and_the_replay_verifies(

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,29 +26,15 @@ from tests.e2e.conftest import REPO, Engine, wait_for
 from tests.e2e.dockerapi import (
     DockerApi,
     UnixHTTPConnection,
+    api_fixtures,
     cid_of,
     inspect,
-    load_busybox,
-    start_api,
-    track_created,
 )
 
 pytestmark = pytest.mark.privileged
 
 
-@pytest.fixture(scope="module")
-def attach_api(moor_engine: Engine) -> Iterator[DockerApi]:
-    yield from start_api(moor_engine, "attach-api")
-
-
-@pytest.fixture
-def dk(engine: Engine, attach_api: DockerApi) -> Iterator[DockerApi]:
-    yield from track_created(engine, attach_api)
-
-
-@pytest.fixture(scope="module")
-def image(attach_api: DockerApi) -> str:
-    return load_busybox(attach_api, "attach")
+docker_api, dk, image = api_fixtures("attach-api", "attach", image="image")
 
 
 def _docker_in(dk: DockerApi, *args: str, data: str, timeout: float = 60

@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,27 +26,13 @@ from tests.e2e.conftest import Engine, wait_for
 from tests.e2e.dockerapi import (
     DockerApi,
     UnixHTTPConnection,
-    load_busybox,
-    start_api,
-    track_created,
+    api_fixtures,
 )
 
 pytestmark = pytest.mark.privileged
 
 
-@pytest.fixture(scope="module")
-def docker_api(moor_engine: Engine) -> Iterator[DockerApi]:
-    yield from start_api(moor_engine, "build-api")
-
-
-@pytest.fixture
-def dk(engine: Engine, docker_api: DockerApi) -> Iterator[DockerApi]:
-    yield from track_created(engine, docker_api)
-
-
-@pytest.fixture(scope="module")
-def base(docker_api: DockerApi) -> str:
-    return load_busybox(docker_api, "bd")
+docker_api, dk, base = api_fixtures("build-api", "bd", image="base")
 
 
 def _context(root: Path, files: dict[str, str]) -> str:

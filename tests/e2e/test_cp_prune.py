@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,9 @@ from events import model as e
 from tests.e2e.conftest import Engine, wait_for
 from tests.e2e.dockerapi import (
     DockerApi,
+    api_fixtures,
     cid_of,
     daemon_error,
-    load_busybox,
-    start_api,
-    track_created,
 )
 
 pytestmark = pytest.mark.privileged
@@ -35,20 +32,7 @@ pytestmark = pytest.mark.privileged
 BUSYBOX_PASSWD = "root:x:0:0:root:/root:/bin/sh\n"  # the test image's, not the host's
 
 
-@pytest.fixture(scope="module")
-def docker_api(moor_engine: Engine) -> Iterator[DockerApi]:
-    yield from start_api(moor_engine, "cp-prune-api")
-
-
-@pytest.fixture
-def dk(engine: Engine, docker_api: DockerApi) -> Iterator[DockerApi]:
-    """The module's API server; every container the test created is tracked afterwards."""
-    yield from track_created(engine, docker_api)
-
-
-@pytest.fixture(scope="module")
-def tag(docker_api: DockerApi) -> str:
-    return load_busybox(docker_api, "cp")
+docker_api, dk, tag = api_fixtures("cp-prune-api", "cp")
 
 
 def _merged_mounted(engine: Engine, cid: str) -> bool:

@@ -9,30 +9,20 @@ it) in `docker events`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.conftest import Engine, wait_for
-from tests.e2e.dockerapi import DockerApi, cid_of, load_busybox, start_api, track_created
+from tests.e2e.dockerapi import (
+    DockerApi,
+    api_fixtures,
+    cid_of,
+)
 
 pytestmark = pytest.mark.privileged
 
 
-@pytest.fixture(scope="module")
-def docker_api(moor_engine: Engine) -> Iterator[DockerApi]:
-    yield from start_api(moor_engine, "diff-commit-api")
-
-
-@pytest.fixture
-def dk(engine: Engine, docker_api: DockerApi) -> Iterator[DockerApi]:
-    """The module's API server; every container the test created is tracked afterwards."""
-    yield from track_created(engine, docker_api)
-
-
-@pytest.fixture(scope="module")
-def tag(docker_api: DockerApi) -> str:
-    return load_busybox(docker_api, "dc")
+docker_api, dk, tag = api_fixtures("diff-commit-api", "dc")
 
 
 def _rmi(dk: DockerApi, *refs: str) -> None:

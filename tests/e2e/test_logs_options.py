@@ -8,38 +8,22 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.conftest import Engine, wait_for
 from tests.e2e.dockerapi import (
     DockerApi,
+    api_fixtures,
     cid_of,
     daemon_error,
     inspect,
-    load_busybox,
-    start_api,
-    track_created,
 )
 
 pytestmark = pytest.mark.privileged
 
 
-@pytest.fixture(scope="module")
-def logs_api(moor_engine: Engine) -> Iterator[DockerApi]:
-    yield from start_api(moor_engine, "logs-api")
-
-
-@pytest.fixture
-def dk(engine: Engine, logs_api: DockerApi) -> Iterator[DockerApi]:
-    """The module's API server; every container the test created is tracked afterwards."""
-    yield from track_created(engine, logs_api)
-
-
-@pytest.fixture(scope="module")
-def tag(logs_api: DockerApi) -> str:
-    return load_busybox(logs_api, "logs")
+docker_api, dk, tag = api_fixtures("logs-api", "logs")
 
 
 def test_rotation_keeps_max_file_files_and_logs_reads_the_latest(dk: DockerApi, tag: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,11 +19,9 @@ from events import model as e
 from tests.e2e.conftest import Engine, moor_run, wait_for
 from tests.e2e.dockerapi import (
     DockerApi,
+    api_fixtures,
     cid_of,
     daemon_error,
-    load_busybox,
-    start_api,
-    track_created,
 )
 from workers.proc import cgroups
 
@@ -33,20 +30,7 @@ pytestmark = pytest.mark.privileged
 MB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def res_api(moor_engine: Engine) -> Iterator[DockerApi]:
-    yield from start_api(moor_engine, "resources-api")
-
-
-@pytest.fixture
-def dk(engine: Engine, res_api: DockerApi) -> Iterator[DockerApi]:
-    """The module's API server; every container the test created is tracked afterwards."""
-    yield from track_created(engine, res_api)
-
-
-@pytest.fixture(scope="module")
-def tag(res_api: DockerApi) -> str:
-    return load_busybox(res_api, "res")
+docker_api, dk, tag = api_fixtures("resources-api", "res")
 
 
 def cgroup_file(engine: Engine, cid: str, controller: str, name: str) -> str:

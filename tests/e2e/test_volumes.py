@@ -17,24 +17,16 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Engine, wait_for
-from tests.e2e.dockerapi import DockerApi, cid_of, load_busybox, start_api, track_created
+from tests.e2e.dockerapi import (
+    DockerApi,
+    api_fixtures,
+    cid_of,
+)
 
 pytestmark = pytest.mark.privileged
 
 
-@pytest.fixture(scope="module")
-def docker_api(moor_engine: Engine) -> Iterator[DockerApi]:
-    yield from start_api(moor_engine, "volumes-api")
-
-
-@pytest.fixture
-def dk(engine: Engine, docker_api: DockerApi) -> Iterator[DockerApi]:
-    yield from track_created(engine, docker_api)
-
-
-@pytest.fixture(scope="module")
-def tag(docker_api: DockerApi) -> str:
-    return load_busybox(docker_api, "vol")
+docker_api, dk, tag = api_fixtures("volumes-api", "vol")
 
 
 @pytest.fixture
