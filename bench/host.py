@@ -16,8 +16,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["PrivateEngine", "percentile", "private_engine"]
+__all__ = ["PrivateEngine", "percentile", "private_engine", "release_engine"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -61,16 +62,23 @@ def private_engine(subnet: str, api: bool = False) -> Iterator[PrivateEngine]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        from workers.net import network, portmap
-        from workers.net.netconf import BridgeConfig
-        from workers.proc import cgroups
-
-        # The programs inherited this process's MOOR_ENGINE_ID (tests.conftest sets one):
-        # the names to release are this process's own.
-        cfg = BridgeConfig(name=env["MOOR_BRIDGE"], subnet=env["MOOR_SUBNET"])
-        portmap.release_chains(cfg)
-        network.release_bridge(cfg)
-        cgroups.release_parent()
-        server.proc.terminate()
-        server.proc.wait(10)
+        release_engine(env, server)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def release_engine(env: dict[str, str], server: Any) -> None:
+    """Release what a private engine's programs left on the host once they stopped (its
+    bridge, chains and cgroup parent), then stop its redis-server by PID.
+
+    The programs inherited this process's MOOR_ENGINE_ID (tests.conftest sets one): the
+    names to release are this process's own."""
+    from workers.net import network, portmap
+    from workers.net.netconf import BridgeConfig
+    from workers.proc import cgroups
+
+    cfg = BridgeConfig(name=env["MOOR_BRIDGE"], subnet=env["MOOR_SUBNET"])
+    portmap.release_chains(cfg)
+    network.release_bridge(cfg)
+    cgroups.release_parent()
+    server.proc.terminate()
+    server.proc.wait(10)

@@ -29,6 +29,7 @@ import gc
 import os
 import select
 import signal
+import sys
 import time
 
 import msgspec
@@ -78,14 +79,19 @@ def exit_code_of(wait_status: int) -> tuple[int, int | None]:
 
 def start_ticks(pid: int) -> int | None:
     """Return the start time of a live (non-zombie) pid in clock ticks, else None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+    try:  # a plain descriptor: fewer objects touched in a supervisor forked from the zygote
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
         return None
+    try:
+        stat = os.read(fd, 4096)
+    except ProcessLookupError:  # it exited between the open and the read
+        return None
+    finally:
+        os.close(fd)
     # comm (field 2) may contain spaces and parens: split after the last ')'.
     fields = stat[stat.rfind(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
+    if not fields or fields[0] in (b"Z", b"X"):
         return None
     return int(fields[19])
 
@@ -320,8 +326,13 @@ def reap_children() -> int:
     """Reap the exited detached children this process forked directly; return how many.
 
     Only a subreaper caller gets direct children (see supervisor.spawn and
-    request_stop); its reaping loop may call this, and every spawn does.
+    request_stop); its reaping loop may call this, and every spawn does. A caller that
+    runs a supervisor zygote also reaps (and replaces) it here if it died, adopting the
+    supervisors it forked (``workers.proc.zygote.check``).
     """
+    zygote = sys.modules.get("workers.proc.zygote")  # loaded only by callers that use one
+    if zygote is not None:
+        zygote.check()
     reaped = 0
     for pid in list(_children):
         try:

@@ -20,14 +20,15 @@ import functools
 import hashlib
 import os
 import struct
-import tempfile
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
-import pyseccomp
 
 from events import seccomp as sc
+
+if TYPE_CHECKING:
+    import pyseccomp
 
 __all__ = [
     "LIBSECCOMP_VERSION", "Prepared", "Program", "compile_program", "install",
@@ -47,7 +48,12 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
                         ctypes.c_ulong]
 _libc.syscall.restype = ctypes.c_long
 _libc.syscall.argtypes = [ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_void_p]
-_SYS_SECCOMP = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "seccomp")
+# seccomp(2)'s number where it is known; elsewhere libseccomp's answer, asked in prepare.
+# pyseccomp is loaded only to compile: it imports ctypes.util, and so subprocess and
+# threading, whose at-fork hook would cost each supervisor forked by the zygote ~0.4 MB.
+_SYS_SECCOMP_BY_MACHINE = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358,
+                           "s390x": 348}
+_SYS_SECCOMP: int | None = _SYS_SECCOMP_BY_MACHINE.get(os.uname().machine)
 
 
 class _Version(ctypes.Structure):
@@ -96,6 +102,8 @@ def _largest_syscalls(resolved: sc.Resolved) -> dict[int, dict[int, int]]:
 
     As runc: only the profile's architectures count, and x32 shares x86_64's kernel arch.
     """
+    import pyseccomp
+
     names = {name for rule in resolved.rules for name in rule.names}
     found: dict[int, dict[int, int]] = {}
     for arch in resolved.architectures:
@@ -160,6 +168,8 @@ def compile_program(resolved: sc.Resolved) -> bytes:
     Names libseccomp does not know for this architecture are skipped (runc does the same);
     a rule libseccomp refuses raises ValueError with runc's text.
     """
+    import pyseccomp
+
     flt = pyseccomp.SyscallFilter(resolved.default_action)
     for arch in resolved.architectures:
         if not flt.exist_arch(arch):
@@ -207,6 +217,8 @@ def _read(path: str) -> bytes | None:
 
 def _write(cache_dir: str, path: str, bpf: bytes) -> None:
     """Store atomically: a reader sees the whole program or none (tmp + fsync + rename)."""
+    import tempfile  # not at import: it loads random, whose at-fork hook runs in every fork
+
     os.makedirs(cache_dir, 0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".bpf", dir=cache_dir)
     try:
@@ -281,8 +293,13 @@ def program_for(security_opt: Iterable[str], privileged: bool, caps: int,
 
 def prepare(program: Program) -> Prepared:
     """Build the ctypes objects ``install`` needs; do it before pivot_root (and before fork)."""
+    global _SYS_SECCOMP
     if not _valid(program.bpf):
         raise ValueError(f"not a seccomp BPF program ({len(program.bpf)} bytes)")
+    if _SYS_SECCOMP is None and program.flags:  # install needs it, and may not import
+        import pyseccomp
+
+        _SYS_SECCOMP = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "seccomp")
     buffer = ctypes.create_string_buffer(program.bpf, len(program.bpf))
     fprog = _SockFprog(len(program.bpf) // _INSN.size, ctypes.addressof(buffer))
     return Prepared(fprog, buffer, program.flags)
@@ -298,6 +315,7 @@ def install(prepared: Prepared) -> None:
     the executable lookup, just before execve. Raises OSError (EACCES: neither held).
     """
     if prepared.flags:
+        assert _SYS_SECCOMP is not None  # prepare resolved it
         result = _libc.syscall(_SYS_SECCOMP, _SECCOMP_SET_MODE_FILTER, prepared.flags,
                                ctypes.addressof(prepared.fprog))
     else:

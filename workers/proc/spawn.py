@@ -20,7 +20,7 @@ from commands.codec import CODEC
 from events.hostopts import MASKED_PATHS, READONLY_PATHS, device_rules, tmpfs_options
 from events.runs import ExitStatus, SpawnFailure, SpawnResult
 from workers import nsutil
-from workers.proc import cgroups, init, process
+from workers.proc import cgroups, init, process, zygote
 from workers.proc.devices import host_devices, resolve_devices
 from workers.proc.init import SpawnError
 from workers.proc.spec import ProcessSpec
@@ -68,6 +68,13 @@ def _await_previous(state_dir: str, timeout: float = 5.0) -> SpawnResult | None:
                                   "its exit yet")
         time.sleep(0.005)
     return running
+
+
+def _warn(message: str) -> None:
+    """Say something in the worker's log."""
+    import logging
+
+    logging.getLogger("moorage.worker").warning("%s", message)
 
 
 def _kill_supervisor(state_dir: str) -> None:
@@ -125,14 +132,34 @@ def _plan(spec: ProcessSpec) -> tuple[tuple[str, ...], init.InitPlan]:
         rlimits=init.rlimits(spec.ulimits), shm_size=spec.shm_size, tty=spec.tty)
 
 
+def _fork_here(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int,
+               status: tuple[int, int], direct: bool) -> int:
+    """Fork the supervisor from this process: B at once (direct), else A, which forks B."""
+    status_r, status_w = status
+    child = os.fork()
+    if child == 0:  # A, then B (or B at once): never return into the caller's stack
+        try:
+            gc.freeze()  # keep the caller's garbage (and its fds) out of our collections
+            os.close(status_r)
+            os.setsid()
+            if direct or os.fork() == 0:
+                supervise(spec, plan, netns_fd, status_w)
+        except BaseException as e:  # noqa: B036
+            os.write(2, f"moorage supervisor failed: {e!r}\n".encode(errors="replace"))
+        finally:
+            os._exit(0)
+    return child
+
+
 def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
     """Start the container process under a new supervisor; return once it has exec'd.
 
-    The supervisor is detached by a double fork; when the caller is a child
-    subreaper, orphans come back to it anyway, so the supervisor is forked
-    directly (one fork of the caller's address space less) and the caller
-    reaps it (``process.reap_children``). Idempotent: when state_dir already
-    holds a live run, that run is returned. Raises SpawnError (container exit
+    In a process that started a zygote (``moor worker``: ``workers.proc.zygote``), the
+    zygote forks the supervisor and reaps it. Otherwise the supervisor is detached by a
+    double fork; when the caller is a child subreaper, orphans come back to it anyway,
+    so the supervisor is forked directly (one fork of the caller's address space less)
+    and the caller reaps it (``process.reap_children``). Idempotent: when state_dir
+    already holds a live run, that run is returned. Raises SpawnError (container exit
     code 126/127/128, Docker's text) if the process cannot start.
     """
     process.reap_children()
@@ -167,20 +194,16 @@ def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
     # A subreaper would adopt B anyway once A exited: fork B directly, one fork less.
     direct = nsutil.is_child_subreaper()
     status_r = status_w = -1
+    child = None  # ours to reap (None: the zygote's child, or unknown)
     try:
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        child = os.fork()
-        if child == 0:  # A, then B (or B at once): never return into the caller's stack
-            try:
-                gc.freeze()  # keep the caller's garbage (and its fds) out of our collections
-                os.close(status_r)
-                os.setsid()
-                if direct or os.fork() == 0:
-                    supervise(spec, plan, netns_fd, status_w)
-            except BaseException as e:  # noqa: B036
-                os.write(2, f"moorage supervisor failed: {e!r}\n".encode(errors="replace"))
-            finally:
-                os._exit(0)
+        try:
+            forked = zygote.fork_supervisor(spec, plan, netns_fd, status_w)
+        except zygote.ZygoteLost as e:  # B may run all the same: its reply decides
+            _warn(f"{e}; waiting for the supervisor's reply")
+            forked = -1
+        if forked is None:
+            child = _fork_here(spec, plan, netns_fd, (status_r, status_w), direct)
     except OSError as e:
         for fd in (status_r, status_w):
             if fd >= 0:
@@ -196,7 +219,9 @@ def spawn(spec: ProcessSpec, timeout: float = 30.0) -> SpawnResult:
         reply = _read_all(status_r) if ready else b""
     finally:
         os.close(status_r)
-        if direct:
+        if child is None:
+            pass  # the zygote reaps B
+        elif direct:
             process.track_child(child)
         else:
             os.waitpid(child, 0)  # A is long gone by now: reaping it here costs no wait

@@ -1,8 +1,9 @@
 """What a supervisor is given: the process to run, its limits and mounts, where to report.
 
 The worker builds a `ProcessSpec` from the typed `StartPlan` and hands it to
-`workers.proc.spawn.spawn`; the supervisor it forks receives the same objects (a fork
-copies them: nothing is encoded on the way).
+`workers.proc.spawn.spawn`; the supervisor receives the same objects: copied by the fork
+when the caller forks it, sent as msgpack when the worker's zygote does
+(`workers.proc.zygote`; a spec that would not come back equal is forked by the caller).
 """
 
 from __future__ import annotations

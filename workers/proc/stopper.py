@@ -14,9 +14,13 @@ import signal
 import time
 from types import FrameType
 
+import _signal
+
 from workers.proc import process
 
 __all__ = ["Escalation", "listen"]
+
+_WAKE = int(process.WAKE_SIGNAL)
 
 
 def _wake(signum: int, frame: FrameType | None) -> None:
@@ -27,7 +31,7 @@ def listen() -> int:
     """Route the wake-up signal into a pipe and return its read end (call in the main thread)."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    signal.signal(process.WAKE_SIGNAL, _wake)
+    _signal.signal(_WAKE, _wake)  # not signal.signal: its enum wrapper touches many pages
     return read_fd
 
 
