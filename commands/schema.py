@@ -38,6 +38,10 @@ __all__ = [
     "CreateVolume",
     "DefineNetwork",
     "Envelope",
+    "DropLostContainer",
+    "JoinHost",
+    "MarkHostLost",
+    "MarkHostReturned",
     "exit_command_id",
     "KillContainer",
     "NoteContainerAction",
@@ -49,8 +53,10 @@ __all__ = [
     "TagImage",
     "RecordImagePush",
     "NoteImageAction",
+    "ReleaseName",
     "RemoveVolume",
     "RenameContainer",
+    "ReserveName",
     "Report",
     "ReportHostBooted",
     "ReportEndpoint",
@@ -151,6 +157,21 @@ class RemoveVolume(_Command, tag="RemoveVolume"):
     force: bool = False
 
 
+class ReserveName(_Command, tag="ReserveName"):
+    """Hold a container name in its home shard for a container of another shard (a
+    rename across shards: engine.shards, docs/decisions/0015-scale-out.md)."""
+
+    name: str
+    holder: str  # the container's full id (its shard is in the id)
+
+
+class ReleaseName(_Command, tag="ReleaseName"):
+    """Give back a name reserved for `holder` (its rename failed, or it let it go)."""
+
+    name: str
+    holder: str
+
+
 class RemoveImage(_Command, tag="RemoveImage"):
     ref: str
     force: bool = False
@@ -187,6 +208,9 @@ class CreateContainer(_Command, tag="CreateContainer"):
     name: str = ""
     host_config: HostConfig = msgspec.field(default_factory=HostConfig)
     networking: Networking | None = None  # endpoints, DNS, extra hosts, links
+    # How many shards the deployment has (engine.shards): a generated name must be homed
+    # in the container's own shard. Carried by the command so the decision stays pure.
+    shards: int = 1
 
 
 class StartContainer(_Command, tag="StartContainer"):
@@ -322,6 +346,43 @@ def restore_command_id(boot_id: str, container_id: str) -> str:
     return f"restore-{boot_id}-{container_id}"
 
 
+class JoinHost(_Command, tag="JoinHost"):
+    """A worker joins as a host (at every start): its id, labels and capacity.
+
+    `bridge` is the device it puts the default network's slice on.
+    """
+
+    host: str
+    labels: dict[str, str] = {}
+    capacity: int = 1
+    bridge: str = ""
+
+
+class MarkHostLost(_Command, tag="MarkHostLost"):
+    """The reducer saw the host's lease lapse (appended by its host watch).
+
+    `losses` is how often the host was lost before: with the host, it makes the command
+    id, so a second reducer noticing the same lapse appends a duplicate that is dropped.
+    """
+
+    host: str
+    losses: int = 0
+
+
+class MarkHostReturned(_Command, tag="MarkHostReturned"):
+    """The reducer saw a lost host's lease again (appended by its host watch)."""
+
+    host: str
+    losses: int = 0
+
+
+class DropLostContainer(_Command, tag="DropLostContainer"):
+    """Drop a lost host's container that was removed meanwhile (id in the envelope;
+    appended by the reducer's host watch: nobody on the host can report it removed)."""
+
+    generation: int = 0
+
+
 class ResumeRestart(_Command, tag="ResumeRestart"):
     """The back-off of a policy restart is over (appended by the reducer's timer)."""
 
@@ -413,6 +474,9 @@ class CreateNetwork(_Command, tag="CreateNetwork"):
     internal: bool = False
     options: dict[str, str] = {}
     subnet_given: bool = True
+    # How many shards decide this network (engine.shards): each gives addresses from its
+    # own share of it, so two shards' containers never get the same one.
+    shards: int = 1
 
 
 class RemoveNetwork(_Command, tag="RemoveNetwork"):
@@ -468,6 +532,7 @@ Report = (
     | ReportFrozen
     | ReportExecExited
     | ReportNetworkJoined
+    | JoinHost
 )
 
 SagaReport = ReportMounted | ReportSandbox | ReportEndpoint | ReportProcessStarted
@@ -479,7 +544,7 @@ SAGA_REPORTS: tuple[type[SagaReport], ...] = (
 REPORT_TYPES: tuple[type, ...] = (
     ReportMounted, ReportSandbox, ReportEndpoint, ReportProcessStarted,
     ReportProcessExited, ReportStepFailed, ReportRemoved, ReportDrift, ReportHostBooted,
-    RestoreContainer, ReportFrozen, ReportExecExited, ReportNetworkJoined,
+    RestoreContainer, ReportFrozen, ReportExecExited, ReportNetworkJoined, JoinHost,
 )
 
 Command = (
@@ -489,6 +554,8 @@ Command = (
     | NoteContainerAction
     | CreateVolume
     | RemoveVolume
+    | ReserveName
+    | ReleaseName
     | RemoveImage
     | TagImage
     | RecordImagePush
@@ -526,4 +593,8 @@ Command = (
     | DisconnectNetwork
     | RemoveLink
     | ReportNetworkJoined
+    | JoinHost
+    | MarkHostLost
+    | MarkHostReturned
+    | DropLostContainer
 )

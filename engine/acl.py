@@ -69,32 +69,44 @@ def user_name(keys: Keys, name: str) -> str:
     return f"{keys.prefix.replace(':', '-')}-{name}"
 
 
-def acl_rules(keys: Keys, name: str) -> str:
-    """Return the ACL rules (after the user name and password) of a role or principal."""
-    base = f"{keys.prefix}:{{{keys.shard}}}"
+def acl_rules(keys: Keys, name: str, others: tuple[Keys, ...] = ()) -> str:
+    """Return the ACL rules (after the user name and password) of a role or principal;
+    `others`: the other shards of a sharded deployment, whose keys it may use alike."""
+    every = (keys, *others)
     if name == ADMIN:
         return "~* &* +@all"
-    rq = " ".join(f"~{k}" for k in rq_keys(keys.queue))
+    # The default queue and every host's (Keys.host_queue: the default's name and -<host>).
+    rq = " ".join(f"~{k}" for one in every
+                  for k in (*rq_keys(one.queue), *rq_keys(one.host_queue("*"))))
     if name == REDUCER:
-        return f"resetchannels ~{base}:* {rq} +@all -@dangerous +info"
-    reads = " ".join(f"%R~{k}" for k in (keys.events, keys.containers, keys.versions,
-                                         keys.world, keys.done))
-    replies = f"(~{base}:reply:* +blpop)"
+        shards = " ".join(f"~{one.prefix}:{{{one.tag}}}:*" for one in every)
+        return f"resetchannels {shards} {rq} +@all -@dangerous +info"
+    # Reads (the names index routes a sharded client), reply lists, and the marker a
+    # client writes to WAIT on what it read (Keys.sync).
+    reads = " ".join(f"({' '.join(f'%R~{k}' for k in _readable(one))} {_READ})"
+                     for one in every)
+    replies = " ".join(f"(~{one.prefix}:{{{one.tag}}}:reply:* +blpop) (~{one.sync()} +set)"
+                       for one in every)
     if name == WORKER:
-        return (f"resetchannels {rq} &rq:pubsub:* +@all -@dangerous +info "
-                f"(~{keys.reports} +xadd) ({reads} {_READ}) {replies}")
-    stream = keys.inbox(name).key  # control, or a principal (validated there)
-    return (f"resetchannels -@all {_NO_KEYS} (~{stream} +xadd) ({reads} {_READ}) "
-            f"{replies}")
+        own = " ".join(f"(~{one.reports} +xadd) (~{one.host_lease('*')} +set)"
+                       for one in every)
+        return f"resetchannels {rq} &rq:pubsub:* +@all -@dangerous +info {own} {reads} {replies}"
+    streams = " ".join(f"(~{one.inbox(name).key} +xadd)" for one in every)  # validated there
+    return f"resetchannels -@all {_NO_KEYS} {streams} {reads} {replies}"
 
 
-def user_line(keys: Keys, name: str, credential: Credential) -> str:
+def _readable(keys: Keys) -> tuple[str, ...]:
+    return (keys.events, keys.containers, keys.versions, keys.world, keys.done, keys.names)
+
+
+def user_line(keys: Keys, name: str, credential: Credential,
+              others: tuple[Keys, ...] = ()) -> str:
     """Return the aclfile line of a role or principal (`ACL SETUSER` takes the same words
     after the name); the password only as its SHA-256."""
     import hashlib
 
     digest = hashlib.sha256(credential.password.encode()).hexdigest()
-    return f"user {credential.user} on #{digest} {acl_rules(keys, name)}"
+    return f"user {credential.user} on #{digest} {acl_rules(keys, name, others)}"
 
 
 def credentials_dir(root: str) -> str:

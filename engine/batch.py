@@ -80,6 +80,7 @@ def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: 
     decided: dict[type, int] = {}
     duplicates: dict[type, int] = {}
     noted: list[e.EventRecord] = []
+    named: dict[str, str | None] = {}  # the names index's changes: name -> holder (None: gone)
     for item in decoded:
         env = item[1]
         if env is None:
@@ -109,6 +110,8 @@ def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: 
                 world_changed = True
             if event_type in NOTED:
                 noted.append(record)
+            if event_type in _NAMING:
+                _rename_index(named, record)
             found = react(world, record)
             if found:
                 jobs += map(encode_job, found)
@@ -144,11 +147,38 @@ def decide_batch(prepared: Prepared, world: World, timers: RestartTimers, keys: 
         argv += section
     argv.append(len(seen))  # the commands section counts commands, not items
     argv += commands
-    for section in (replies, quarantine):
+    named_pairs: list[Any] = []
+    unnamed: list[str] = []
+    for name, holder in named.items():
+        if holder is None:
+            unnamed.append(name)
+        else:
+            named_pairs += (name, holder)
+    for section in (replies, quarantine, named_pairs, unnamed):
         argv.append(len(section))
         argv += section
     tally = Tally(decided, duplicates, len(quarantine) // 4, noted)
     return Batch(argv, tuple(acks), frozenset(seen), epoch, tally)
+
+
+_NAMING = frozenset((e.ContainerCreated, e.ContainerRenamed, e.ContainerDestroyed,
+                     e.NameReserved, e.NameReleased))
+
+
+def _rename_index(named: dict[str, str | None], record: e.EventRecord) -> None:
+    """Note what a naming fact changes in the names index (the last change wins)."""
+    ev = record.event
+    if type(ev) is e.ContainerCreated:
+        named[ev.name] = record.meta.container_id
+    elif type(ev) is e.ContainerRenamed:
+        named[ev.old_name] = None
+        named[ev.new_name] = record.meta.container_id
+    elif type(ev) is e.ContainerDestroyed:
+        named[ev.name] = None
+    elif type(ev) is e.NameReserved:
+        named[ev.name] = ev.holder
+    else:
+        named[ev.name] = None  # NameReleased
 
 
 def _raw(fields: dict[bytes, bytes]) -> bytes:

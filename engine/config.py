@@ -25,8 +25,15 @@ __all__ = [
     "default_network",
     "derive_engine_id",
     "engine_id",
+    "host_capacity",
+    "host_id",
+    "host_labels",
+    "host_lease_ms",
     "key_prefix",
     "load_policy",
+    "queue_url",
+    "shard_count",
+    "shard_of_process",
     "metrics_addr",
     "metrics_fd",
     "named_redis_url",
@@ -45,16 +52,55 @@ DEFAULT_METRICS_ADDR = "127.0.0.1:0"
 METRICS_FD = "MOOR_METRICS_FD"  # set by `moor up` for its reducer: the socket it bound
 
 
-def default_network() -> NetworkSpec:
-    """Return the default bridge network from MOOR_SUBNET / MOOR_BRIDGE (unset or empty: ours)."""
+def default_network(shard: str | None = None, count: int | None = None) -> NetworkSpec:
+    """Return the default bridge network from MOOR_SUBNET / MOOR_BRIDGE (unset or empty: ours).
+
+    With several shards each shard's reducer allocates addresses on its own, so each gets
+    its own equal slice of the subnet and its own bridge (`<bridge>s<shard>`): one writer
+    per slice, and two shards' containers on one machine never share an address."""
     text = os.environ.get("MOOR_SUBNET") or DEFAULT_SUBNET
     try:
         subnet = ipaddress.IPv4Network(text)
     except ValueError as exc:
         raise InvalidParameter(f"invalid MOOR_SUBNET {text!r}: {exc}") from None
+    bridge = os.environ.get("MOOR_BRIDGE") or DEFAULT_BRIDGE
+    count = shard_count() if count is None else count
+    shard = shard_of_process() if shard is None else shard
+    if count > 1:
+        bits = (count - 1).bit_length()
+        if subnet.prefixlen + bits > 28:
+            raise InvalidParameter(f"MOOR_SUBNET {text} is too small for {count} shards")
+        subnet = list(subnet.subnets(prefixlen_diff=bits))[int(shard)]
+        bridge = f"{bridge}s{shard}"[:15]
     # The gateway is the bridge's own address: the first host address of the subnet.
     return NetworkSpec(name="bridge", subnet=str(subnet), gateway=str(subnet.network_address + 1),
-                       bridge=os.environ.get("MOOR_BRIDGE") or DEFAULT_BRIDGE)
+                       bridge=bridge)
+
+
+def shard_count() -> int:
+    """Return how many shards the deployment has (MOOR_SHARDS, default 1; fixed for life)."""
+    text = os.environ.get("MOOR_SHARDS") or "1"
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise InvalidParameter(f"invalid MOOR_SHARDS {text!r} (1 to 1024)")
+    return int(text)
+
+
+def shard_of_process(explicit: str | None = None) -> str:
+    """Return the shard a reducer or worker serves: `explicit`, else MOOR_SHARD, else "0"."""
+    text = explicit or os.environ.get("MOOR_SHARD") or "0"
+    count = shard_count()
+    if not text.isdigit() or int(text) >= count:
+        raise InvalidParameter(f"invalid shard {text!r} (0 to {count - 1}: MOOR_SHARDS is "
+                               f"{count})")
+    return str(int(text))
+
+
+def queue_url() -> str | None:
+    """Return the plain Redis for the rq queues (MOOR_QUEUE_URL), None: the engine's own.
+
+    Required with Redis Cluster: rq's multi-key commands span hash slots, which a cluster
+    refuses (docs/decisions/0015-scale-out.md)."""
+    return os.environ.get("MOOR_QUEUE_URL") or None
 
 
 def key_prefix() -> str:
@@ -89,31 +135,79 @@ def validate_engine_id(value: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def derive_engine_id(root: str, prefix: str, shard: str = "0") -> str:
+def derive_engine_id(root: str, prefix: str, shard: str = "0", host: str = "") -> str:
     """Return the engine id a data root and a journal (key prefix, shard) imply: 8 hex.
 
     Both go in: two `moor up` on one host differ by data root (each has its own embedded
     Redis, under the same default prefix), two engines on one Redis by prefix. The data
-    root is resolved, so two spellings of one directory name one engine.
+    root is resolved, so two spellings of one directory name one engine. A worker that
+    joined as a host adds its host id, so two hosts on one machine never share a name
+    even on one data root; without one the id is the single-host engine's, as before.
     """
-    text = "\0".join((os.path.realpath(root), prefix, shard))
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    parts = (os.path.realpath(root), prefix, shard, *((host,) if host else ()))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
 
 
-def engine_id(root: str | None = None, prefix: str | None = None, shard: str = "0") -> str:
+def host_id() -> str:
+    """Return the host id this worker joins as (MOOR_HOST_ID), "" for single-host mode."""
+    from engine.core.hosts import validate_host_id
+
+    value = os.environ.get("MOOR_HOST_ID") or ""
+    return validate_host_id(value) if value else ""
+
+
+def host_labels() -> dict[str, str]:
+    """Return the host's labels from MOOR_HOST_LABELS ("k=v,k2=v2")."""
+    labels = {}
+    for item in (os.environ.get("MOOR_HOST_LABELS") or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key:
+            raise InvalidParameter(f"invalid host label {item!r} (expected KEY=VALUE)")
+        labels[key] = value
+    return labels
+
+
+def host_capacity() -> int:
+    """Return how many containers the host takes (MOOR_HOST_CAPACITY, default 100)."""
+    text = os.environ.get("MOOR_HOST_CAPACITY") or "100"
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidParameter(f"invalid MOOR_HOST_CAPACITY {text!r} (a positive integer)")
+    return int(text)
+
+
+def host_lease_ms() -> int:
+    """Return the host's heartbeat lease (MOOR_HOST_LEASE_MS, default 10 s)."""
+    text = os.environ.get("MOOR_HOST_LEASE_MS") or "10000"
+    if not text.isdigit() or int(text) < 300:
+        raise InvalidParameter(f"invalid MOOR_HOST_LEASE_MS {text!r} (at least 300)")
+    return int(text)
+
+
+def engine_id(root: str | None = None, prefix: str | None = None, shard: str | None = None,
+              host: str | None = None) -> str:
     """Return an engine's identity on the host: MOOR_ENGINE_ID, else derived.
 
     Every host resource the worker creates carries it (netns names, link aliases, iptables
     chains and comments, the cgroup parent), so the reconciler of one engine can tell its
     own leftovers from another engine's live containers. Derived from this process's data
-    root and key prefix, or from the ones given (a worker context's). Only shard "0"
-    exists for now.
+    root, key prefix, shard (MOOR_SHARD: a shard's worker, and the supervisors it forks)
+    and host id (MOOR_HOST_ID: a host's worker), or from the ones given (a worker
+    context's). Each shard's worker is an engine of its own on the machine.
     """
+    if shard is None:
+        shard = os.environ.get("MOOR_SHARD") or "0"
     explicit = os.environ.get("MOOR_ENGINE_ID")
     if explicit:
-        return validate_engine_id(explicit)
+        validate_engine_id(explicit)
+        if shard != "0":  # each shard's worker reconciles only its own: ids must differ
+            return derive_engine_id(explicit, prefix if prefix is not None else key_prefix(),
+                                    shard)
+        return explicit
     return derive_engine_id(root if root is not None else data_root(),
-                            prefix if prefix is not None else key_prefix(), shard)
+                            prefix if prefix is not None else key_prefix(), shard,
+                            host if host is not None else host_id())
 
 
 def cgroup_parent() -> str:

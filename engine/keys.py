@@ -1,7 +1,10 @@
 """Every Redis key name moorage uses, in one place, hash-tagged per shard.
 
-All keys of a shard share the hash tag `{S}`, so a shard's Lua scripts touch one slot and
-run unchanged on Redis Cluster. Only shard "0" exists for now.
+All keys of a shard share one hash tag, so a shard's Lua scripts touch one slot and run
+unchanged on Redis Cluster. With one shard the tag is `{0}`; with several, shard i's tag
+spreads the shards evenly over the slot space (`slot_tag`), so a cluster whose primaries
+split the slots evenly (as `redis-cli --cluster create` does) puts each shard on its own
+primary while there are as many primaries as shards.
 
 The reducer reads several input streams ("inboxes"), one per kind of writer, because
 Redis ACLs see keys, not payloads: a credential that may append to one stream cannot
@@ -15,7 +18,7 @@ import re
 from typing import NamedTuple
 
 __all__ = ["CONTROL", "GROUP", "INTERNAL", "KINDS", "PREFIX", "REPORTS", "RESERVED", "Inbox",
-           "Keys", "check_principal", "consumer_name", "keys_for"]
+           "Keys", "check_principal", "consumer_name", "hash_slot", "keys_for", "slot_tag"]
 
 PREFIX = "moor:v1"
 GROUP = "reducer"  # every inbox stream's consumer group
@@ -86,10 +89,25 @@ class Keys(NamedTuple):
     epoch: str  # string: the fencing epoch (INCR on takeover)
     outbox: str  # list: jobs decided but not yet handed to rq (transactional outbox)
     queue: str  # rq queue name of the default host
+    names: str = ""  # hash: name -> id of the container (or reservation) holding it
+    tag: str = "0"  # the hash tag every key of the shard carries
 
     def reply(self, command_id: str) -> str:
         """Return the list a waiting client blocks on for one command's result."""
-        return f"{self.prefix}:{{{self.shard}}}:reply:{command_id}"
+        return f"{self.prefix}:{{{self.tag}}}:reply:{command_id}"
+
+    def sync(self) -> str:
+        """Return the key a client writes to learn that what it read is replicated
+        (commands.client: WAIT counts a connection's own writes)."""
+        return f"{self.prefix}:{{{self.tag}}}:sync"
+
+    def host_queue(self, host: str) -> str:
+        """Return the rq queue of a host ("": the default queue, single-host mode)."""
+        return f"{self.queue}-{host}" if host else self.queue
+
+    def host_lease(self, host: str) -> str:
+        """Return a host's heartbeat lease (string, SET PX by its worker), in the shard."""
+        return f"{self.prefix}:{{{self.tag}}}:host:{host}"
 
     def inbox(self, principal: str = CONTROL) -> Inbox:
         """Return the commands inbox of a control principal (CONTROL: the default one)."""
@@ -111,9 +129,38 @@ class Keys(NamedTuple):
         return (self.inbox(), self.reports_inbox(), self.reducer_inbox())
 
 
-def keys_for(shard: str = "0", prefix: str = PREFIX) -> Keys:
-    """Return the key names of a shard under a prefix (tests use their own prefix)."""
-    base = f"{prefix}:{{{shard}}}"
+def slot_tag(shard: str, count: int = 1) -> str:
+    """Return the hash tag of shard `shard` of `count`: "0" alone, else one whose slot
+    falls in the shard's even share of the 16384 slots (deterministic, a few tries)."""
+    if count <= 1:
+        return shard
+    share = 16384 // count
+    index = int(shard)
+    k = 0
+    while True:
+        tag = f"{shard}.{k}"
+        if hash_slot(tag) // share == index:
+            return tag
+        k += 1
+
+
+def hash_slot(tag: str) -> int:
+    """Return Redis Cluster's hash slot of a hash tag: CRC16-XMODEM of its bytes, mod 16384
+    (the cluster specification's function; kept here so engine code stays free of I/O)."""
+    crc = 0
+    for byte in tag.encode():
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc % 16384
+
+
+def keys_for(shard: str = "0", prefix: str = PREFIX, count: int = 1) -> Keys:
+    """Return the key names of a shard under a prefix (tests use their own prefix);
+    `count`: how many shards the deployment has (engine.shards)."""
+    tag = slot_tag(shard, count)
+    base = f"{prefix}:{{{tag}}}"
     return Keys(
         prefix=prefix,
         shard=shard,
@@ -131,4 +178,6 @@ def keys_for(shard: str = "0", prefix: str = PREFIX) -> Keys:
         epoch=f"{base}:epoch",
         outbox=f"{base}:outbox",
         queue=f"moor-{prefix.replace(':', '-')}-{shard}-host",
+        names=f"{base}:names",
+        tag=tag,
     )

@@ -30,6 +30,7 @@ from engine.core.react import resume
 from engine.core.state import World
 from engine.errors import MoorError
 from engine.eventlog import read_records
+from engine.hostwatch import HostWatch
 from engine.intake import CommandReader, Entry, Prepared
 from engine.keys import Keys, consumer_name
 from engine.lease import Deposed, Lease
@@ -70,12 +71,16 @@ class Reducer:
     the inbox streams), engine.batch (deciding a batch, no I/O) and `writer` (the
     fenced write and the hand-off of its jobs to rq). `policy` is the admission policy
     the decider applies (engine.core.admission; default: allow everything).
+    `queue_redis`: where the rq queues live when not on `redis` (a Redis Cluster shard).
+    `sweeper`: with several shards, the engine.reservations.ReservationSweeper that
+    releases names this shard reserved for containers that no longer carry them.
     """
 
     def __init__(self, redis: Any, keys: Keys, *, owner: str | None = None,
                  lease_ms: int = 3000, batch: int = 500, block_ms: int = 500,
                  reply_ttl: int = 300, reclaim_ms: int = 200,
-                 policy: Policy = ALLOW_ALL) -> None:
+                 policy: Policy = ALLOW_ALL, queue_redis: Any = None,
+                 sweeper: Any = None) -> None:
         self.redis = redis
         self.keys = keys
         self.owner = owner or f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -86,12 +91,21 @@ class Reducer:
         self.world = World()
         self.timers = RestartTimers()
         self.compaction = Compaction()
-        self.outbox = JobOutbox(redis, keys)
+        self.outbox = JobOutbox(redis, keys, queue_redis)
         self.lease = Lease(redis, keys, self.owner, lease_ms)
         self.intake = CommandReader(redis, keys, batch, reclaim_ms, policy)
         self.writer = BatchWriter(redis, keys, self.outbox)
+        self.sweeper = sweeper
         self.metrics = ReducerMetrics()
         self.metrics.watch(self)
+
+    @property
+    def hostwatch(self) -> HostWatch:
+        """The host leases' watch (engine.hostwatch), made on first use."""
+        watch: HostWatch | None = self.__dict__.get("_hostwatch")
+        if watch is None:
+            watch = self.__dict__["_hostwatch"] = HostWatch()
+        return watch
 
     @property
     def epoch(self) -> int | None:
@@ -214,8 +228,11 @@ class Reducer:
                         continue
                 self.renew()
                 self.timers.fire(self.redis, self.keys.internal)
+                self.hostwatch.tick(self.redis, self.keys, self.world)
                 self.step()
                 self.compaction.tick(self.redis, self.keys, self.epoch, self.intake.inboxes)
+                if self.sweeper is not None:
+                    self.sweeper.tick(self.world, self.redis, self.keys)
                 backoff.reset()
             except Deposed:
                 log.warning("reducer %s lost the lease; standing by", self.owner)

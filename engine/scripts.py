@@ -7,10 +7,11 @@ __all__ = ["ACQUIRE", "RECLAIM", "RELEASE", "RENEW", "TRIM_OUTBOX", "WRITE"]
 # WRITE: apply one batch of decided commands atomically, or nothing at all.
 # KEYS[1] events      KEYS[2] containers   KEYS[3] versions   KEYS[4] world
 # KEYS[5] done        KEYS[6] epoch        KEYS[7] quarantine KEYS[8] outbox
-# KEYS[9..] the inbox streams the batch read from, in the order of the acks sections
+# KEYS[9] names (name -> holder id: the routing index clients read, engine.shards)
+# KEYS[10..] the inbox streams the batch read from, in the order of the acks sections
 # ARGV[1] fencing epoch the writer holds   ARGV[2] consumer group   ARGV[3] reply TTL (s)
 # ARGV[4] msgpack of the engine-wide parts (images+networks) to store, or ""
-# ARGV[5] the number m of inbox streams (KEYS[9..8+m])
+# ARGV[5] the number m of inbox streams (KEYS[10..9+m])
 # ARGV[6..] sections, each a count of ARGV items followed by that many items:
 #   acks x m   per inbox stream: every entry id read from it (decided, duplicate or
 #              quarantined)
@@ -25,6 +26,8 @@ __all__ = ["ACQUIRE", "RECLAIM", "RELEASE", "RENEW", "TRIM_OUTBOX", "WRITE"]
 #   replies    mark reply-list pairs: push that command's stored result (decided in this
 #              batch or earlier: a duplicate) to a list a client blocks on
 #   quarantine entry stream reason raw quadruples: entries not decided
+#   named      name holder pairs the names index gains (or whose holder changes)
+#   unnamed    names the names index loses
 # Returns {"OK", last_event_id} or {"FENCED"} or {"VERSION", cid, stored}.
 #
 # Why this shape: the cost of a write is dominated by the number of ARGV items (redis-py
@@ -105,6 +108,10 @@ for k = s, e, 4 do
   redis.call('XADD', KEYS[7], '*', 'entry', ARGV[k], 'stream', ARGV[k+1], 'reason', ARGV[k+2],
              'raw', ARGV[k+3])
 end
+s, e, i = section(i)
+bulk('HSET', KEYS[9], nil, ARGV, s, e)
+s, e, i = section(i)
+bulk('HDEL', KEYS[9], nil, ARGV, s, e)
 bulk('HSET', KEYS[2], nil, ARGV, snaps_s, snaps_e)
 bulk('HDEL', KEYS[2], nil, ARGV, dels_s, dels_e)
 bulk('HSET', KEYS[3], nil, ARGV, vers_s, vers_e)
@@ -116,7 +123,7 @@ if last ~= '' then
   redis.call('HSET', KEYS[4], 'checkpoint', last, 'count', redis.call('HLEN', KEYS[2]))
 end
 for j = 1, inboxes do
-  bulk('XACK', KEYS[8 + j], ARGV[2], ARGV, acks[j][1], acks[j][2])
+  bulk('XACK', KEYS[9 + j], ARGV[2], ARGV, acks[j][1], acks[j][2])
 end
 return {'OK', last}
 """
@@ -175,11 +182,17 @@ end
 return {claimed, retired, redis.call('SMEMBERS', KEYS[2])}
 """
 
-# ACQUIRE: take the lease if free and bump the fencing epoch.
+# ACQUIRE: take the lease if free, or if it still names the caller, and bump the epoch.
 # KEYS[1] lease  KEYS[2] epoch   ARGV[1] owner token  ARGV[2] ttl ms
 # Returns the new epoch, or false when another owner holds the lease.
+# Taking back one's own lease matters after a failover: the promoted replica holds the
+# lease the reducer had, which it gave up on the connection error; waiting for it to
+# lapse would add up to a lease to the outage. The owner token is unique per reducer
+# process, and the new epoch fences every write of its earlier term.
 ACQUIRE = r"""
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local held = redis.call('GET', KEYS[1])
+if held == false or held == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return redis.call('INCR', KEYS[2])
 end
 return false

@@ -19,7 +19,7 @@ import msgspec
 
 from engine.core.evolve import evolve
 from engine.core.ipam import address_key
-from engine.core.state import Container, Image, Volume, World
+from engine.core.state import Container, Host, Image, Volume, World
 from engine.keys import Keys
 from events.model import EventRecord
 from events.netspecs import NetworkInfo
@@ -47,6 +47,8 @@ class WorldParts(msgspec.Struct, kw_only=True):
     volumes: dict[str, Volume] = {}
     network_info: dict[str, NetworkInfo] = {}  # user-defined networks
     links: dict[str, str] = {}  # legacy links: "<parent id>/<alias>" -> child id
+    reserved: dict[str, str] = {}  # names held for other shards' containers
+    hosts: dict[str, Host] = {}  # joined hosts (engine.core.hosts)
 
 
 _PARTS = msgspec.msgpack.Decoder(WorldParts)
@@ -56,7 +58,8 @@ def encode_world_parts(world: World) -> bytes:
     """Return the engine-wide parts of the snapshot (written when they change)."""
     return _ENC.encode(WorldParts(images=world.images, networks=world.networks,
                                   host_boot_id=world.host_boot_id, volumes=world.volumes,
-                                  network_info=world.network_info, links=world.links))
+                                  network_info=world.network_info, links=world.links,
+                                  reserved=world.reserved, hosts=world.hosts))
 
 
 def world_from_parts(containers: dict[bytes, bytes], versions: dict[bytes, bytes],
@@ -71,6 +74,8 @@ def world_from_parts(containers: dict[bytes, bytes], versions: dict[bytes, bytes
         world.volumes = decoded.volumes
         world.network_info = decoded.network_info
         world.links = decoded.links
+        world.reserved = decoded.reserved
+        world.hosts = decoded.hosts
     for image in world.images.values():
         for tag in image.repo_tags:
             world.tags[tag] = image.id
@@ -120,7 +125,9 @@ def fold_for_snapshot(records: Iterable[tuple[str, EventRecord]]
 def queue_snapshot_writes(pipe: Any, keys: Keys, world: World, versions: dict[str, int],
                           checkpoint: str) -> None:
     """Queue on a pipeline the writes that replace the snapshot with `world`."""
-    pipe.delete(keys.containers, keys.versions, keys.world)
+    pipe.delete(keys.containers, keys.versions, keys.world, keys.names)
+    if world.names or world.reserved:
+        pipe.hset(keys.names, mapping={**world.reserved, **world.names})
     if world.containers:
         pipe.hset(keys.containers, mapping={cid: _ENC.encode(ctr)
                                             for cid, ctr in world.containers.items()})

@@ -35,7 +35,7 @@ class BatchWriter:
         self.write = self._script  # one synchronous write (reloads the script if needed)
         # The inbox streams a batch acknowledges follow these (Batch.streams).
         self._keys = [keys.events, keys.containers, keys.versions, keys.world, keys.done,
-                      keys.epoch, keys.quarantine, keys.outbox]
+                      keys.epoch, keys.quarantine, keys.outbox, keys.names]
         self._conn: Any = None  # the connection send() pipelines writes on
 
     def reset(self) -> None:

@@ -49,6 +49,9 @@ __all__ = [
     "FreezeFailed",
     "FreezeRequested",
     "HostBooted",
+    "HostJoined",
+    "HostLost",
+    "HostReturned",
     "ImageActionNoted",
     "ImagePushed",
     "ImageRegistered",
@@ -72,6 +75,8 @@ __all__ = [
     "SignalRequested",
     "StartFailed",
     "StartInitiated",
+    "NameReleased",
+    "NameReserved",
     "VolumeCreated",
     "VolumeMounted",
     "VolumeRemoved",
@@ -149,6 +154,33 @@ class ContainerCreated(_Event, tag="ContainerCreated"):
     host_config: HostConfig
     created: int
     mounts: tuple[MountPoint, ...] = ()  # resolved at create (engine.core.volumes)
+    host: str = ""  # the host placed on (engine.core.placement); "": single-host mode
+
+
+class HostJoined(_Event, tag="HostJoined"):
+    """A worker joined as a host (again: its labels and capacity from now on).
+
+    `subnet` is its slice of the default bridge network, allocated at its first join and
+    kept for as long as the engine knows the host; `bridge` the device it puts there.
+    """
+
+    host: str
+    labels: dict[str, str] = {}
+    capacity: int = 1
+    subnet: str = ""
+    bridge: str = ""
+
+
+class HostLost(_Event, tag="HostLost"):
+    """The host's heartbeat lease lapsed: its containers are shown lost until it returns."""
+
+    host: str
+
+
+class HostReturned(_Event, tag="HostReturned"):
+    """A lost host beats (or joins) again: its containers are its own again."""
+
+    host: str
 
 
 class ContainerRenamed(_Event, tag="ContainerRenamed"):
@@ -382,6 +414,20 @@ class VolumeRemoved(_Event, tag="VolumeRemoved"):
     driver: str = "local"
 
 
+class NameReserved(_Event, tag="NameReserved"):
+    """This shard, the name's home, holds `name` for container `holder` of another shard."""
+
+    name: str
+    holder: str
+
+
+class NameReleased(_Event, tag="NameReleased"):
+    """The reservation of `name` for `holder` is gone; the name is free in every shard."""
+
+    name: str
+    holder: str
+
+
 class VolumeMounted(_Event, tag="VolumeMounted"):
     """A start mounted the volume (Docker's volume `mount`, before `network connect`)."""
 
@@ -475,6 +521,9 @@ Event = (
     | ImagePushed
     | ImageActionNoted
     | HostBooted
+    | HostJoined
+    | HostLost
+    | HostReturned
     | ContainerCreated
     | ContainerRenamed
     | StartInitiated
@@ -519,6 +568,8 @@ Event = (
     | LinkRemoved
     | VolumeCreated
     | VolumeRemoved
+    | NameReserved
+    | NameReleased
     | VolumeMounted
     | VolumeUnmounted
 )

@@ -41,6 +41,7 @@ class NetworkInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     ip_range: str = ""
     options: dict[str, str] = {}
     subnet_given: bool = True  # IPAM Config shows only Subnet/Gateway when auto-picked
+    shards: int = 1  # the shards allocating on it, each from its own share (engine.shards)
 
 
 class LinkTarget(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):

@@ -44,10 +44,12 @@ def _acl_print(args: argparse.Namespace) -> int:
     import sys
 
     from engine.acl import ROLES, ensure_credential, principals_with_files, user_line
-    from engine.config import data_root, key_prefix
+    from engine.config import data_root, key_prefix, shard_count
     from engine.keys import keys_for
 
-    root, keys = data_root(), keys_for(prefix=key_prefix())
+    count = shard_count()  # a sharded deployment's users reach every shard's keys
+    every = [keys_for(str(i), prefix=key_prefix(), count=count) for i in range(count)]
+    root, keys, others = data_root(), every[0], tuple(every[1:])
     names = [*ROLES, *sorted({*principals_with_files(root), *args.principal})]
     for name in args.principal:
         _principal(name)
@@ -55,7 +57,7 @@ def _acl_print(args: argparse.Namespace) -> int:
           "credentials/<name> (0600), below only as SHA-256; pipe into redis-cli (ACL SAVE "
           "needs an aclfile)", file=sys.stderr)
     for name in names:
-        words = user_line(keys, name, ensure_credential(root, keys, name)).split()
+        words = user_line(keys, name, ensure_credential(root, keys, name), others).split()
         print("ACL SETUSER", words[1], "reset", *words[2:])
     print("ACL SETUSER default off")
     print("ACL SAVE")
@@ -67,20 +69,23 @@ def _acl_add(args: argparse.Namespace) -> int:
 
     from engine.acl import ensure_credential, user_line
     from engine.config import data_root
-    from moor.connect import redis_and_keys
+    from moor.connect import shard_stores
 
     _principal(args.name)
-    r, keys = redis_and_keys(args.redis_url, role="admin")
+    stores = shard_stores(args.redis_url, role="admin")  # one store unless sharded
+    r, keys = stores["0"]
+    others = tuple(k for shard, (_, k) in sorted(stores.items()) if shard != "0")
     inbox = keys.inbox(args.name)
     credential = ensure_credential(data_root(), keys, args.name)
-    words = user_line(keys, args.name, credential).split()
+    words = user_line(keys, args.name, credential, others).split()
     r.execute_command("ACL", "SETUSER", words[1], "reset", *words[2:])
     try:
         r.execute_command("ACL", "SAVE")
     except redis.ResponseError:
         print("moor acl: no aclfile: the user lasts until Redis restarts (add it to "
               "redis.conf, see `moor acl print`)")
-    r.sadd(keys.principals, args.name)
+    for shard_redis, shard_keys in stores.values():
+        shard_redis.sadd(shard_keys.principals, args.name)
     print(f"principal {args.name}: Redis user {credential.user}, credential "
           f"{data_root()}/credentials/{args.name}, commands to {inbox.key} "
           f"(MOOR_PRINCIPAL={args.name} moor ...)")

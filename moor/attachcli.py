@@ -57,9 +57,11 @@ def attach_to(client: Client, cid: str, after: str, *, stdin: bool, keys_text: s
         keys = detach_key_bytes(keys_text)
     except ValueError:
         raise InvalidParameter(f"Invalid detach keys ({keys_text}) provided") from None
-    world, _ = load_world(client.redis, client.keys)
+    redis, shard_keys = client.store(cid)
+    world, _ = load_world(redis, shard_keys)
     ctr = world.containers[cid]
-    path = attach_socket(engine_id(data_root(), client.keys.prefix), cid, ctr.config)
+    path = attach_socket(engine_id(data_root(), shard_keys.prefix, shard_keys.shard), cid,
+                         ctr.config)
     if path and ctr.running:
         stdin = stdin and ctr.config.open_stdin
         sock = connect(path, what="attach")

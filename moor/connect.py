@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from commands.client import Client
     from engine.keys import Keys
 
-__all__ = ["client_for", "open_lite", "open_redis", "principal", "redis_and_keys"]
+__all__ = ["client_for", "on_cluster", "open_lite", "open_redis", "principal", "queue_redis",
+           "redis_and_keys", "shard_stores"]
 
 
 def principal() -> str:
@@ -86,12 +87,85 @@ def open_lite(explicit: str | None = None, *, role: str | None = None) -> Any:
 
 
 def redis_and_keys(explicit: str | None = None, prefix: str | None = None, *,
-                   lite: bool = False, role: str | None = None) -> tuple[Any, Keys]:
-    """Return the Redis client and the shard's keys (MOOR_PREFIX unless `prefix`)."""
-    from engine.config import key_prefix
+                   lite: bool = False, role: str | None = None,
+                   shard: str = "0") -> tuple[Any, Keys]:
+    """Return the Redis client and a shard's keys (MOOR_PREFIX unless `prefix`).
+
+    A sharded deployment (MOOR_SHARDS > 1) or a Redis Cluster gets the shard's own
+    keys, and on a cluster a client pinned to the primary of the shard's slot."""
+    from engine.config import key_prefix, shard_count
+
+    count = shard_count()
+    if count == 1 and shard == "0" and not _cluster_named(explicit):
+        from engine.keys import keys_for
+
+        return open_redis(explicit, lite=lite, role=role), keys_for(prefix=prefix or key_prefix())
+    return shard_stores(explicit, prefix, role=role)[shard]
+
+
+def _cluster_named(explicit: str | None) -> bool:
+    """Tell, without a round trip, whether the user said the Redis is a cluster."""
+    from engine.config import named_redis_url
+
+    flag = os.environ.get("MOOR_CLUSTER", "")
+    if flag in ("0", "1"):
+        return flag == "1"
+    return "," in (named_redis_url(explicit) or "")
+
+
+def on_cluster(explicit: str | None = None) -> bool:
+    """Tell whether the engine's Redis is a Redis Cluster (MOOR_CLUSTER=0/1 says so;
+    else asked when sharded or several seeds are named)."""
+    from engine.config import named_redis_url, shard_count
+
+    flag = os.environ.get("MOOR_CLUSTER", "")
+    if flag in ("0", "1"):
+        return flag == "1"
+    url = named_redis_url(explicit)
+    if not url or (shard_count() == 1 and "," not in url):
+        return False
+    from engine.cluster import is_cluster
+
+    auth = {k: v for k, v in _auth(url, None).items() if k in ("username", "password")}
+    return is_cluster(url, **auth)
+
+
+def shard_stores(explicit: str | None = None, prefix: str | None = None, *,
+                 role: str | None = None) -> dict[str, tuple[Any, Keys]]:
+    """Return (redis, keys) of every shard: on a cluster, one client per shard pinned to
+    its slot's primary; else one client shared by the shards' keys."""
+    from engine.config import key_prefix, named_redis_url, shard_count
     from engine.keys import keys_for
 
-    return open_redis(explicit, lite=lite, role=role), keys_for(prefix=prefix or key_prefix())
+    count = shard_count()
+    every = [keys_for(str(i), prefix=prefix or key_prefix(), count=count) for i in range(count)]
+    if on_cluster(explicit):
+        from engine.cluster import shard_redis
+        from moor.embedded import NO_CLIENT_INFO
+
+        url = named_redis_url(explicit) or ""
+        auth = _auth(url.split(",", 1)[0], role)
+        return {k.shard: (shard_redis(url, k.tag, **NO_CLIENT_INFO, **auth), k) for k in every}
+    shared = open_redis(explicit, role=role)
+    return {k.shard: (shared, k) for k in every}
+
+
+def queue_redis(explicit: str | None = None, *, role: str | None = None) -> Any:
+    """Return the Redis of the rq queues: MOOR_QUEUE_URL's, None for the engine's own.
+
+    On a cluster it must be named: rq cannot run on Redis Cluster."""
+    from engine.config import queue_url
+
+    url = queue_url()
+    if url is None:
+        if on_cluster(explicit):
+            from engine.errors import InvalidParameter
+
+            raise InvalidParameter("the engine's Redis is a cluster: set MOOR_QUEUE_URL to a "
+                                   "plain Redis for the job queues (rq cannot run on Redis "
+                                   "Cluster)")
+        return None
+    return open_redis(url, role=role)
 
 
 def client_for(redis_url: str | None, *, actor: str, reason: str = "",
@@ -99,7 +173,16 @@ def client_for(redis_url: str | None, *, actor: str, reason: str = "",
     """Return the control-plane client for one CLI call (`lite`: see open_redis): it
     appends to the commands stream of the principal it acts as."""
     from commands.client import Client
+    from engine.config import shard_count
 
+    if shard_count() > 1:
+        from commands.client.router import ShardedClient
+
+        replicas = 1 if on_cluster(redis_url) else 0
+        return ShardedClient({
+            shard: Client(redis, keys, actor=actor, reason=reason, timeout=timeout,
+                          inbox=keys.inbox(principal()), replicas=replicas)
+            for shard, (redis, keys) in shard_stores(redis_url).items()})
     redis, keys = redis_and_keys(redis_url, lite=lite)
     return Client(redis, keys, actor=actor, reason=reason, timeout=timeout,
                   inbox=keys.inbox(principal()))

@@ -37,12 +37,13 @@ def _exec(args: argparse.Namespace) -> int:
                         attach_stdin=args.interactive, attach_stdout=not args.detach,
                         attach_stderr=not args.detach, privileged=args.privileged,
                         detach_keys=args.detach_keys or "")
-    after = tail_id(client.redis, client.keys)
+    redis, shard_keys = client.store(args.container)
+    after = tail_id(redis, shard_keys)
     exec_id = client.create_exec(args.container, config)
     cid = client.start_exec(exec_id, detach=args.detach)
     if args.detach:
         return 0
-    path = exec_socket(engine_id(data_root(), client.keys.prefix), exec_id)
+    path = exec_socket(engine_id(data_root(), shard_keys.prefix, shard_keys.shard), exec_id)
     keys = detach_key_bytes(args.detach_keys or "")
     if relay(connect(path), path, args.tty, args.interactive, keys):
         return 0  # detached: the process keeps running

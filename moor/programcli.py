@@ -33,17 +33,22 @@ def _reducer(args: argparse.Namespace) -> int:
     """Run the single writer (standby until it holds the lease) until SIGTERM/SIGINT."""
     _set_title("moor reducer")
     from commands.client import Client
-    from engine.config import default_network, load_policy
+    from engine.config import default_network, load_policy, shard_count, shard_of_process
     from engine.errors import MoorError
     from engine.reducer import Reducer
-    from moor.connect import redis_and_keys
+    from moor.connect import queue_redis, redis_and_keys
 
     policy = load_policy(args.policy)
-    r, keys = redis_and_keys(args.redis_url, role="reducer")
+    shard, count = shard_of_process(args.shard), shard_count()
+    r, keys = redis_and_keys(args.redis_url, role="reducer", shard=shard)
+    if count > 1:
+        _set_title(f"moor reducer {shard}/{count}")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    reducer = Reducer(r, keys, lease_ms=args.lease_ms, batch=args.batch, policy=policy)
+    reducer = Reducer(r, keys, lease_ms=args.lease_ms, batch=args.batch, policy=policy,
+                      queue_redis=queue_redis(args.redis_url, role="reducer"),
+                      sweeper=_sweeper(args.redis_url) if count > 1 else None)
     failed: list[BaseException] = []
 
     def lead() -> None:
@@ -58,12 +63,28 @@ def _reducer(args: argparse.Namespace) -> int:
     if not args.no_default_network:
         try:
             Client(r, keys, actor="moor-reducer", timeout=30,
-                   inbox=keys.reducer_inbox()).define_network(default_network())
+                   inbox=keys.reducer_inbox()).define_network(default_network(shard, count))
         except MoorError as err:
             logging.getLogger("moorage").warning("default network: %s", err.message)
     while thread.is_alive():
         thread.join(0.5)
     return 1 if failed else 0
+
+
+def _sweeper(redis_url: str | None) -> Any:
+    """The reservation sweep of a sharded reducer: it reads the other shards' snapshots."""
+    from engine.config import shard_count
+    from engine.reservations import ReservationSweeper
+    from moor.connect import shard_stores
+
+    stores = shard_stores(redis_url, role="reducer")
+    return ReservationSweeper(stores.__getitem__, shard_count())
+
+
+def _shards(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"invalid shard count {text!r} (1 to 64)")
+    return int(text)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -74,13 +95,29 @@ def _worker(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("moor worker needs root (mounts, namespaces, links)", file=sys.stderr)
         return 1
+    _host_env(args)
+    if args.shard is not None:  # read by everything it forks too (engine.config.engine_id)
+        from engine.config import shard_of_process
+
+        os.environ["MOOR_SHARD"] = shard_of_process(args.shard)
     # Named before serve(): the supervisors it forks rename themselves moor-supervisor.
-    title = f"moor worker {socket.gethostname()}"
+    title = f"moor worker {os.environ.get('MOOR_HOST_ID') or socket.gethostname()}"
     _set_title(title)
     _keep_title_under_rq(title)
     from workers.service import serve
 
     return serve(url, burst=args.burst, reconcile_first=not args.no_reconcile)
+
+
+def _host_env(args: argparse.Namespace) -> None:
+    """Put --host-id, --host-label and --capacity in the environment (MOOR_HOST_*), where
+    the worker and everything it forks read them (engine.config: the engine id too)."""
+    if args.host_id:
+        os.environ["MOOR_HOST_ID"] = args.host_id
+    if args.host_label:
+        os.environ["MOOR_HOST_LABELS"] = ",".join(args.host_label)
+    if args.capacity is not None:
+        os.environ["MOOR_HOST_CAPACITY"] = str(args.capacity)
 
 
 def _keep_title_under_rq(title: str) -> None:
@@ -139,6 +176,8 @@ def register(sub: Any) -> None:
     p.add_argument("--lease-ms", type=int, default=3000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--no-default-network", action="store_true")
+    p.add_argument("--shard", default=None, metavar="N",
+                   help="the shard to lead (MOOR_SHARD; 0 to MOOR_SHARDS-1; default 0)")
     p.add_argument("--policy", default=None, metavar="FILE",
                    help="admission policy, JSON (default: MOOR_POLICY, else allow all)")
     p.set_defaults(func=guard(_reducer), log_level=logging.INFO, long_running=True)
@@ -147,6 +186,17 @@ def register(sub: Any) -> None:
     _also_here(p, "--redis-url")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.add_argument("--no-reconcile", action="store_true")
+    p.add_argument("--host-id", default=None, metavar="ID",
+                   help="join the engine as this host (default: MOOR_HOST_ID; none: "
+                        "single-host mode)")
+    p.add_argument("--host-label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label of the host, for placement constraints (repeatable; "
+                        "default: MOOR_HOST_LABELS, comma-separated)")
+    p.add_argument("--capacity", type=int, default=None, metavar="N",
+                   help="how many containers the host takes (default: MOOR_HOST_CAPACITY "
+                        "or 100)")
+    p.add_argument("--shard", default=None, metavar="N",
+                   help="the shard whose jobs this worker runs (MOOR_SHARD; default 0)")
     p.set_defaults(func=guard(_worker), log_level=logging.INFO, long_running=True)
 
     p = sub.add_parser("api", help="serve the Docker Engine API on a unix socket",
@@ -167,4 +217,7 @@ def register(sub: Any) -> None:
                    help="start the worker without reconciling this host first")
     p.add_argument("--group", default=None,
                    help="group that owns the API socket (mode 0660), like dockerd's -G")
+    p.add_argument("--shards", type=_shards, default=None, metavar="N",
+                   help="run N shards, a reducer and a worker each (default: MOOR_SHARDS "
+                        "or 1; fixed for the life of the data)")
     p.set_defaults(func=guard(_up), long_running=True)

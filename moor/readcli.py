@@ -38,13 +38,32 @@ def _json_line(obj: Any) -> None:
 
 # --- ps / inspect -----------------------------------------------------------------------
 
+def _sharded(args: argparse.Namespace) -> dict[str, tuple[Any, Keys]] | None:
+    """Every shard's (redis, keys) in a sharded deployment (MOOR_SHARDS > 1), else None."""
+    from engine.config import shard_count
+
+    if shard_count() == 1:
+        return None
+    from moor.connect import shard_stores
+
+    return shard_stores(getattr(args, "redis_url", None))
+
+
+def _live_world(get: GetRedis, args: argparse.Namespace) -> Any:
+    """The live state to read: the shard's, or every shard's merged (projections.stream)."""
+    from projections.stream import load_live, load_live_all
+
+    stores = _sharded(args)
+    if stores is not None:
+        return load_live_all(stores)
+    return load_live(*get())[0]
+
+
 def _ps(get: GetRedis, args: argparse.Namespace) -> int:
-    from projections.stream import load_live
     from projections.views.filters import parse_filter_flags
     from projections.views.ps import format_table, list_containers
 
-    redis, keys = get()
-    world, _ = load_live(redis, keys)
+    world = _live_world(get, args)
     limit = 1 if args.latest else args.last
     items = list_containers(world, args.all, parse_filter_flags(args.filter), limit,
                             now_ns=time.time_ns())
@@ -61,7 +80,6 @@ def _ps(get: GetRedis, args: argparse.Namespace) -> int:
 
 def _inspect(get: GetRedis, args: argparse.Namespace) -> int:
     from engine.errors import InvalidParameter, NotFound
-    from projections.stream import load_live
     from projections.views.inspect import (
         find_container,
         find_image,
@@ -69,8 +87,7 @@ def _inspect(get: GetRedis, args: argparse.Namespace) -> int:
         inspect_image,
     )
 
-    redis, keys = get()
-    world, _ = load_live(redis, keys)
+    world = _live_world(get, args)
     docs: list[dict[str, Any]] = []
     failed = False
     for ref in args.refs:
@@ -135,10 +152,18 @@ def _watch(get: GetRedis, args: argparse.Namespace) -> int:
     from projections.views.changes import format_change
     from projections.views.points import parse_point
 
-    redis, keys = get()
     since = parse_point(args.since, time.time_ns()) if args.since else None
-    for row in follow_changes(redis, keys, since, container=args.container or "",
-                              types=args.type or ()):
+    stores = _sharded(args)
+    if stores is None:
+        rows = follow_changes(*get(), since, container=args.container or "",
+                              types=args.type or ())
+    else:
+        from projections.stream import merged
+
+        rows = merged(follow_changes(redis, keys, since, container=args.container or "",
+                                     types=args.type or ())
+                      for redis, keys in stores.values())
+    for row in rows:
         if args.format == "json":
             _json_line(row)
         else:
@@ -220,6 +245,19 @@ def _events(get: GetRedis, args: argparse.Namespace) -> int:
 # --- replay / export / import ---------------------------------------------------------------
 
 def _replay(get: GetRedis, args: argparse.Namespace) -> int:
+    """Replay (and verify) the journal; in a sharded deployment, each shard's in turn."""
+    stores = None if args.file else _sharded(args)
+    if stores is None:
+        return _replay_one(get, args)
+    status = 0
+    for shard in sorted(stores, key=int):
+        if args.format != "json":
+            print(f"shard {shard}:")
+        status |= _replay_one(lambda store=stores[shard]: store, args)
+    return status
+
+
+def _replay_one(get: GetRedis, args: argparse.Namespace) -> int:
     from engine.core.state import World
     from engine.errors import InvalidParameter
     from engine.eventlog import read_records

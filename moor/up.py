@@ -150,6 +150,21 @@ def _options(args: argparse.Namespace, argv: list[str]) -> list[str]:
     return []
 
 
+def _programs(args: argparse.Namespace, shards: int) -> list[tuple[str, list[str], str]]:
+    """Return (title, argv, what killing it does) of each child: with several shards, a
+    reducer and a worker per shard (each shard its own single writer and engine)."""
+    programs = []
+    for title, argv, effect in CHILDREN:
+        flags = _options(args, argv)
+        if argv == ["api"] or shards == 1:
+            programs.append((title, [*argv, *flags], effect))
+            continue
+        for shard in range(shards):
+            programs.append((f"{title} {shard}/{shards}",
+                             [*argv, "--shard", str(shard), *flags], effect))
+    return programs
+
+
 def _metrics_socket() -> socket.socket | None:
     """Bind the metrics address (MOOR_METRICS_ADDR, else a free loopback port) for the
     reducer to serve on; None when MOOR_METRICS_ADDR is "off"."""
@@ -173,7 +188,7 @@ def _spawn(title: str, argv: list[str], env: dict[str, str],
     from moor.lifeline import die_with_parent
 
     fds: tuple[int, ...] = ()
-    if metrics is not None and argv[:1] == ["reducer"]:
+    if metrics is not None and argv[:1] == ["reducer"] and argv[1:3] in ([], ["--shard", "0"]):
         # The reducer serves /metrics on the socket we bound: the same address across
         # its restarts, and scrapes wait in the backlog while it restarts.
         fds = (metrics.fileno(),)
@@ -186,7 +201,8 @@ def _spawn(title: str, argv: list[str], env: dict[str, str],
     return Child(title=title, argv=argv, proc=proc, started=time.monotonic())
 
 
-def _describe(children: list[Child], redis_line: str, metrics: socket.socket | None) -> None:
+def _describe(children: list[Child], effects: list[str], redis_line: str,
+              metrics: socket.socket | None) -> None:
     from engine.metrics_http import url_of
 
     host = socket.gethostname()
@@ -195,7 +211,7 @@ def _describe(children: list[Child], redis_line: str, metrics: socket.socket | N
         print(f"moor up: metrics: {url_of(metrics)}", flush=True)
     print(f"moor up: pid {os.getpid():<7} moor up            stops everything below with "
           "Ctrl-C or SIGTERM (containers keep running)", flush=True)
-    for child, (_, _, effect) in zip(children, CHILDREN, strict=True):
+    for child, effect in zip(children, effects, strict=True):
         name = f"{child.title} {host}" if child.title == "moor worker" else child.title
         print(f"moor up: pid {child.proc.pid:<7} {name:<18} if killed: {effect}", flush=True)
     print("moor up: moor-supervisor <id>       one per container: killing one kills that "
@@ -233,18 +249,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         url, owned, redis_line = _redis(args, root, _take_over(root))
         metrics = _metrics_socket()
+        from engine.config import key_prefix, shard_count
+        from engine.keys import keys_for
+
+        shards = args.shards or shard_count()
+        every = [keys_for(str(i), prefix=key_prefix(), count=shards) for i in range(shards)]
         if not named_redis_url(args.redis_url):
-            from engine.config import key_prefix
-            from engine.keys import keys_for
             from moor.embedded.acl import provision
 
-            print(f"moor up: {provision(root, keys_for(prefix=key_prefix()))}", flush=True)
-        env = dict(os.environ, MOOR_REDIS_URL=url)
+            print(f"moor up: {provision(root, every[0], tuple(every[1:]))}", flush=True)
+        env = dict(os.environ, MOOR_REDIS_URL=url, MOOR_SHARDS=str(shards))
         env.pop("MOOR_PRINCIPAL", None)  # each program speaks as its own role
-        programs = [(title, [*argv, *_options(args, argv)]) for title, argv, _ in CHILDREN]
-        children = [_spawn(title, argv, env, metrics) for title, argv in programs]
+        env.pop("MOOR_SHARD", None)
+        programs = _programs(args, shards)
+        children = [_spawn(title, argv, env, metrics) for title, argv, _ in programs]
         _write_record(root, owned, children)
-        _describe(children, redis_line, metrics)
+        _describe(children, [effect for _, _, effect in programs], redis_line, metrics)
         while not stop.is_set() and not failed:
             stop.wait(0.2)
             for i, child in enumerate(children):

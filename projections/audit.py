@@ -156,6 +156,8 @@ def verify(replayed: World, live: World) -> list[str]:
     _diff_maps("name", replayed.names, live.names, out)
     _diff_maps("tag", replayed.tags, live.tags, out)
     _diff_maps("address", replayed.addresses, live.addresses, out)
+    _diff_maps("host", msgspec.to_builtins(replayed.hosts), msgspec.to_builtins(live.hosts),
+               out)
     for cid in sorted(replayed.destroyed - live.destroyed):
         out.append(f"destroyed {cid}: only in the replay")
     for cid in sorted(live.destroyed - replayed.destroyed):

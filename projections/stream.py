@@ -7,7 +7,9 @@ engine.eventlog's (the writer's rebuild pages the same way).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+import queue
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from engine.core.state import World
@@ -17,13 +19,64 @@ from engine.snapshot import load_world
 from events.model import EventRecord
 from projections.views.points import after_time_id
 
-__all__ = ["load_live", "resolve_cursor", "tail_id", "watch"]
+__all__ = ["load_live", "load_live_all", "merged", "resolve_cursor", "tail_id", "watch"]
 
 
 def load_live(redis: Any, keys: Keys) -> tuple[World, str]:
     """Read the live snapshot and the stream id it is current to (engine.snapshot.load_world)."""
     with redis_errors():
         return load_world(redis, keys)
+
+
+def load_live_all(stores: dict[str, tuple[Any, Keys]]) -> World:
+    """Read every shard's snapshot and merge them into one World for the read side.
+
+    Containers, names and exec ids are the union (a container lives in one shard); the
+    catalog (images, networks, volumes), which every shard decides alike, is shard 0's.
+    Addresses stay per shard: each shard allocates in its own subnet slice."""
+    merged: World | None = None
+    for shard in sorted(stores, key=int):
+        redis, keys = stores[shard]
+        world = load_live(redis, keys)[0]
+        if merged is None:
+            merged = world
+            continue
+        merged.containers.update(world.containers)
+        merged.names.update(world.names)
+        merged.execs.update(world.execs)
+        merged.addresses.update(world.addresses)
+        merged.destroyed |= world.destroyed
+    return merged if merged is not None else World()
+
+
+def merged(sources: Iterable[Iterator[Any]]) -> Iterator[Any]:
+    """Yield the items of several iterators as they come (a thread each) until all end:
+    the shards' watches, each in its own shard's order (a container's changes are all in
+    its shard, so each container's order is kept). A source's failure is raised here."""
+    items: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=1000)
+    _ITEM, _END, _FAIL = 0, 1, 2
+
+    def pump(source: Iterator[Any]) -> None:
+        try:
+            for item in source:
+                items.put((_ITEM, item))
+        except BaseException as exc:  # the reader sees a shard's failure
+            items.put((_FAIL, exc))
+            return
+        items.put((_END, None))
+
+    running = 0
+    for source in sources:
+        threading.Thread(target=pump, args=(source,), daemon=True).start()
+        running += 1
+    while running:
+        kind, item = items.get()
+        if kind == _FAIL:
+            raise item
+        if kind == _END:
+            running -= 1
+            continue
+        yield item
 
 
 def tail_id(redis: Any, keys: Keys) -> str:

@@ -11,7 +11,7 @@ die() { printf '!!! %s\n' "$*" >&2; exit 1; }
 
 # --- Debian packages ------------------------------------------------------------------
 # package:command pairs; a package is missing if dpkg does not list it as installed.
-REQUIRED=(redis-server:redis-server busybox-static:busybox iptables:iptables
+REQUIRED=(redis-server:redis-server redis-tools:redis-cli busybox-static:busybox iptables:iptables
           iproute2:ip kmod:modprobe iputils-ping:ping tini:tini-static libseccomp2:
           procps:ps docker-registry:docker-registry skopeo:skopeo)
 

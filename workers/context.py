@@ -34,6 +34,8 @@ class HostContext:
     keys: Keys
     root: str
     host: str = socket.gethostname()
+    host_id: str = ""  # the host it joined as (workers.hostjoin); "": single-host mode
+    queue_redis: Any = None  # where the rq queues live, if not on `redis` (a cluster)
 
     @property
     def client(self) -> Client:

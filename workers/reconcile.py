@@ -138,19 +138,42 @@ def restore_after_boot(ctx: HostContext, world: World, boot_id_file: str | None 
     return True
 
 
+def _release_removed_dirs(ctx: HostContext, destroyed: set[str]) -> None:
+    """Delete the directories of containers removed while this host was lost (its removal
+    job could not run): the tombstones say they are gone for good."""
+    base = os.path.join(ctx.root, "containers")
+    try:
+        entries = os.listdir(base)
+    except FileNotFoundError:
+        return
+    for cid in sorted(set(entries) & destroyed):
+        try:
+            rootfs.release_rw_layer(ctx.root, cid)
+        except Exception as exc:  # a mount left inside: the next reconcile tries again
+            log.warning("directory of removed container %s kept: %s", cid[:12], exc)
+
+
 def reconcile(ctx: HostContext, boot_id_file: str | None = None) -> list[dict[str, Any]]:
-    """Correct this host against the facts; return the findings (also journaled)."""
+    """Correct this host against the facts; return the findings (also journaled).
+
+    A host (ctx.host_id) looks after the containers placed on it alone; what it holds for
+    a container the facts no longer have (removed while the host was lost) is an orphan.
+    """
     world, _ = load_world(ctx.redis, ctx.keys)
-    if restore_after_boot(ctx, world, boot_id_file):
+    # Per-host boot ids are not recorded yet: a host's reboot is not restored (0017).
+    if not ctx.host_id and restore_after_boot(ctx, world, boot_id_file):
         world, _ = load_world(ctx.redis, ctx.keys)  # restored: exited, starting or removed
     findings: list[dict[str, Any]] = []
-    known = set(world.containers)
+    mine = {cid: ctr for cid, ctr in world.containers.items() if ctr.host == ctx.host_id}
+    known = set(mine)
     # The context's engine: the worker's own, or the one a caller (a test) reconciles.
-    eid = engine_id(ctx.root, ctx.keys.prefix, ctx.keys.shard)
+    eid = engine_id(ctx.root, ctx.keys.prefix, ctx.keys.shard, ctx.host_id)
     sandboxes = set(network.list_sandboxes(eid))
     endpoints = set(network.list_endpoints(eid))
     ports = set(portmap.list_port_rules(eid))
-    mounted = _mounted(ctx)  # under this engine's data root: its own
+    # Under this host's data root: its own, unless another host shares the root (then the
+    # facts say whose a container is).
+    mounted = _mounted(ctx) - (set(world.containers) - known)
     orphans = (sandboxes | endpoints | ports | mounted) - known
     unnamed = {"netns": set(network.list_sandboxes(LEGACY)),
                "veth": set(network.list_endpoints(LEGACY)),
@@ -163,7 +186,7 @@ def reconcile(ctx: HostContext, boot_id_file: str | None = None) -> list[dict[st
                  "journal does not know (%s)", len(strangers),
                  ", ".join(sorted(cid[:12] for cid in strangers)))
 
-    for ctr in world.containers.values():
+    for ctr in mine.values():
         cid = ctr.id
         state_dir = _state_dir(ctx, cid)
         if _process_owed(ctr) and not process.is_alive(state_dir):
@@ -193,8 +216,11 @@ def reconcile(ctx: HostContext, boot_id_file: str | None = None) -> list[dict[st
         _drift(ctx, cid, None, "orphan", "resources of no known container; released",
                findings)
         release_runtime(ctx, cid)
+    if ctx.host_id:
+        _release_removed_dirs(ctx, world.destroyed)
 
     # Starts and removals owed by the state (a killed worker lost their jobs).
-    JobOutbox(ctx.redis, ctx.keys).enqueue(resume(world))
+    JobOutbox(ctx.redis, ctx.keys).enqueue([job for job in resume(world)
+                                            if job.host == ctx.host_id])
     return findings
 

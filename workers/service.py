@@ -12,7 +12,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from engine.acl import WORKER, connect_kwargs
-from engine.config import data_root, key_prefix
+from engine.config import data_root, host_id, key_prefix
 from engine.errors import Unavailable
 from engine.keys import keys_for
 from workers import nsutil, saga
@@ -75,18 +75,59 @@ class _Worker(SimpleWorker):
 def make_worker(context: HostContext, name: str | None = None) -> SimpleWorker:
     """Configure the job context and return an rq worker on this host's queue."""
     configure(context)
-    return _Worker([context.keys.queue], connection=context.redis,
+    return _Worker([context.keys.host_queue(context.host_id)],
+                   connection=context.queue_redis or context.redis,
                    serializer=JSONSerializer, name=name, log_job_description=False)
+
+
+def _stores(url: str, root: str) -> tuple[Any, Any, Any]:
+    """Return (the shard's Redis, its keys, the queues' Redis or None) for this worker.
+
+    A sharded deployment runs one worker per shard on each machine (MOOR_SHARD), each an
+    engine of its own (engine.config.engine_id). On Redis Cluster the shard's client is
+    pinned to its slot's primary and the rq queues live on MOOR_QUEUE_URL's plain Redis.
+    """
+    from engine.config import queue_url, shard_count, shard_of_process
+
+    auth = connect_kwargs(url, root, WORKER)
+    count = shard_count()
+    keys = keys_for(shard_of_process(), prefix=key_prefix(), count=count)
+    queues = queue_url()
+    queue_redis = (redis.Redis.from_url(queues, **connect_kwargs(queues, root, WORKER))
+                   if queues else None)
+    if "," in url or (count > 1 and _is_cluster(url, auth)):
+        from engine.cluster import shard_redis
+
+        if queue_redis is None:
+            raise Unavailable("the engine's Redis is a cluster: set MOOR_QUEUE_URL to a plain "
+                              "Redis for the job queues (rq cannot run on Redis Cluster)")
+        return shard_redis(url, keys.tag, **auth), keys, queue_redis
+    return redis.Redis.from_url(url, **auth), keys, queue_redis
+
+
+def _is_cluster(url: str, auth: dict[str, Any]) -> bool:
+    from engine.cluster import is_cluster
+
+    return is_cluster(url, **{k: v for k, v in auth.items() if k in ("username", "password")})
 
 
 def serve(url: str, *, burst: bool = False, reconcile_first: bool = True) -> int:
     """Run this host's worker on the Redis at `url` until SIGTERM/SIGINT (or, burst, idle)."""
     # Supervisors are re-parented to us rather than to a slow-reaping PID 1.
     nsutil.set_child_subreaper(True)
+    # Supervisors are forked from a small zygote, not from this process (it stops with us).
+    from workers.proc import zygote
+
+    zygote.start()
     root = data_root()
-    context = HostContext(redis=redis.Redis.from_url(url, **connect_kwargs(url, root, WORKER)),
-                          redis_url=url, keys=keys_for(prefix=key_prefix()), root=root)
+    engine_redis, keys, queues = _stores(url, root)
+    context = HostContext(redis=engine_redis, redis_url=url, keys=keys, root=root,
+                          host_id=host_id(), queue_redis=queues)
     os.makedirs(context.root, exist_ok=True)
+    if context.host_id:  # host mode: beat and join before reconciling or taking jobs
+        from workers.hostjoin import join
+
+        join(context)
     worker = make_worker(context)
     level = os.environ.get("MOOR_LOG_LEVEL", "WARNING")
     if burst or not reconcile_first:

@@ -61,13 +61,28 @@ class Client:
     """
 
     def __init__(self, redis: Any, keys: Keys, *, actor: str = "moor", reason: str = "",
-                 timeout: float = 30.0, inbox: Inbox | None = None) -> None:
+                 timeout: float = 30.0, inbox: Inbox | None = None, replicas: int = 0,
+                 replica_wait_ms: int = 2000, retry_for: float = 0.0) -> None:
         self.redis = redis
         self.keys = keys
         self.actor = actor
         self.reason = reason
         self.timeout = timeout
         self.inbox = inbox or keys.inbox()
+        # Durability on Redis Cluster (replication is asynchronous): a result counts as
+        # acknowledged only once `replicas` replicas hold it (WAIT); 0: as soon as read.
+        self.replicas = replicas
+        self.replica_wait_ms = replica_wait_ms
+        # Seconds a command that got no answer (Redis unreachable, failing over, not yet
+        # replicated) is sent again under the same id; the dedupe marks answer a repeat
+        # with the first result, so a retried command is never applied twice.
+        self.retry_for = retry_for
+        self.retries = 0
+
+    def store(self, ref: str = "") -> tuple[Any, Keys]:
+        """Return (redis, keys) of the shard holding the container `ref` names (one shard
+        here; commands.client.router.ShardedClient routes)."""
+        return self.redis, self.keys
 
     # --- the primitive ------------------------------------------------------------
 
@@ -83,11 +98,17 @@ class Client:
                          reason=self.reason if reason is None else reason,
                          causation_id=causation_id, reply=reply)
         stream = self.keys.reports if type(cmd) in _REPORTS else self.inbox.key
-        try:
-            self.redis.xadd(stream, {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)})
-        except redis_errors() as exc:  # unreachable, or refusing writes (READONLY)
-            raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
-        return env.command_id
+        fields = {"env": CODEC.encode(env), "cmd": CODEC.encode(cmd)}
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                self.redis.xadd(stream, fields)
+                return env.command_id
+            except redis_errors() as exc:  # unreachable, or refusing writes (READONLY)
+                if time.monotonic() >= deadline:
+                    raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
+                self.retries += 1
+                time.sleep(0.1)
 
     def submit(self, cmd: c.Command, *, container_id: str = "", command_id: str | None = None,
                reason: str | None = None, timeout: float | None = None,
@@ -96,10 +117,20 @@ class Client:
 
         With `check`, a rejection raises its typed error (NotModified included).
         """
-        command_id = self.send(cmd, container_id=container_id, command_id=command_id,
-                               reason=reason, reply=True)
+        command_id = command_id or uuid.uuid4().hex
         mark = command_id if type(cmd) in _REPORTS else self.inbox.mark(command_id)
-        submitted = self.wait_result(command_id, timeout, mark=mark)
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                self.send(cmd, container_id=container_id, command_id=command_id,
+                          reason=reason, reply=True)
+                submitted = self.wait_result(command_id, timeout, mark=mark)
+                break
+            except Unavailable:  # Timeout too: no answer is not a refusal
+                if time.monotonic() >= deadline:
+                    raise
+                self.retries += 1
+                time.sleep(0.1)
         if check and not submitted.result.ok:
             raise error_for_status(submitted.result.status, submitted.result.message)
         return submitted
@@ -116,11 +147,14 @@ class Client:
             while value is None:
                 left = deadline - time.monotonic()
                 # Short blocks: redis-py's default socket timeout (5 s) must not fire first.
-                reply = self.redis.blpop([key], timeout=min(max(left, 0.001), 2.0))
-                if reply:
-                    value = reply[1]
-                elif left <= 2.0:
-                    value = self.redis.hget(self.keys.done, mark or self.inbox.mark(command_id))
+                block = min(max(left, 0.001), 2.0)
+                if self.replicas:
+                    value = self._durable_pop(key, block)
+                else:
+                    reply = self.redis.blpop([key], timeout=block)
+                    value = reply[1] if reply else None
+                if value is None and left <= 2.0:
+                    value = self._stored(mark or self.inbox.mark(command_id))
                     break
         except redis_errors() as exc:
             raise Unavailable(f"cannot reach the engine's Redis: {exc}") from exc
@@ -129,6 +163,43 @@ class Client:
                           "(is `moor reducer` running?)")
         last, _, blob = value.partition(b" ")
         return Submitted(CODEC.result(blob), last.decode())
+
+    def _durable_pop(self, key: str, block: float) -> bytes | None:
+        """BLPOP the reply, then WAIT on the same connection for `replicas` replicas.
+
+        Popping the reply is a write, made after the reducer's write of the result (Redis
+        runs one command at a time), so WAIT returning enough replicas means the result,
+        the facts and the command's acknowledgement are on them: a failover keeps them.
+        """
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.blpop([key], timeout=block)
+            pipe.execute_command("WAIT", self.replicas, self.replica_wait_ms)
+            reply, acked = pipe.execute()
+        if not reply:
+            return None
+        self._check_replicated(acked)
+        return reply[1]
+
+    def _stored(self, mark: str) -> bytes | None:
+        """Read a stored result (the reply list expired or was missed); with `replicas`,
+        write a marker and WAIT so what was read is known to be replicated."""
+        if not self.replicas:
+            return self.redis.hget(self.keys.done, mark)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.done, mark)
+            pipe.set(self.keys.sync(), mark, px=1000)
+            pipe.execute_command("WAIT", self.replicas, self.replica_wait_ms)
+            value, _, acked = pipe.execute()
+        if value is not None:
+            self._check_replicated(acked)
+        return value
+
+    def _check_replicated(self, acked: int) -> None:
+        if int(acked) < self.replicas:
+            raise Unavailable(
+                f"the result is on the primary but only {acked} of {self.replicas} replicas "
+                f"acknowledged it within {self.replica_wait_ms} ms: not durable yet, retry "
+                "with the same command id")
 
     # --- waiting for lifecycle outcomes -------------------------------------------
 

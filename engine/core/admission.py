@@ -72,7 +72,8 @@ class Refused(Forbidden):
 
 
 _REPORTS = frozenset(c.REPORT_TYPES)
-_INTERNAL_ONLY = frozenset((c.ResumeRestart,))
+_INTERNAL_ONLY = frozenset((c.ResumeRestart, c.MarkHostLost, c.MarkHostReturned,
+                            c.DropLostContainer))
 
 
 def accepts(kind: str, cmd: c.Command) -> str:

@@ -17,6 +17,7 @@ from commands import schema as c
 from engine.core import (
     admission,
     catalog,
+    hosts,
     imaging,
     interactive,
     lifecycle,
@@ -74,6 +75,8 @@ _HANDLERS: dict[type, Callable[..., tuple[str, list[e.Event]]]] = {
     c.NoteContainerAction: interactive.note_action,
     c.CreateVolume: volumes.create_volume,
     c.RemoveVolume: volumes.remove_volume,
+    c.ReserveName: names.reserve_name,
+    c.ReleaseName: names.release_name,
     c.RemoveImage: catalog.remove_image,
     c.TagImage: imaging.tag_image,
     c.RecordImagePush: imaging.record_push,
@@ -108,4 +111,8 @@ _HANDLERS: dict[type, Callable[..., tuple[str, list[e.Event]]]] = {
     c.DisconnectNetwork: networks.disconnect,
     c.RemoveLink: networks.remove_link,
     c.ReportNetworkJoined: networks.network_joined,
+    c.JoinHost: hosts.join_host,
+    c.MarkHostLost: hosts.mark_lost,
+    c.MarkHostReturned: hosts.mark_returned,
+    c.DropLostContainer: hosts.drop_lost,
 }

@@ -13,7 +13,7 @@ from msgspec.structs import replace
 
 from engine.core import netfold
 from engine.core.ipam import address_key
-from engine.core.state import Container, Exec, Image, Volume, World
+from engine.core.state import Container, Exec, Host, Image, Volume, World
 from events import model as e
 from events import saga
 
@@ -115,17 +115,49 @@ def _volume_removed(world: World, ev: e.VolumeRemoved) -> None:
     world.volumes.pop(ev.name, None)
 
 
+def _name_reserved(world: World, ev: e.NameReserved) -> None:
+    world.reserved[ev.name] = ev.holder
+
+
+def _name_released(world: World, ev: e.NameReleased) -> None:
+    world.reserved.pop(ev.name, None)
+
+
 def _host_booted(world: World, ev: e.HostBooted) -> None:
     world.host_boot_id = ev.boot_id
 
 
+def _host_joined(world: World, ev: e.HostJoined) -> None:
+    known = world.hosts.get(ev.host)
+    losses = known.losses if known is not None else 0
+    world.hosts[ev.host] = Host(id=ev.host, labels=ev.labels, capacity=ev.capacity,
+                                subnet=ev.subnet, bridge=ev.bridge, losses=losses)
+
+
+def _host_lost(world: World, ev: e.HostLost) -> None:
+    known = world.hosts.get(ev.host)
+    if known is not None:
+        world.hosts[ev.host] = replace(known, alive=False, losses=known.losses + 1)
+
+
+def _host_returned(world: World, ev: e.HostReturned) -> None:
+    known = world.hosts.get(ev.host)
+    if known is not None:
+        world.hosts[ev.host] = replace(known, alive=True)
+
+
 _WORLD: dict[type, Callable[[World, Any], None]] = {
     e.NetworkDefined: _network_defined,
+    e.HostJoined: _host_joined,
+    e.HostLost: _host_lost,
+    e.HostReturned: _host_returned,
     e.HostBooted: _host_booted,
     e.ImageRegistered: _image_registered,
     e.ImageTagged: _image_tagged,
     e.VolumeCreated: _volume_created,
     e.VolumeRemoved: _volume_removed,
+    e.NameReserved: _name_reserved,
+    e.NameReleased: _name_released,
     e.ImageRemoved: _image_removed,
     e.ImagePushed: _image_pushed,
     **netfold.WORLD,
@@ -140,7 +172,7 @@ def _created(world: World, meta: e.EventMeta, ev: e.ContainerCreated) -> None:
     world.containers[meta.container_id] = Container(
         id=meta.container_id, name=ev.name, image=ev.image, image_id=ev.image_id,
         config=ev.config, host_config=ev.host_config, created=ev.created, version=meta.version,
-        mounts=ev.mounts)
+        mounts=ev.mounts, host=ev.host)
     world.names[ev.name] = meta.container_id
 
 

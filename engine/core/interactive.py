@@ -12,6 +12,7 @@ from __future__ import annotations
 from commands import schema as c
 from commands.options import detach_key_bytes
 from engine.core import names
+from engine.core.hosts import check_reachable
 from engine.core.reports import ignored
 from engine.core.state import Container, World
 from engine.errors import Conflict, Internal, InvalidParameter, NotFound
@@ -41,6 +42,7 @@ def note_action(world: World, env: c.Envelope,
 
 def pause(world: World, env: c.Envelope, cmd: c.PauseContainer) -> tuple[str, list[e.Event]]:
     ctr = names.resolve(world, cmd.ref)
+    check_reachable(world, ctr)
     if not ctr.running or ctr.saga:
         raise Conflict(f"container {ctr.id} is not running")
     if ctr.paused:
@@ -53,6 +55,7 @@ def pause(world: World, env: c.Envelope, cmd: c.PauseContainer) -> tuple[str, li
 def unpause(world: World, env: c.Envelope,
             cmd: c.UnpauseContainer) -> tuple[str, list[e.Event]]:
     ctr = names.resolve(world, cmd.ref)
+    check_reachable(world, ctr)
     if not ctr.paused:
         raise Internal(f"Container {ctr.id} is not paused")  # Docker answers 500 here
     return ctr.id, [e.FreezeRequested(generation=ctr.generation, frozen=False)]
@@ -85,6 +88,7 @@ def _active(ctr: Container, ref: str) -> None:
 
 def create_exec(world: World, env: c.Envelope, cmd: c.CreateExec) -> tuple[str, list[e.Event]]:
     ctr = names.resolve(world, cmd.ref)
+    check_reachable(world, ctr)
     if not names.is_full_id(cmd.exec_id):
         raise InvalidParameter(f"invalid exec id: {cmd.exec_id!r} (64 lowercase hex expected)")
     if cmd.exec_id in world.execs:
@@ -108,6 +112,7 @@ def _exec_container(world: World, exec_id: str) -> Container:
 
 def start_exec(world: World, env: c.Envelope, cmd: c.StartExec) -> tuple[str, list[e.Event]]:
     ctr = _exec_container(world, cmd.exec_id)
+    check_reachable(world, ctr)
     record = ctr.execs[cmd.exec_id]
     if record.running:
         raise Conflict(f"exec command {cmd.exec_id} is already running")

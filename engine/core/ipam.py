@@ -35,17 +35,21 @@ def mac_for(ip: str) -> str:
     return "02:42:" + ":".join(f"{int(octet):02x}" for octet in ip.split("."))
 
 
-def allocate(world: World, spec: NetworkSpec, owner: str) -> Endpoint:
+def allocate(world: World, spec: NetworkSpec, owner: str,
+             skip: tuple[tuple[int, int], ...] = ()) -> Endpoint:
     """Return an endpoint with the lowest address not held by another container.
 
     The owner's own address counts as free: a restart decided together with the exit
-    that releases it may get it back.
+    that releases it may get it back. `skip`: (first, last) ranges never given (the
+    hosts' slices, for a container of no host: engine.core.hosts).
     """
     first, last, gateway, prefix = _pool(spec.subnet, spec.gateway)
     taken = world.addresses
     prefix_key = spec.name + "/"
     for value in range(first, last + 1):
         if value == gateway:
+            continue
+        if skip and any(lo <= value <= hi for lo, hi in skip):
             continue
         ip = _dotted(value)
         if taken.get(prefix_key + ip, owner) == owner:

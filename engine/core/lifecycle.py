@@ -9,10 +9,11 @@ from __future__ import annotations
 import msgspec
 
 from commands import schema as c
-from engine.core import names, networks
+from engine.core import hosts, names, networks
 from engine.core.ipam import allocate
 from engine.core.joins import check_joins
-from engine.core.state import Container, World
+from engine.core.placement import place
+from engine.core.state import Container, World, host_lost
 from engine.core.validate import merge_image_config, validate_create
 from engine.core.volumes import mount_points
 from engine.errors import Conflict, Internal, InvalidParameter, MoorError, NotFound, NotModified
@@ -50,25 +51,24 @@ def create(world: World, env: c.Envelope, cmd: c.CreateContainer) -> tuple[str, 
     if not config.hostname and host.uts_mode != "host":  # --uts host: the host's name
         config = msgspec.structs.replace(config, hostname=cid[:12])
     # A generated name can fall back to the short id, which a user may already hold.
-    name = names.valid_name(cmd.name) if cmd.name else names.generate_name(cid, world.names)
+    name = (names.valid_name(cmd.name) if cmd.name
+            else names.generate_name(cid, names.Held(world), cmd.shards))
     _check_name_free(world, name)
+    placed = place(world, config.labels) if world.hosts else ""
     mounts, volumes = mount_points(world, cid, config, host, env.issued_at)
     return cid, [*volumes,
                  e.ContainerCreated(name=name, image=cmd.config.image, image_id=image_id,
                                     config=config, host_config=host, created=env.issued_at,
-                                    mounts=mounts),
+                                    mounts=mounts, host=placed),
                  *networks.create_events(world, cid, host, cmd.networking)]
 
 
 def _check_name_free(world: World, name: str) -> None:
-    """Raise Docker's name conflict when another container holds the name."""
-    holder = world.names.get(name)
+    """Raise Docker's name conflict when another container holds the name (here, or in
+    another shard through a reservation here)."""
+    holder = names.holder_of(world, name)
     if holder is not None:
-        raise Conflict(
-            f'Conflict. The container name "/{name}" is already in use by container '
-            f'"{holder}". You have to remove (or rename) that container to be able to '
-            "reuse that name."
-        )
+        raise names.name_conflict(name, holder)
 
 
 def endpoint_for(world: World, ctr: Container) -> Endpoint | None:
@@ -81,6 +81,10 @@ def endpoint_for(world: World, ctr: Container) -> Endpoint | None:
     spec = world.networks.get(mode)
     if spec is None:
         raise NotFound(f"network {mode} not found")
+    if world.hosts:  # a host's slice; host "" skips every slice
+        if ctr.host:
+            return allocate(world, hosts.host_network(world, spec, ctr.host), ctr.id)
+        return allocate(world, spec, ctr.id, skip=hosts.slice_ranges(world))
     return allocate(world, spec, ctr.id)
 
 
@@ -97,6 +101,7 @@ def in_backoff(ctr: Container) -> bool:
 
 def start(world: World, env: c.Envelope, cmd: c.StartContainer) -> tuple[str, list[e.Event]]:
     ctr = names.resolve(world, cmd.ref)
+    hosts.check_reachable(world, ctr)
     if ctr.paused:
         raise Conflict("cannot start a paused container, try unpause instead")
     if ctr.running or ctr.starting:
@@ -165,6 +170,7 @@ def _stop_timeout(ctr: Container, requested: int | None) -> int:
 
 def stop(world: World, env: c.Envelope, cmd: c.StopContainer) -> tuple[str, list[e.Event]]:
     ctr = names.resolve(world, cmd.ref)
+    hosts.check_reachable(world, ctr)
     if not (ctr.running or ctr.starting):
         raise NotModified("container is already stopped")
     if in_backoff(ctr):
@@ -175,6 +181,7 @@ def stop(world: World, env: c.Envelope, cmd: c.StopContainer) -> tuple[str, list
 
 def kill(world: World, env: c.Envelope, cmd: c.KillContainer) -> tuple[str, list[e.Event]]:
     ctr = names.resolve(world, cmd.ref)
+    hosts.check_reachable(world, ctr)
     try:
         sig = parse_signal(cmd.signal or "SIGKILL")
     except ValueError as exc:
@@ -189,6 +196,7 @@ def kill(world: World, env: c.Envelope, cmd: c.KillContainer) -> tuple[str, list
 
 def restart(world: World, env: c.Envelope, cmd: c.RestartContainer) -> tuple[str, list[e.Event]]:
     ctr = names.resolve(world, cmd.ref)
+    hosts.check_reachable(world, ctr)  # a 409, not the 500 of the failures below
     try:
         if ctr.removal_in_progress or ctr.dead:
             raise Conflict("container is marked for removal and cannot be started")
@@ -203,6 +211,8 @@ def restart(world: World, env: c.Envelope, cmd: c.RestartContainer) -> tuple[str
 
 def remove(world: World, env: c.Envelope, cmd: c.RemoveContainer) -> tuple[str, list[e.Event]]:
     ctr = names.resolve(world, cmd.ref)
+    if host_lost(world, ctr):
+        return ctr.id, _remove_lost(world, ctr, cmd)
     if ctr.removal_in_progress:
         raise Conflict(f"removal of container {cmd.ref} is already in progress")
     if ctr.running or ctr.starting:
@@ -219,6 +229,24 @@ def remove(world: World, env: c.Envelope, cmd: c.RemoveContainer) -> tuple[str, 
         return ctr.id, [started, kill_for_removal(ctr)]
     return ctr.id, [e.RemovalStarted(force=cmd.force, volumes=cmd.volumes),
                     e.ContainerMarkedDead()]
+
+
+def _remove_lost(world: World, ctr: Container, cmd: c.RemoveContainer) -> list[e.Event]:
+    """Remove a lost host's container without asking the host (nobody there to ask).
+
+    Running needs force, as anywhere. The container is marked dead at once, with no
+    signal; the reducer's host watch then drops it from the facts (`DropLostContainer`,
+    engine.core.hosts). The host's reconcile releases what it still holds when it returns.
+    A removal that was waiting for the host (its kill) is finished the same way.
+    """
+    if ctr.removal_in_progress and ctr.dead:
+        raise Conflict(f"removal of container {cmd.ref} is already in progress")
+    if ctr.removal_in_progress:
+        return [e.ContainerMarkedDead()]
+    if (ctr.running or ctr.starting) and not cmd.force:
+        raise Conflict(f'cannot remove container "{cmd.ref}": its host {ctr.host} is lost '
+                       "and it may still run there: force remove")
+    return [e.RemovalStarted(force=cmd.force, volumes=cmd.volumes), e.ContainerMarkedDead()]
 
 
 def rename(world: World, env: c.Envelope, cmd: c.RenameContainer) -> tuple[str, list[e.Event]]:

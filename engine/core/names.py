@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Container as Container_names  # any `in`-able: dicts of names
 
+from commands import schema as c
 from engine.core.state import Container, World
-from engine.errors import InvalidParameter, NotFound
+from engine.errors import Conflict, InvalidParameter, NotFound, NotModified
+from engine.shards import home_of_name, shard_of_id
+from events import model as e
 
-__all__ = ["familiar_digest_ref", "generate_name", "is_full_id", "normalize_image_ref",
-           "resolve", "resolve_image", "valid_name"]
+__all__ = ["Held", "familiar_digest_ref", "generate_name", "holder_of", "is_full_id", "name_conflict",
+           "normalize_image_ref", "release_name", "reserve_name", "resolve", "resolve_image",
+           "valid_name"]
 
 _HEX = frozenset("0123456789abcdef")
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -43,18 +48,77 @@ def valid_name(name: str) -> str:
     return bare
 
 
-def generate_name(container_id: str, taken: dict[str, str]) -> str:
+def generate_name(container_id: str, taken: Container_names[str], shards: int = 1) -> str:
     """Pick an adjective_surname name derived from the id (deterministic, so replayable).
 
     Like Docker: up to six tries, tries two to six append a digit, then the short id.
+    With several shards the name must be homed in the container's own shard (the shard
+    its id names), so its holder is known where the name's home says: names whose home
+    is elsewhere are skipped, and more candidates are drawn (a deterministic sequence).
     """
+    own = shard_of_id(container_id, shards)
     digest = hashlib.sha256(container_id.encode()).digest()
     base = f"{_ADJECTIVES[digest[0] % len(_ADJECTIVES)]}_{_SURNAMES[digest[1] % len(_SURNAMES)]}"
-    for attempt in range(6):
-        name = base if attempt == 0 else f"{base}{digest[1 + attempt] % 10}"
-        if name not in taken:
+    tries = 6 if shards <= 1 else 6 + 64 * shards
+    for attempt in range(tries):
+        if attempt == 0:
+            name = base
+        elif attempt < 6:
+            name = f"{base}{digest[1 + attempt] % 10}"
+        else:
+            name = f"{base}{attempt}"
+        if name not in taken and home_of_name(name, shards) == own:
             return name
     return container_id[:12]
+
+
+class Held:
+    """The names held in a world, as an `in`-able view (no copy): its containers' and
+    its reservations'."""
+
+    __slots__ = ("world",)
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.world.names or name in self.world.reserved
+
+
+def holder_of(world: World, name: str) -> str | None:
+    """Return who holds `name` here: one of this shard's containers, or the container of
+    another shard this shard (the name's home) reserved it for; None when free."""
+    return world.names.get(name) or world.reserved.get(name)
+
+
+def name_conflict(name: str, holder: str) -> Conflict:
+    """Docker's name conflict (409)."""
+    return Conflict(
+        f'Conflict. The container name "/{name}" is already in use by container '
+        f'"{holder}". You have to remove (or rename) that container to be able to '
+        "reuse that name."
+    )
+
+
+def reserve_name(world: World, env: c.Envelope, cmd: c.ReserveName) -> tuple[str, list[e.Event]]:
+    """Hold `name` here, its home, for a container of another shard (a rename there)."""
+    name = valid_name(cmd.name)
+    if not is_full_id(cmd.holder):
+        raise InvalidParameter(f"invalid holder id: {cmd.holder!r} (64 lowercase hex expected)")
+    holder = holder_of(world, name)
+    if holder == cmd.holder:
+        raise NotModified(f"name {name} is already reserved for {cmd.holder}")
+    if holder is not None:
+        raise Conflict(f"Error when allocating new name: {name_conflict(name, holder).message}")
+    return "", [e.NameReserved(name=name, holder=cmd.holder)]
+
+
+def release_name(world: World, env: c.Envelope, cmd: c.ReleaseName) -> tuple[str, list[e.Event]]:
+    """Give back a reservation; a name reserved for someone else (or not at all) stays."""
+    name = valid_name(cmd.name)
+    if world.reserved.get(name) != cmd.holder:
+        raise NotModified(f"name {name} is not reserved for {cmd.holder}")
+    return "", [e.NameReleased(name=name, holder=cmd.holder)]
 
 
 def resolve(world: World, ref: str) -> Container:

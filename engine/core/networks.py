@@ -18,6 +18,7 @@ import ipaddress
 from commands import schema as c
 from engine.core import names
 from engine.core.ipam import address_key, mac_for
+from engine.shards import shard_of_id
 from engine.core.state import Container, World
 from engine.errors import (
     Conflict,
@@ -198,7 +199,8 @@ def create_network(world: World, env: c.Envelope,
     spec = NetworkSpec(name=cmd.name, subnet=subnet, gateway=gateway, bridge=bridge)
     info = NetworkInfo(id=cmd.network_id, created=env.issued_at, labels=dict(cmd.labels),
                        internal=cmd.internal, ip_range=cmd.ip_range, options=options,
-                       subnet_given=bool(cmd.subnet) and cmd.subnet_given)
+                       subnet_given=bool(cmd.subnet) and cmd.subnet_given,
+                       shards=max(1, cmd.shards))
     return "", [e.NetworkCreated(network=spec, info=info)]
 
 
@@ -289,6 +291,12 @@ def check_settings(world: World, network: str, settings: EndpointSettings,
                                    "this network's subnets")
 
 
+def _share_of(net: ipaddress.IPv4Network, addr: ipaddress.IPv4Address, shards: int) -> int:
+    """Return which shard gives an address of a network several shards allocate on: its
+    host number modulo the shard count (each shard one writer of its share)."""
+    return (int(addr) - int(net.network_address)) % shards
+
+
 def endpoint_on(world: World, ctr: Container, network: str) -> Endpoint:
     """Reserve the container's address on a network: its `--ip`, else the lowest free one
     (inside `--ip-range` when the network has one). The owner's own address counts free."""
@@ -299,10 +307,17 @@ def endpoint_on(world: World, ctr: Container, network: str) -> Endpoint:
     net = ipaddress.IPv4Network(spec.subnet)
     info = world.network_info.get(network)
     mac = settings.mac_address.lower()
+    shards = info.shards if info is not None else 1
+    share = int(shard_of_id(ctr.id, shards))
     if settings.ipv4_address:
         holder = world.addresses.get(address_key(network, settings.ipv4_address), ctr.id)
         if holder != ctr.id or settings.ipv4_address == spec.gateway:
             raise Forbidden("Address already in use")
+        if _share_of(net, ipaddress.IPv4Address(settings.ipv4_address), shards) != share:
+            raise Forbidden(f"Address {settings.ipv4_address} belongs to another shard's share "
+                            f"of network {network}: in a deployment of {shards} shards, "
+                            "shard k gives the addresses whose host number is k modulo "
+                            f"{shards} (this container is in shard {share})")
         ip = settings.ipv4_address
         return Endpoint(network=network, ip_address=ip, prefix_len=net.prefixlen,
                         gateway=spec.gateway, mac_address=mac or mac_for(ip))
@@ -311,6 +326,8 @@ def endpoint_on(world: World, ctr: Container, network: str) -> Endpoint:
     for addr in pool.hosts() if pool.prefixlen < 31 else pool:
         if addr == gateway or addr == net.network_address or addr == net.broadcast_address:
             continue
+        if shards > 1 and _share_of(net, addr, shards) != share:
+            continue  # another shard's share: it may give this address any time
         ip = str(addr)
         if world.addresses.get(address_key(network, ip), ctr.id) == ctr.id:
             return Endpoint(network=network, ip_address=ip, prefix_len=net.prefixlen,

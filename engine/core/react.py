@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from commands.codec import CODEC
-from engine.core import networks
+from engine.core import hosts, networks
 from engine.core.joins import namespace_joins
 from engine.core.netreact import net_jobs
 from engine.core.state import Container, World
@@ -25,17 +25,21 @@ _JOBS = "workers.jobs"
 
 
 class Job(NamedTuple):
-    """One side effect to perform on the container's host."""
+    """One side effect to perform on the container's host (its queue: `host`, "" for
+    single-host mode's default queue)."""
 
     func: str
     job_id: str
     kwargs: dict[str, Any]
+    host: str = ""
 
 
 def start_plan(world: World, ctr: Container) -> StartPlan:
     """Return everything the worker needs to start this generation (the steps still owed)."""
     image = world.images.get(ctr.image_id)
     network = world.networks.get(ctr.endpoint.network) if ctr.endpoint is not None else None
+    if network is not None and ctr.host:  # the default network: the host's slice
+        network = hosts.host_network(world, network, ctr.host)
     return StartPlan(container_id=ctr.id, generation=ctr.generation, name=ctr.name,
                      image_id=ctr.image_id, layers=image.layers if image is not None else (),
                      config=ctr.config, host_config=ctr.host_config, endpoint=ctr.endpoint,
@@ -67,7 +71,30 @@ def _remove_job(ctr: Container) -> Job:
 
 
 def react(world: World, record: e.EventRecord) -> list[Job]:
-    """Return the jobs an event triggers; `world` is the state after the event."""
+    """Return the jobs an event triggers, each on its host's queue; `world` is the state
+    after the event."""
+    jobs = _react(world, record)
+    if not jobs or not world.hosts:
+        return jobs  # single-host mode: every job on the default queue
+    ctr = world.containers.get(record.meta.container_id)
+    if ctr is not None:
+        return _on_host(jobs, ctr.host)
+    return _everywhere(world, jobs)
+
+
+def _on_host(jobs: list[Job], host: str) -> list[Job]:
+    return [job._replace(host=host) for job in jobs] if host else jobs
+
+
+def _everywhere(world: World, jobs: list[Job]) -> list[Job]:
+    """Engine-wide work (volumes, user networks) goes to every known host's queue, lost
+    ones included (they do it when they return); job ids get the host, since rq's job
+    keys are global."""
+    return [job._replace(job_id=f"{job.job_id}@{host}", host=host)
+            for host in sorted(world.hosts) for job in jobs]
+
+
+def _react(world: World, record: e.EventRecord) -> list[Job]:
     event = record.event
     if isinstance(event, e.VolumeCreated | e.VolumeRemoved):
         # The directory is made at once (inspect's Mountpoint exists), and goes with it.
@@ -109,7 +136,7 @@ def resume(world: World) -> list[Job]:
     jobs: list[Job] = []
     for ctr in world.containers.values():
         if ctr.dead and ctr.removal_in_progress:
-            jobs.append(_remove_job(ctr))
+            jobs += _on_host([_remove_job(ctr)], ctr.host)
         elif ctr.saga:
-            jobs.append(_start_job(world, ctr))
+            jobs += _on_host([_start_job(world, ctr)], ctr.host)
     return jobs

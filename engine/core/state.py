@@ -21,7 +21,8 @@ from events.specs import (
     NetworkSpec,
 )
 
-__all__ = ["ANONYMOUS_LABEL", "Container", "Exec", "Image", "Volume", "World", "status_of"]
+__all__ = ["ANONYMOUS_LABEL", "Container", "Exec", "Host", "Image", "Volume", "World",
+           "host_lost", "status_of"]
 
 
 class Exec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -79,6 +80,7 @@ class Container(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, g
     endpoints: dict[str, Endpoint] = {}  # networks joined beyond the primary, by name
     mounts: tuple[MountPoint, ...] = ()  # resolved at create (engine.core.volumes)
     remove_volumes: bool = False  # rm -v: its anonymous volumes go with it
+    host: str = ""  # the host it was placed on at create, for life ("": single-host mode)
 
     @property
     def starting(self) -> bool:
@@ -115,6 +117,21 @@ class Volume(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         return ANONYMOUS_LABEL in self.labels
 
 
+class Host(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A worker host the engine knows (HostJoined), for as long as the engine lives.
+
+    Not omit_defaults, as Volume: a decoded record must compare equal to a decided one.
+    """
+
+    id: str
+    labels: dict[str, str] = {}
+    capacity: int = 1
+    subnet: str = ""  # its slice of the default bridge network ("" if none was defined)
+    bridge: str = ""  # the device its slice lives on
+    alive: bool = True  # False from HostLost until HostReturned
+    losses: int = 0  # how many times it was lost (the host watch's command ids)
+
+
 class World(msgspec.Struct, kw_only=True):
     """Everything the decider reads; rebuilt exactly by folding the events stream."""
 
@@ -130,17 +147,33 @@ class World(msgspec.Struct, kw_only=True):
     execs: dict[str, str] = {}  # exec id -> container id (derived, as names are)
     host_boot_id: str = ""  # the host's kernel boot id last restored after (HostBooted)
     volumes: dict[str, Volume] = {}
+    hosts: dict[str, Host] = {}  # host id -> its record (engine.core.hosts)
+    # Names this shard (their home) holds for containers of other shards: name -> holder
+    # id (engine.shards; empty with one shard).
+    reserved: dict[str, str] = {}
 
     def snapshot(self) -> dict[str, object]:
         """Return a comparable plain copy (tests and replay --verify)."""
         return msgspec.to_builtins(self, order="sorted")
 
 
-def status_of(c: Container) -> str:
+def host_lost(world: World, c: Container) -> bool:
+    """Tell whether the container's host is lost (its lease lapsed: HostLost)."""
+    if not c.host:
+        return False
+    host = world.hosts.get(c.host)
+    return host is not None and not host.alive
+
+
+def status_of(c: Container, lost: bool = False) -> str:
     """Return Docker's State.Status string with Docker's precedence.
 
     The one home of that precedence: `ps`'s human Status text formats what this returns.
+    `lost` (host_lost): the container's host is lost, which Docker has no state for:
+    "lost", or "removing" once an rm -f took it out of the host's hands.
     """
+    if lost:
+        return "removing" if c.removal_in_progress or c.dead else "lost"
     if c.running:
         if c.paused:
             return "paused"

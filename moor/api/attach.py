@@ -25,7 +25,6 @@ from aiohttp import WSMsgType, web
 
 from commands.codec import CODEC
 from commands.options import detach_key_bytes
-from engine.config import engine_id
 from engine.core.state import Container
 from engine.errors import Conflict, InvalidParameter, MoorError
 from events import model as e
@@ -33,7 +32,7 @@ from moor.api.context import ApiContext, ctx, run
 from moor.api.hijack import RAW, dimension, hijack, splice
 from moor.api.http import query_bool, thread_stream
 from moor.api.streams import log_lines, pump
-from projections.stream import load_live, watch
+from projections.stream import watch
 from projections.views.inspect import find_container
 from workers.interactive import attach_socket
 from workers.proc.console import send_resize
@@ -54,8 +53,7 @@ def _attachable(context: ApiContext, ref: str, keys_text: str
         keys = detach_key_bytes(keys_text)
     except ValueError:
         raise InvalidParameter(f"Invalid detach keys ({keys_text}) provided") from None
-    world, cursor = load_live(context.redis, context.keys)
-    ctr = find_container(world, ref)
+    ctr, cursor = context.live(ref)
     if ctr.paused:
         raise Conflict(f"container {ref} is paused, unpause the container before attach")
     if ctr.restarting:
@@ -83,7 +81,7 @@ class _Session:
         self.stdin = query_bool(request, "stdin") and ctr.config.open_stdin
         self.keys = keys if ctr.config.tty else b""  # detected only with a TTY, as dockerd
         self.raw = raw or ctr.config.tty
-        self.path = attach_socket(engine_id(context.data_root, context.keys.prefix), ctr.id,
+        self.path = attach_socket(context.engine(ctr.id), ctr.id,
                                   ctr.config)
 
     async def replay_logs(self, write: Write) -> None:
@@ -194,7 +192,7 @@ async def resize(request: web.Request) -> web.Response:
     ctr = find_container(world, request.match_info["id"])
     if not ctr.running:
         raise Conflict(f"container {ctr.id} is not running")
-    path = attach_socket(engine_id(context.data_root, context.keys.prefix), ctr.id,
+    path = attach_socket(context.engine(ctr.id), ctr.id,
                          ctr.config)
     if path and ctr.config.tty:
         try:
@@ -211,7 +209,7 @@ async def resize(request: web.Request) -> web.Response:
 def _start_of(context: ApiContext, cid: str, cursor: str, stop: threading.Event
               ) -> Iterator[bool]:
     """Yield True once the container has started after cursor; False if it never will."""
-    for _, record in watch(context.redis, context.keys, cursor, block_ms=_BLOCK_MS,
+    for _, record in watch(*context.store(cid), cursor, block_ms=_BLOCK_MS,
                            container=cid, stop=stop.is_set):
         if isinstance(record.event, e.ContainerStarted):
             yield True
@@ -244,8 +242,9 @@ def _await_run(context: ApiContext, ctr: Container, cursor: str, stop: threading
     while not stop.is_set():
         if fd is None:
             fd = _open_log(context.data_root, ctr.id)
-        reply = context.redis.xread({context.keys.events: cursor}, count=500,
-                                    block=None if fd is None else _BLOCK_MS)
+        redis, keys = context.store(ctr.id)
+        reply = redis.xread({keys.events: cursor}, count=500,
+                            block=None if fd is None else _BLOCK_MS)
         for _, entries in reply or []:
             for entry_id, fields in entries:
                 cursor = entry_id.decode()

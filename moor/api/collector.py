@@ -267,13 +267,16 @@ class Collector:
             feed.pid, feed.at = pid, at
 
 
-_COLLECTORS: weakref.WeakKeyDictionary[web.Application, Collector] = \
+_COLLECTORS: weakref.WeakKeyDictionary[web.Application, dict[str, Collector]] = \
     weakref.WeakKeyDictionary()
 
 
-def collector_for(request: web.Request) -> Collector:
-    """Return the application's collector (one per server), made on first use."""
-    found = _COLLECTORS.get(request.app)
+def collector_for(request: web.Request, container_id: str = "") -> Collector:
+    """Return the collector of the container's shard (one per shard and server: each
+    follows its shard's journal and cgroups), made on first use."""
+    context = ctx(request).shard_context(container_id)
+    per_shard = _COLLECTORS.setdefault(request.app, {})
+    found = per_shard.get(context.keys.shard)
     if found is None:
-        found = _COLLECTORS[request.app] = Collector(ctx(request))
+        found = per_shard[context.keys.shard] = Collector(context)
     return found

@@ -16,7 +16,7 @@ from aiohttp import web
 from commands.client import Client
 from engine.core.state import World
 from engine.keys import Keys
-from projections.stream import load_live
+from projections.stream import load_live, load_live_all
 
 __all__ = ["API_VERSION", "ENGINE_VERSION", "MIN_API_VERSION", "ApiContext", "CONTEXT",
            "ctx", "run"]
@@ -30,20 +30,70 @@ T = TypeVar("T")
 
 @dataclass
 class ApiContext:
-    """The server's connection to one engine shard."""
+    """The server's connection to the engine: one shard (`redis`, `keys`), or in a sharded
+    deployment every shard (`shards`, "0" first; `redis` and `keys` are shard 0's)."""
 
     redis: Any
     keys: Keys
     data_root: str
     timeout: float = 30.0
+    shards: dict[str, tuple[Any, Keys]] | None = None
+    replicas: int = 0  # WAIT for this many replicas before a result counts (a cluster)
 
     def client(self, request: web.Request) -> Client:
-        """Return a client whose commands record who asked (peer uid) and with what."""
-        return Client(self.redis, self.keys, actor=_actor(request),
-                      reason=request.headers.get("User-Agent", ""), timeout=self.timeout)
+        """Return a client whose commands record who asked (peer uid) and with what; in a
+        sharded deployment it routes each command to its shard."""
+        actor, reason = _actor(request), request.headers.get("User-Agent", "")
+        if self.shards is None:
+            return Client(self.redis, self.keys, actor=actor, reason=reason,
+                          timeout=self.timeout, replicas=self.replicas)
+        from commands.client.router import ShardedClient
+
+        return ShardedClient({s: Client(r, k, actor=actor, reason=reason, timeout=self.timeout,
+                                        replicas=self.replicas)
+                              for s, (r, k) in self.shards.items()})
 
     def world(self) -> World:
-        return load_live(self.redis, self.keys)[0]
+        """The live state: the shard's, or every shard's merged (projections.stream)."""
+        if self.shards is None:
+            return load_live(self.redis, self.keys)[0]
+        return load_live_all(self.shards)
+
+    def live(self, ref: str) -> tuple[Any, str]:
+        """Return the container `ref` names and its shard's events cursor (the snapshot's
+        checkpoint), or raise Docker's 404."""
+        from projections.views.inspect import find_container
+
+        if self.shards is None:
+            world, cursor = load_live(self.redis, self.keys)
+            return find_container(world, ref), cursor
+        found = find_container(self.world(), ref)
+        world, cursor = load_live(*self.store(found.id))
+        return world.containers.get(found.id, found), cursor
+
+    def shard_context(self, container_id: str = "") -> ApiContext:
+        """Return this context narrowed to the shard of a container (itself unsharded)."""
+        if self.shards is None:
+            return self
+        from dataclasses import replace
+
+        redis, keys = self.store(container_id)
+        return replace(self, redis=redis, keys=keys, shards=None)
+
+    def store(self, container_id: str = "") -> tuple[Any, Keys]:
+        """Return (redis, keys) of the shard a container (or exec) id belongs to."""
+        if self.shards is None or not container_id:
+            return self.redis, self.keys
+        from engine.shards import shard_of_id
+
+        return self.shards[shard_of_id(container_id, len(self.shards))]
+
+    def engine(self, container_id: str = "") -> str:
+        """Return the engine id of the worker that runs a container (its shard's)."""
+        from engine.config import engine_id
+
+        keys = self.store(container_id)[1]
+        return engine_id(self.data_root, keys.prefix, keys.shard)
 
 
 CONTEXT = web.AppKey("moorage", ApiContext)

@@ -17,7 +17,6 @@ from typing import Any
 from aiohttp import web
 
 from commands.options import detach_key_bytes
-from engine.config import engine_id
 from engine.errors import InvalidParameter, MoorError
 from events import model as e
 from events.specs import ExecConfig
@@ -72,7 +71,7 @@ async def inspect(request: web.Request) -> web.Response:
 
 
 def _socket(context: ApiContext, exec_id: str) -> str:
-    return exec_socket(engine_id(context.data_root, context.keys.prefix), exec_id)
+    return exec_socket(context.engine(exec_id), exec_id)
 
 
 async def resize(request: web.Request) -> web.Response:
@@ -95,7 +94,7 @@ async def start(request: web.Request) -> web.StreamResponse:
     doc = inspect_exec(world, exec_id)  # 404 before anything is hijacked
     detach = bool(body.get("Detach"))
     client = context.client(request)
-    cursor = await run(tail_id, context.redis, context.keys)
+    cursor = await run(tail_id, *context.store(exec_id))
     await run(client.start_exec, exec_id, detach)
     if detach:
         return web.Response(status=200)

@@ -102,10 +102,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.group:
         socket_gid(args.group)  # an unknown group stops the server before it listens
+    from engine.config import shard_count
+    from moor.connect import on_cluster, shard_stores
+
     redis, keys = redis_and_keys(args.redis_url, prefix=args.prefix, role="control")
     args.socket = args.socket or os.path.join(data_root(), "docker.sock")
+    # A sharded deployment: every shard's store; commands route, reads merge (ApiContext).
+    shards = (shard_stores(args.redis_url, args.prefix, role="control")
+              if shard_count() > 1 else None)
     context = ApiContext(redis=redis, keys=keys, data_root=os.path.realpath(data_root()),
-                         timeout=args.timeout)
+                         timeout=args.timeout, shards=shards,
+                         replicas=1 if on_cluster(args.redis_url) else 0)
     try:
         asyncio.run(serve(args, context))
     except KeyboardInterrupt:

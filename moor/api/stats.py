@@ -21,7 +21,6 @@ from engine.errors import Conflict, InvalidParameter
 from moor.api.collector import Reading, Subscription, collector_for, engine_parent
 from moor.api.context import ctx, run
 from moor.api.http import JSON, api_version, dumps, json_response, query_bool
-from projections.stream import load_live
 from projections.views.inspect import find_container
 from workers.proc import top as host_top
 from workers.proc.stats import document
@@ -31,14 +30,13 @@ __all__ = ["stats", "top"]
 
 async def stats(request: web.Request) -> web.StreamResponse:
     context = ctx(request)
-    world, checkpoint = await run(load_live, context.redis, context.keys)
-    ctr = find_container(world, request.match_info["id"])
+    ctr, checkpoint = await run(context.live, request.match_info["id"])
     stream = query_bool(request, "stream", default=True)
     one_shot = api_version(request) >= (1, 41) and query_bool(request, "one-shot")
     if stream and one_shot:
         raise InvalidParameter("cannot have stream=true and one-shot=true")
     name = f"/{ctr.name}"
-    collector = collector_for(request)
+    collector = collector_for(request, ctr.id)
     if not stream:
         if not ctr.running or ctr.restarting:
             return json_response(document(name, ctr.id, None))
@@ -85,6 +83,7 @@ async def top(request: web.Request) -> web.Response:
     if ctr.restarting:
         raise Conflict(f"Container {ctr.id} is restarting, wait until the container is "
                        "running")
-    listing = await run(host_top.top, ctr.id, engine_parent(context), ps_args)
+    listing = await run(host_top.top, ctr.id, engine_parent(context.shard_context(ctr.id)),
+                        ps_args)
     await run(context.client(request).note_action, ctr.id, "top")
     return json_response(listing)

@@ -22,7 +22,7 @@ from events import model as e
 from moor.api.context import ApiContext, ctx, run
 from moor.api.hijack import stream_content_type
 from moor.api.http import JSON, dumps, query_bool, thread_stream
-from projections.stream import load_live, watch
+from projections.stream import load_live, merged, watch
 from projections.views.feed import FeedState, docker_event, event_filter, observe
 from projections.views.filters import parse_filters_json
 from projections.views.inspect import find_container
@@ -39,8 +39,12 @@ _BLOCK_MS = 500
 
 
 def _snapshot(context: ApiContext, ref: str) -> tuple[World, str, Container]:
-    world, checkpoint = load_live(context.redis, context.keys)
-    return world, checkpoint, find_container(world, ref)
+    """The live state, the cursor of the container's shard, and the container."""
+    if context.shards is None:
+        world, checkpoint = load_live(context.redis, context.keys)
+        return world, checkpoint, find_container(world, ref)
+    ctr, checkpoint = context.live(ref)
+    return context.world(), checkpoint, ctr
 
 
 # --- wait -------------------------------------------------------------------------------
@@ -49,7 +53,7 @@ def _wait_exit(context: ApiContext, ctr: Container, cursor: str, condition: str,
                stop: threading.Event) -> Iterator[dict[str, Any]]:
     """Yield one wait result when the condition holds (nothing if stopped first)."""
     code, error = ctr.exit_code, ctr.error
-    for _, record in watch(context.redis, context.keys, cursor, block_ms=_BLOCK_MS,
+    for _, record in watch(*context.store(ctr.id), cursor, block_ms=_BLOCK_MS,
                            container=ctr.id, stop=stop.is_set):
         ev = record.event
         if isinstance(ev, e.ContainerDied | e.StartFailed):
@@ -190,32 +194,63 @@ def _docker_events(context: ApiContext, since: int | None, until: int | None,
         t = ev["timeNano"]
         return (since is None or t >= since) and (until is None or t <= until)
 
-    if since is None and until is None:
-        world, cursor = load_live(context.redis, context.keys)
-        state = FeedState.from_world(world)
-    else:
-        # Old events carry the names they had then: fold the whole journal.
-        state, cursor = FeedState(), "0-0"
-        for stream_id, record in read_records(context.redis, context.keys):
-            cursor = stream_id
-            observe(state, record)
-            ev = docker_event(record, stream_id, state)
-            if shown(ev):
-                yield ev  # type: ignore[misc]
-            if stop.is_set():
-                return
-        if until is not None and until <= time.time_ns():
-            return
-
     def past() -> bool:
         return stop.is_set() or (until is not None and time.time_ns() > until)
 
-    for stream_id, record in watch(context.redis, context.keys, cursor,
-                                   block_ms=200 if until is not None else 1000, stop=past):
-        observe(state, record)
-        ev = docker_event(record, stream_id, state)
-        if shown(ev):
-            yield ev  # type: ignore[misc]
+    shards = context.shards or {"0": (context.redis, context.keys)}
+    # Every shard decides the catalog (images, networks, volumes) for itself: its events
+    # are shown once, from shard 0; a container's are all in its own shard.
+    feeds = [_ShardFeed(redis, keys, catalog=shard == "0", shown=shown)
+             for shard, (redis, keys) in sorted(shards.items(), key=lambda i: int(i[0]))]
+    history: list[dict[str, Any]] = []
+    for feed in feeds:
+        for ev in feed.history(since is None and until is None, stop):
+            history.append(ev)
+    if len(feeds) > 1:
+        history.sort(key=lambda ev: ev["timeNano"])
+    yield from history
+    if stop.is_set() or (until is not None and until <= time.time_ns()):
+        return
+    block = 200 if until is not None else 1000
+    if len(feeds) == 1:
+        yield from feeds[0].live(block, past)
+    else:
+        yield from merged(feed.live(block, past) for feed in feeds)
+
+
+class _ShardFeed:
+    """One shard's Docker events: what its journal holds, then its tail."""
+
+    def __init__(self, redis: Any, keys: Any, *, catalog: bool,
+                 shown: Callable[[dict[str, Any] | None], bool]) -> None:
+        self.redis, self.keys, self.catalog, self.shown = redis, keys, catalog, shown
+        self.state, self.cursor = FeedState(), "0-0"
+
+    def _ours(self, record: Any) -> bool:
+        return self.catalog or bool(record.meta.container_id)
+
+    def history(self, from_now: bool, stop: threading.Event) -> Iterator[dict[str, Any]]:
+        if from_now:
+            world, self.cursor = load_live(self.redis, self.keys)
+            self.state = FeedState.from_world(world)
+            return
+        # Old events carry the names they had then: fold the whole journal.
+        for stream_id, record in read_records(self.redis, self.keys):
+            self.cursor = stream_id
+            observe(self.state, record)
+            ev = docker_event(record, stream_id, self.state)
+            if self._ours(record) and self.shown(ev):
+                yield ev  # type: ignore[misc]
+            if stop.is_set():
+                return
+
+    def live(self, block_ms: int, past: Callable[[], bool]) -> Iterator[dict[str, Any]]:
+        for stream_id, record in watch(self.redis, self.keys, self.cursor, block_ms=block_ms,
+                                       stop=past):
+            observe(self.state, record)
+            ev = docker_event(record, stream_id, self.state)
+            if self._ours(record) and self.shown(ev):
+                yield ev  # type: ignore[misc]
 
 
 async def events(request: web.Request) -> web.StreamResponse:

@@ -30,16 +30,17 @@ __all__ = ["provision", "users_file"]
 _OFF = "user default off resetkeys resetchannels -@all"
 
 
-def users_file(root: str, keys: Keys) -> str:
-    """Return users.acl for the roles and every principal with a credential file."""
+def users_file(root: str, keys: Keys, others: tuple[Keys, ...] = ()) -> str:
+    """Return users.acl for the roles and every principal with a credential file
+    (`others`: the other shards of a sharded deployment)."""
     names = [*ROLES, *principals_with_files(root)]
     creds = {name: ensure_credential(root, keys, name) for name in ROLES}
     for name in names[len(ROLES):]:
         creds[name] = read_credential(os.path.join(root, "credentials", name))
-    return "\n".join([*(user_line(keys, n, creds[n]) for n in names), _OFF]) + "\n"
+    return "\n".join([*(user_line(keys, n, creds[n], others) for n in names), _OFF]) + "\n"
 
 
-def provision(root: str, keys: Keys) -> str:
+def provision(root: str, keys: Keys, others: tuple[Keys, ...] = ()) -> str:
     """Provision the ACL users of the embedded Redis under `root`; return what was done."""
     rdir = rd.redis_dir(root)
     with rd.locked(rdir), socket_client(rdir, 5.0) as client:
@@ -47,7 +48,7 @@ def provision(root: str, keys: Keys) -> str:
         if int(version.split(".")[0] or 0) < 7:
             return (f"Redis {version} has no ACL selectors: running WITHOUT per-role users "
                     "(install redis-server 7+)")
-        text = users_file(root, keys)
+        text = users_file(root, keys, others)
         previous = (rdir / ACL_FILE).read_text() if (rdir / ACL_FILE).exists() else ""
         _write(rdir / ACL_FILE, text)
         try:

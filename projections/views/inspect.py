@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.core import names
-from engine.core.state import Container, Image, World, status_of
+from engine.core.state import Container, Image, World, host_lost, status_of
 from engine.core.update import effective_swap
 from engine.errors import NotFound
 from events.hostopts import MASKED_PATHS, READONLY_PATHS
@@ -39,9 +39,11 @@ def find_image(world: World, ref: str) -> Image:
         raise NotFound(f"No such image: {ref}") from None
 
 
-def _state(ctr: Container) -> dict[str, Any]:
+def _state(world: World, ctr: Container) -> dict[str, Any]:
+    lost = host_lost(world, ctr)
+    placed = {"Host": ctr.host} if ctr.host else {}  # moorage's: the host it lives on
     return {
-        "Status": status_of(ctr),
+        "Status": status_of(ctr, lost),
         "Running": ctr.running,
         "Paused": ctr.paused,
         "Restarting": ctr.restarting,
@@ -52,7 +54,19 @@ def _state(ctr: Container) -> dict[str, Any]:
         "Error": ctr.error,
         "StartedAt": rfc3339_nano(ctr.started_at),
         "FinishedAt": rfc3339_nano(ctr.finished_at),
+        **placed,
     }
+
+
+def _node(world: World, ctr: Container) -> dict[str, Any]:
+    """The host a container is placed on, shaped as Docker Swarm classic's `Node` ({} with
+    no host: single-host mode shows no such field)."""
+    host = world.hosts.get(ctr.host) if ctr.host else None
+    if host is None:
+        return {}
+    return {"Node": {"ID": host.id, "Name": host.id, "Labels": dict(host.labels),
+                     "Capacity": host.capacity, "Subnet": host.subnet,
+                     "Status": "ready" if host.alive else "lost"}}
 
 
 def _host_config(ctr: Container) -> dict[str, Any]:
@@ -187,7 +201,7 @@ def inspect_container(world: World, ctr: Container, now_ns: int = 0) -> dict[str
         "Created": rfc3339_nano(ctr.created),
         "Path": path,
         "Args": args,
-        "State": _state(ctr),
+        "State": _state(world, ctr),
         "Image": ctr.image_id,
         "ResolvConfPath": "",
         "HostnamePath": "",
@@ -204,6 +218,7 @@ def inspect_container(world: World, ctr: Container, now_ns: int = 0) -> dict[str
         "Mounts": [],
         "Config": _config(ctr),
         "NetworkSettings": _network_settings(world, ctr),
+        **_node(world, ctr),
     }
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.core import names
-from engine.core.state import Container, World, status_of
+from engine.core.state import Container, World, host_lost, status_of
 from engine.errors import InvalidParameter, NotFound
 from projections.views.filters import check_keys, match_kv, regex_match
 from projections.views.points import human_duration
@@ -25,17 +25,22 @@ from projections.views.shape import (
 __all__ = ["STATES", "format_table", "human_status", "list_containers", "list_item", "table_row"]
 
 STATES = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
+# moorage's own state: a container whose host's lease lapsed (docs/decisions/0017-hosts.md).
+# Accepted by the filter; Docker's error text keeps listing Docker's states.
+LOST = "lost"
 _HEALTH = ("starting", "healthy", "unhealthy", "none")
 _NS = 1_000_000_000
 
 
-def human_status(ctr: Container, now_ns: int) -> str:
+def human_status(ctr: Container, now_ns: int, lost: bool = False) -> str:
     """Return Docker's human Status ("Up 3 minutes", "Exited (0) 5 seconds ago", ...).
 
     The state comes from `status_of` (the one home of Docker's precedence); this only
-    words it.
+    words it. A lost host's container: "Lost (host NAME)".
     """
-    status = status_of(ctr)
+    status = status_of(ctr, lost)
+    if status == "lost":
+        return f"Lost (host {ctr.host})"
     if status == "running":
         return f"Up {human_duration(now_ns - ctr.started_at)}"
     if status == "paused":
@@ -79,8 +84,8 @@ def list_item(world: World, ctr: Container, now_ns: int) -> dict[str, Any]:
         "Created": ctr.created // _NS,
         "Ports": _ports_list(ctr),
         "Labels": dict(ctr.config.labels),
-        "State": status_of(ctr),
-        "Status": human_status(ctr, now_ns),
+        "State": status_of(ctr, lost := host_lost(world, ctr)),
+        "Status": human_status(ctr, now_ns, lost),
         "HostConfig": {"NetworkMode": ctr.host_config.network_mode},
         "NetworkSettings": {"Networks": network_endpoints(world, ctr)},
         "Mounts": [],
@@ -99,11 +104,11 @@ def _ref_created(world: World, ref: str) -> int:
 
 def _status(world: World, values: list[str]) -> Predicate:
     for v in values:
-        if v not in STATES:
+        if v not in STATES and v != LOST:
             raise InvalidParameter(
                 f"invalid value for state ({v}): must be one of {', '.join(STATES)}")
     wanted = set(values)
-    return lambda c: status_of(c) in wanted
+    return lambda c: status_of(c, host_lost(world, c)) in wanted
 
 
 def _name(world: World, values: list[str]) -> Predicate:

@@ -38,7 +38,7 @@ def command_of(service: dict[str, Any]) -> list[str]:
 
 
 def test_the_services_and_their_roles(compose: dict[str, Any]) -> None:
-    services = compose["services"]
+    services = {name: s for name, s in compose["services"].items() if not s.get("profiles")}
     assert set(services) == {"redis", "reducer", "worker", "api"}
     redis = services["redis"]
     assert str(redis["image"]).startswith("redis:7")
@@ -67,6 +67,31 @@ def test_each_service_runs_an_existing_moor_subcommand(compose: dict[str, Any],
         assert args.socket.startswith("/var/lib/moorage/")
         volumes = compose["services"]["api"]["volumes"]
         assert any(v.split(":")[1] == "/var/lib/moorage" for v in volumes)
+
+
+def test_the_cluster_profile_runs_a_reducer_and_a_worker_per_shard(
+        compose: dict[str, Any]) -> None:
+    services = {name: s for name, s in compose["services"].items()
+                if "cluster" in s.get("profiles", ())}
+    nodes = [s for name, s in services.items() if name.startswith("redis-node-")]
+    assert len(nodes) == 6
+    for node in nodes:
+        words = command_of(node)
+        assert words[words.index("--cluster-enabled") + 1] == "yes"
+    init = " ".join(services["cluster-init"]["entrypoint"])
+    assert "--cluster create" in init and "--cluster-replicas 1" in init
+    shards = {}
+    for name, service in services.items():
+        words = command_of(service) if "command" in service else []
+        if words[:1] != ["moor"]:
+            continue
+        args = build_parser().parse_args(words[1:])  # exits on an unknown flag
+        env = service["environment"]
+        assert env["MOOR_SHARDS"] == "3" and "," in env["MOOR_REDIS_URL"], name
+        assert env["MOOR_QUEUE_URL"].startswith("redis://"), name
+        if args.command in ("reducer", "worker"):
+            shards.setdefault(args.command, set()).add(args.shard)
+    assert shards == {"reducer": {"0", "1", "2"}, "worker": {"0", "1", "2"}}
 
 
 def test_docker_compose_accepts_it_when_installed() -> None:

@@ -103,10 +103,14 @@ class _Served:
 class Resolver:
     """The resolver's state: sockets per container, the name table, the control socket."""
 
-    def __init__(self, root: str, redis: Any, prefix: str) -> None:
+    def __init__(self, root: str, redis: Any, prefix: str,
+                 stores: list[tuple[Any, Any]] | None = None) -> None:
         self.root = root
         self.redis = redis
         self.keys = keys_for(prefix=prefix)
+        # Every shard's (redis, keys): one resolver per data root serves the containers of
+        # every shard's worker on this machine, so it reads (and watches) them all.
+        self.stores = stores or [(redis, self.keys)]
         self.served: dict[str, _Served] = {}
         self.sel = selectors.DefaultSelector()
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="moor-dns-fwd")
@@ -124,22 +128,32 @@ class Resolver:
         with self.lock:
             self.reads += 1
             seq = self.reads
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hgetall(self.keys.containers)
-        pipe.hget(self.keys.world, "parts")
-        raw, parts = pipe.execute()
-        user = set(_PARTS.decode(parts).network_info) if parts else set()
-        table = Table([_CONTAINER.decode(v) for v in raw.values()], user)
+        containers: list[Container] = []
+        user: set[str] = set()
+        for redis, keys in self.stores:
+            pipe = redis.pipeline(transaction=True)
+            pipe.hgetall(keys.containers)
+            pipe.hget(keys.world, "parts")
+            raw, parts = pipe.execute()
+            user |= set(_PARTS.decode(parts).network_info) if parts else set()
+            containers += [_CONTAINER.decode(v) for v in raw.values()]
+        table = Table(containers, user)
         with self.lock:
             if seq > self.installed:
                 self.table, self.installed = table, seq
 
     def watch(self) -> None:
-        """Re-read the snapshot whenever the events stream moves (a blocking read)."""
+        """Re-read the snapshots whenever an events stream moves (a blocking read of one
+        shard's stream per thread; this thread watches the first)."""
+        for redis, keys in self.stores[1:]:
+            threading.Thread(target=self._watch, args=(redis, keys), daemon=True).start()
+        self._watch(*self.stores[0])
+
+    def _watch(self, redis: Any, keys: Any) -> None:
         last = "$"
         while not self.stopping:
             try:
-                got = self.redis.xread({self.keys.events: last}, count=1000, block=1000)
+                got = redis.xread({keys.events: last}, count=1000, block=1000)
                 if got:
                     last = got[0][1][-1][0]
                     self.refresh()
@@ -370,10 +384,28 @@ def main(argv: list[str] | None = None) -> int:
         setproctitle(f"moor-dns {args.prefix}")
     except ImportError:
         pass
-    redis = redislib.Redis.from_url(args.redis_url,
-                                    **connect_kwargs(args.redis_url, args.root, WORKER))
-    Resolver(args.root, redis, args.prefix).run()
+    auth = connect_kwargs(args.redis_url, args.root, WORKER)
+    redis = redislib.Redis.from_url(args.redis_url.split(",")[0] if "," in args.redis_url
+                                    else args.redis_url, **auth)
+    Resolver(args.root, redis, args.prefix, _stores(args.redis_url, args.prefix, auth)).run()
     return 0
+
+
+def _stores(url: str, prefix: str, auth: dict[str, Any]) -> list[tuple[Any, Any]] | None:
+    """Every shard's (redis, keys) in a sharded deployment (MOOR_SHARDS, inherited from
+    the worker that started the resolver), else None (the one shard)."""
+    from engine.config import shard_count
+
+    count = shard_count()
+    if count == 1:
+        return None
+    every = [keys_for(str(i), prefix=prefix, count=count) for i in range(count)]
+    if "," in url:  # a Redis Cluster: a client per shard, pinned to its slot's primary
+        from engine.cluster import shard_redis
+
+        return [(shard_redis(url, k.tag, **auth), k) for k in every]
+    shared = redislib.Redis.from_url(url, **auth)
+    return [(shared, k) for k in every]
 
 
 if __name__ == "__main__":

@@ -21,7 +21,12 @@ unix socket (``workers.proc.hub``), holding C's stdin for the attachers.
 After the process exits, B releases the cgroup, writes ``exit.json`` (see
 ``workers.proc.process``), appends a ``ReportProcessExited`` command to Redis when
 ``spec.report`` asks for it (retrying until Redis accepts; exit.json is fsynced only if
-the first attempt fails, or when there is no report at all), then exits. A start that
+the first attempt fails, or when there is no report at all), then exits. The report goes
+out on ``engine.resp``'s one connection, not redis-py (``exit_client``).
+
+B is forked by the worker's zygote (``workers.proc.zygote``) when the caller runs one,
+else by the caller as drawn above; everything B touches first is a page of its own, so
+B keeps to plain descriptors and ints where the stdlib's wrappers touch many objects. A start that
 fails before execve is reported to the caller only, which raises ``SpawnError``.
 
 While the process runs, B also owns a stop's escalation: ``process.request_stop``
@@ -33,7 +38,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import inspect
 import math
 import os
 import select
@@ -41,6 +45,8 @@ import signal
 import socket
 import time
 from typing import Any, NamedTuple
+
+import _signal
 
 from commands import schema as c
 from commands.codec import CODEC
@@ -55,9 +61,15 @@ from workers.proc.logs import JsonFileWriter
 from workers.proc.spec import ExitReport, ProcessSpec
 from workers.proc.title import set_title, supervisor_title
 
-__all__ = ["STDIO_GRACE", "report_client", "report_entry", "supervise"]
+__all__ = ["STDIO_GRACE", "exit_client", "report_client", "report_entry", "supervise",
+           "tell_failure"]
 
 STDIO_GRACE = 2.0  # Docker waits this long for stdio to drain after the exit
+# Plain ints for _signal, not signal's enum wrappers: a supervisor forked from the zygote
+# copies every page it first touches, and the enum machinery touches many (~0.1 MB).
+_IGNORED = tuple(int(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                                  signal.SIGPIPE, process.WAKE_SIGNAL))
+_SIGCHLD, _SIG_IGN, _SIG_DFL = int(signal.SIGCHLD), int(signal.SIG_IGN), int(signal.SIG_DFL)
 
 
 def _pump(run: _Started, escalation: stopper.Escalation) -> None:
@@ -150,6 +162,8 @@ def report_client(report: ExitReport) -> Any:
     Its first command connects; CLIENT SETINFO is skipped (two round trips of ~1 ms each
     on the exit's path, for a connection that sends one command).
     """
+    import inspect
+
     import redis  # only the supervisor needs it
 
     kwargs: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 2}
@@ -168,6 +182,55 @@ def report_client(report: ExitReport) -> Any:
     return redis.Redis.from_url(report.redis_url, **kwargs)
 
 
+def seed_urls(url: str) -> list[str]:
+    """Return one URL per node a URL names: redis://h1:p1,h2:p2/0 (a Redis Cluster's
+    seeds) gives two; any other URL itself."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "," not in rest:
+        return [url]
+    auth, at, hosts = rest.rpartition("@")
+    hosts, slash, tail = hosts.partition("/")
+    return [f"{scheme}://{auth}{at}{node}{slash}{tail}" for node in hosts.split(",")]
+
+
+def moved_url(url: str, message: str) -> str | None:
+    """Return the URL of the node a MOVED answer names ("MOVED 866 10.0.0.2:7001"), with
+    the scheme, credentials and database of `url`; None for any other answer."""
+    words = message.split()
+    if len(words) < 3 or words[0] != "MOVED":
+        return None
+    scheme, _, rest = url.partition("://")
+    auth, at, hosts = rest.rpartition("@")
+    _, slash, tail = hosts.partition("/")
+    return f"{scheme}://{auth}{at}{words[2]}{slash}{tail}"
+
+
+def exit_client(report: ExitReport, url: str | None = None) -> Any:
+    """Build (not connect) the client the exit goes out on: one RESP connection of
+    ``engine.resp`` for redis:// and unix:// URLs, so that a supervisor never loads
+    redis-py (a zygote's fork would copy it: ~7 MB per container); redis-py, loaded
+    then, for anything else (rediss://, query options).
+
+    The URL's own user and password win over the credential file, as in
+    ``engine.acl.connect_kwargs``.
+    """
+    from engine.resp import RespConnectionError, RespRedis, Unsupported, parse_url
+
+    try:
+        where = parse_url(url or report.redis_url)
+    except Unsupported:
+        return report_client(report)
+    if report.credential_file and where["username"] is None and where["password"] is None:
+        from engine.acl import read_credential
+
+        try:
+            user, password = read_credential(report.credential_file)
+        except (OSError, ValueError) as e:
+            raise RespConnectionError(f"credential: {e}") from e
+        where.update(username=user, password=password)
+    return RespRedis(**where, socket_timeout=5)
+
+
 def _report(report: ExitReport, status: ExitStatus, state_dir: str,
             client: Any = None) -> None:
     """XADD the exit to Redis, retrying with backoff until it is accepted.
@@ -176,19 +239,26 @@ def _report(report: ExitReport, status: ExitStatus, state_dir: str,
     it is the record. If that attempt fails, exit.json is made durable before waiting,
     since it is then what reconcile reads should this host go down before Redis is back.
     """
-    import redis
+    from engine.resp import redis_errors
 
     fields = report_entry(report, status)
     delay = 0.05
     synced = False
+    # On Redis Cluster the URL lists seeds: the report goes to the node that owns the
+    # shard's slot, found by following MOVED, and to the next seed when a node is down.
+    seeds = seed_urls(report.redis_url)
+    seed, target = 0, None
     while True:
         try:
             if client is None:
-                client = report_client(report)
+                client = exit_client(report, target or seeds[seed])
             client.xadd(report.stream, fields)
             client.close()
             return
-        except redis.RedisError as e:
+        except redis_errors() as e:
+            target = moved_url(report.redis_url, str(e))
+            if target is None:
+                seed = (seed + 1) % len(seeds)
             if not synced:
                 try:
                     process.sync_exit(state_dir)
@@ -197,8 +267,9 @@ def _report(report: ExitReport, status: ExitStatus, state_dir: str,
                     _say(f"fsync of the exit status failed: {err}")
             _say(f"report failed, retrying in {delay:.2f}s: {e}")
             try:
-                client.close()  # a new connection next time
-            except redis.RedisError:
+                if client is not None:
+                    client.close()  # a new connection next time
+            except redis_errors():
                 pass
             client = None
             time.sleep(delay)
@@ -326,18 +397,20 @@ def _tell(status_w: int, message: SpawnReply) -> None:
 
 def _tell_failure(status_w: int, error: SpawnError) -> None:
     """Tell the caller why the process did not start."""
-    _tell(status_w, SpawnFailure(container_exit_code=error.container_exit_code,
-                                 message=error.message))
+    tell_failure(status_w, error.container_exit_code, error.message)
+
+
+def tell_failure(status_w: int, container_exit_code: int, message: str) -> None:
+    """Tell the caller on status_w that the process did not start, and why."""
+    _tell(status_w, SpawnFailure(container_exit_code=container_exit_code, message=message))
 
 
 def _watch(spec: ProcessSpec, run: _Started, wake_fd: int) -> None:
-    """Log the output, reap, release the cgroup, record exit.json and report."""
-    client = None
-    if spec.report is not None:
-        try:
-            client = report_client(spec.report)
-        except Exception as e:  # noqa: BLE001 - _report builds it again at exit
-            _say(f"report client: {e!r}")
+    """Log the output, reap, release the cgroup, record exit.json and report.
+
+    The report's client is built at the exit (``exit_client`` is cheap): whatever a
+    supervisor touches while its process runs is a private copy in each of them.
+    """
     _pump(run, stopper.Escalation(spec.state_dir, run.started_at_ns, wake_fd))
     try:
         run.writer.close()
@@ -356,7 +429,7 @@ def _watch(spec: ProcessSpec, run: _Started, wake_fd: int) -> None:
     _remove_if_mine(os.path.join(spec.state_dir, process.PID_FILE), run.pid)
     _say(f"process {run.pid} exited with {code}")
     if spec.report is not None:
-        _report(spec.report, status, spec.state_dir, client)
+        _report(spec.report, status, spec.state_dir)
         with open(os.path.join(spec.state_dir, process.REPORTED_FILE), "w") as f:
             f.write(f"{run.started_at_ns}\n")  # names the run it reports
 
@@ -365,10 +438,9 @@ def supervise(spec: ProcessSpec, plan: init.InitPlan, netns_fd: int, status_w: i
     """Run B: name it, detach from the caller's descriptors and signals, start C, watch it."""
     set_title(supervisor_title(spec.container_id))
     me = os.getpid()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE,
-                process.WAKE_SIGNAL):
-        signal.signal(sig, signal.SIG_IGN)  # only SIGKILL ends a supervisor
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the caller's disposition could eat exits
+    for sig in _IGNORED:
+        _signal.signal(sig, _SIG_IGN)  # only SIGKILL ends a supervisor
+    _signal.signal(_SIGCHLD, _SIG_DFL)  # the caller's disposition could eat exits
     os.chdir("/")  # do not keep the caller's cwd busy
     os.umask(0o022)  # the container inherits it: Docker's default
     status_w, netns_fd = _above_stdio(status_w), _above_stdio(netns_fd)
