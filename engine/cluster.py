@@ -22,8 +22,8 @@ import redis
 from redis.connection import Connection, ConnectionPool
 from redis.crc import key_slot
 
-__all__ = ["ShardConnection", "cluster_client", "is_cluster", "seeds_of", "shard_redis",
-           "slot_of"]
+__all__ = ["ShardConnection", "cluster_client", "cluster_nodes", "is_cluster", "seeds_of",
+           "shard_redis", "slot_of"]
 
 _LOOKUP_TIMEOUT = 1.0  # seconds per node asked for the slot map
 
@@ -200,6 +200,15 @@ def shard_redis(url: str, tag: str, **kwargs: Any) -> redis.Redis:
     slot_map = _SlotMap(seeds_of(url), slot_of(tag), lookup)
     pool = ConnectionPool(connection_class=ShardConnection, slot_map=slot_map, **options)
     return redis.Redis(connection_pool=pool)
+
+
+def cluster_nodes(url: str, **kwargs: Any) -> list[tuple[str, int]]:
+    """Return every node of the cluster `url` seeds, primaries and replicas (ACLs, for
+    one, are per node: a user must be set on each)."""
+    slot_map = _SlotMap(seeds_of(url), 0, {k: v for k, v in kwargs.items()
+                                            if k in ("username", "password")})
+    slot_map.resolve()  # learns every node the slot map lists
+    return list(slot_map.nodes)
 
 
 def cluster_client(url: str, **kwargs: Any) -> Any:

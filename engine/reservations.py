@@ -8,9 +8,11 @@ held for at least `grace`: when the holder's snapshot in its own shard does not 
 name (renamed, removed, never renamed), it asks its own reducer to release it, through
 the internal inbox, so the release is a decided, replayable fact like any other.
 
-The grace keeps a rename in flight safe: its reservation is young. The check reads the
-holder's snapshot, written atomically with the holder shard's facts, so a name shown
-there is held.
+The grace keeps a rename (or a create) in flight safe: its reservation is young. A holder
+that was destroyed (no snapshot, but its version's tombstone) can no longer be in flight:
+its reservation goes at the next look, so a removed container's name is free again within
+a second or so, as Docker frees it at once. The check reads the holder's snapshot and
+versions, written atomically with the holder shard's facts, so a name shown there is held.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ __all__ = ["ReservationSweeper"]
 
 log = logging.getLogger("moorage.reducer")
 _CONTAINER = msgspec.msgpack.Decoder(Container)
+_HOLDS, _GONE, _OTHER = "holds", "gone", "other"  # what a reservation's holder does
 
 
 class ReservationSweeper:
     """Watch one shard's reservations; `reach(shard)` returns (redis, keys) of a shard."""
 
     def __init__(self, reach: Callable[[str], tuple[Any, Keys]], count: int, *,
-                 interval: float = 5.0, grace: float = 30.0,
+                 interval: float = 1.0, grace: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.reach = reach
         self.count = count
@@ -61,17 +64,24 @@ class ReservationSweeper:
         asked = 0
         for name, holder in sorted(held):
             first = self._seen.setdefault((name, holder), now)
-            if now - first < self.grace or self._holds(holder, name):
+            verdict = self._verdict(holder, name)
+            if verdict == _HOLDS or (verdict != _GONE and now - first < self.grace):
                 continue
             self._ask_release(redis, keys, name, holder)
             asked += 1
         self.released += asked
         return asked
 
-    def _holds(self, holder: str, name: str) -> bool:
+    def _verdict(self, holder: str, name: str) -> str:
+        """Whether the holder carries the name, was destroyed, or neither (yet)."""
         peer, peer_keys = self.reach(shard_of_id(holder, self.count))
-        raw = peer.hget(peer_keys.containers, holder)
-        return raw is not None and _CONTAINER.decode(raw).name == name
+        with peer.pipeline(transaction=True) as pipe:
+            pipe.hget(peer_keys.containers, holder)
+            pipe.hexists(peer_keys.versions, holder)
+            raw, versioned = pipe.execute()
+        if raw is not None:
+            return _HOLDS if _CONTAINER.decode(raw).name == name else _OTHER
+        return _GONE if versioned else _OTHER
 
     @staticmethod
     def _ask_release(redis: Any, keys: Keys, name: str, holder: str) -> None:

@@ -78,10 +78,14 @@ def _acl_add(args: argparse.Namespace) -> int:
     inbox = keys.inbox(args.name)
     credential = ensure_credential(data_root(), keys, args.name)
     words = user_line(keys, args.name, credential, others).split()
-    r.execute_command("ACL", "SETUSER", words[1], "reset", *words[2:])
-    try:
-        r.execute_command("ACL", "SAVE")
-    except redis.ResponseError:
+    saved = True
+    for node in _acl_nodes(args.redis_url, r):  # a cluster's ACLs are per node
+        node.execute_command("ACL", "SETUSER", words[1], "reset", *words[2:])
+        try:
+            node.execute_command("ACL", "SAVE")
+        except redis.ResponseError:
+            saved = False
+    if not saved:
         print("moor acl: no aclfile: the user lasts until Redis restarts (add it to "
               "redis.conf, see `moor acl print`)")
     for shard_redis, shard_keys in stores.values():
@@ -90,6 +94,23 @@ def _acl_add(args: argparse.Namespace) -> int:
           f"{data_root()}/credentials/{args.name}, commands to {inbox.key} "
           f"(MOOR_PRINCIPAL={args.name} moor ...)")
     return 0
+
+
+def _acl_nodes(redis_url: str | None, engine_redis: Any) -> list[Any]:
+    """The servers a user must be set on: the engine's Redis, or every cluster node."""
+    from moor.connect import on_cluster
+
+    if not on_cluster(redis_url):
+        return [engine_redis]
+    import redis
+
+    from engine.cluster import cluster_nodes
+    from engine.config import named_redis_url
+
+    kwargs = engine_redis.connection_pool.connection_kwargs
+    auth = {k: kwargs[k] for k in ("username", "password") if kwargs.get(k)}
+    return [redis.Redis(host=host, port=port, **auth)
+            for host, port in cluster_nodes(named_redis_url(redis_url) or "", **auth)]
 
 
 def _principal(name: str) -> None:

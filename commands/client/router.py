@@ -280,14 +280,45 @@ class ShardedClient(Client):
     def create(self, config: ContainerConfig, host_config: HostConfig | None = None,
                name: str = "", container_id: str | None = None,
                networking: Any = None) -> str:
-        """Create in the name's home shard (no name: the next shard in turn)."""
-        shard = home_of_name(name.lstrip("/"), self.count) if name else next(self._turn)
+        """Create in the name's home shard (no name: the next shard in turn), or beside the
+        containers it refers to (`--volumes-from`, `--link`, `container:` modes), which
+        only their own shard knows: then a name homed elsewhere is reserved in its home
+        first, and released again if the create is refused (the create compensates)."""
+        host_config = host_config or HostConfig()
+        bare = name[1:] if name.startswith("/") else name
+        home = home_of_name(bare, self.count) if bare else None
+        shard = self._affinity(host_config, networking) or home or next(self._turn)
         cid = container_id or new_id_in(shard, self.count)
-        self.submit(c.CreateContainer(name=name, config=config,
-                                      host_config=host_config or HostConfig(),
-                                      networking=networking, shards=self.count),
-                    container_id=cid)
+        reserved = False
+        if home is not None and home != shard:
+            try:
+                self.clients[home].submit(c.ReserveName(name=bare, holder=cid))
+                reserved = True
+            except NotModified:
+                pass  # reserved for this very id already: a retried create
+        try:
+            self.submit(c.CreateContainer(name=name, config=config, host_config=host_config,
+                                          networking=networking, shards=self.count),
+                        container_id=cid)
+        except BaseException:
+            if reserved:
+                self._release(bare, cid, "")
+            raise
         return cid
+
+    def _affinity(self, host_config: HostConfig, networking: Any) -> str | None:
+        """The shard of the containers a create refers to, if it refers to any (the first
+        one's: references to containers of two shards cannot all be honoured)."""
+        refs = [spec.split(":", 1)[0] for spec in host_config.volumes_from]
+        for mode in (host_config.network_mode, host_config.pid_mode, host_config.ipc_mode):
+            if mode.startswith("container:"):
+                refs.append(mode[len("container:"):])
+        refs += [link.split(":", 1)[0] for link in getattr(networking, "links", ())]
+        for ref in refs:
+            shard, cid = self.locate(ref)
+            if cid:
+                return shard
+        return None
 
     def create_exec(self, ref: str, config: ExecConfig) -> str:
         """Create an exec whose id names its container's shard (StartExec routes by it)."""

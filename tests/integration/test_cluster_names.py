@@ -33,7 +33,8 @@ from engine.shards import home_of_name, shard_of_id
 from events import model as e
 from tests.chaos.invariants import check_replay
 from tests.cluster import LocalCluster
-from tests.harness import ReducerThread, busybox, cleanup, seed
+from events.specs import ContainerConfig, HostConfig
+from tests.harness import ReducerThread, SagaDriver, busybox, cleanup, seed
 
 SHARDS = 3
 _CONTAINER = msgspec.msgpack.Decoder(Container)
@@ -59,6 +60,20 @@ class Deployment:
             sweeper = ReservationSweeper(self.reach, SHARDS, interval=0.1, grace=self.grace)
             self.stack.enter_context(ReducerThread(self.redis[s], keys, queue_redis=self.queues,
                                                    sweeper=sweeper))
+        # TEST-ONLY stand-ins for the shards' workers (tests.harness.SagaDriver).
+        drivers = [SagaDriver(self.queues, k, Client(self.redis[s], k))
+                   for s, k in self.keys.items()]
+        done = threading.Event()
+
+        def drive() -> None:
+            while not done.is_set():
+                for driver in drivers:
+                    driver.run_pending()
+                done.wait(0.02)
+        thread = threading.Thread(target=drive, daemon=True)
+        thread.start()
+        self.stack.callback(thread.join, 10)
+        self.stack.callback(done.set)
 
     def client(self) -> ShardedClient:
         return ShardedClient({s: Client(self.redis[s], k, replicas=1, timeout=15)
@@ -84,16 +99,26 @@ class Deployment:
             self.redis[s].close()
 
 
-@pytest.fixture
-def deployment(redis_cluster: LocalCluster, queue_redis_server: Any) -> Iterator[Deployment]:
-    queues = redis.Redis.from_url(queue_redis_server.url)
-    one = Deployment(redis_cluster, queues, grace=0.5)
+def _deployment(cluster: LocalCluster, queue_url: str, grace: float) -> Iterator[Deployment]:
+    queues = redis.Redis.from_url(queue_url)
+    one = Deployment(cluster, queues, grace=grace)
     one.start()
     client = one.client()
     seed(client)  # the catalog goes to every shard
     yield one
     one.stop()
     queues.close()
+
+
+@pytest.fixture
+def deployment(redis_cluster: LocalCluster, queue_redis_server: Any) -> Iterator[Deployment]:
+    yield from _deployment(redis_cluster, queue_redis_server.url, grace=0.5)
+
+
+@pytest.fixture
+def patient(redis_cluster: LocalCluster, queue_redis_server: Any) -> Iterator[Deployment]:
+    """A deployment whose sweep waits a minute before it releases an unheld reservation."""
+    yield from _deployment(redis_cluster, queue_redis_server.url, grace=60.0)
 
 
 def _name_homed_in(shard: str, stem: str) -> str:
@@ -264,3 +289,47 @@ def test_a_name_is_never_held_by_two_containers_across_shards(deployment: Deploy
     assert _index(deployment) == {ctr.name: ctr.id for ctr in deployment.containers()}
     for s, k in deployment.keys.items():
         assert not check_replay(deployment.redis[s], k)
+
+
+def test_a_create_goes_beside_the_container_it_refers_to(patient: Deployment) -> None:
+    """`--volumes-from` (like `--link` and `container:` modes) names a container only its
+    own shard knows: the create goes there, its name reserved in its home first."""
+    client = patient.client()
+    data = _name_homed_in("0", "data")
+    source = client.create(busybox(), name=data)
+    app = _name_homed_in("2", "app")
+    cid = client.create(busybox(), HostConfig(volumes_from=(f"{data}:ro",)), name=app)
+    assert shard_of_id(cid, SHARDS) == "0" == shard_of_id(source, SHARDS)
+    assert client.locate(app) == ("0", cid)
+    assert [r.event for r in patient.facts("2") if isinstance(r.event, e.NameReserved)] \
+        == [e.NameReserved(name=app, holder=cid)]
+    with pytest.raises(Conflict):  # the name is held everywhere, in its home too
+        client.create(busybox(), name=app)
+    # A create refused beside its reference gives the reservation back (it compensates).
+    other = _name_homed_in("1", "other")
+    with pytest.raises(NotFound, match="No such image: nope:latest"):
+        client.create(ContainerConfig(image="nope"), HostConfig(volumes_from=(data,)),
+                      name=other)
+    assert [r.event.name for r in patient.facts("1") if isinstance(r.event, e.NameReleased)] \
+        == [other]
+    made = client.create(busybox(), name=other)
+    assert client.container(other).id == made
+
+
+def test_a_removed_holders_reservation_goes_without_waiting_for_the_grace(
+        patient: Deployment) -> None:
+    client = patient.client()
+    data = _name_homed_in("0", "vol")
+    client.create(busybox(), name=data)
+    app = _name_homed_in("2", "web")
+    cid = client.create(busybox(), HostConfig(volumes_from=(data,)), name=app)
+    began = time.monotonic()
+    client.remove(app)
+    deadline = time.monotonic() + 20  # far less than the 60 s grace
+    while time.monotonic() < deadline and not any(
+            isinstance(r.event, e.NameReleased) for r in patient.facts("2")):
+        time.sleep(0.1)
+    released = [r.event for r in patient.facts("2") if isinstance(r.event, e.NameReleased)]
+    assert released == [e.NameReleased(name=app, holder=cid)]
+    assert time.monotonic() - began < 20
+    assert shard_of_id(client.create(busybox(), name=app), SHARDS) == "2"
