@@ -16,7 +16,7 @@ a failover of one must not stall the others). No persistence: a restarted node s
 from its primary.
 
 The pytest fixtures `redis_cluster` and `queue_redis_server` (session-scoped) are
-imported by tests/integration/conftest.py. bench/scale.py uses LocalCluster directly.
+imported by tests/conftest.py (one per session). bench/scale.py uses LocalCluster directly.
 """
 
 from __future__ import annotations

@@ -102,6 +102,11 @@ def redis_server() -> Iterator[RedisServer]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+# The local Redis Cluster (3 primaries + 3 replicas) and a plain Redis for rq's queues, one
+# each per session whichever folder asks (tests/cluster.py).
+from tests.cluster import queue_redis_server, redis_cluster  # noqa: E402, F401
+
+
 @pytest.fixture
 def run_id() -> str:
     """A short unique token for names of resources this test creates."""

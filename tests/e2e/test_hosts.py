@@ -1,4 +1,6 @@
-"""Two hosts simulated on one machine: one reducer, two `moor worker --host-id` (issue 13).
+"""Two hosts simulated on one machine: one reducer, two `moor worker --host-id` (issue 13),
+on a plain Redis and on a real Redis Cluster (3 primaries + 3 replicas, tests/cluster.py:
+the engine's keys on the primary of their slot, rq's queues on a plain Redis beside it).
 
 Each host has its own data root, bridge and slice of the default network (10.217.0.0/16,
 cut into /24s by the reducer), and its own engine id (data root, prefix and host id), so
@@ -83,6 +85,7 @@ class Cluster:
 
     control: Engine
     hosts: dict[str, SimHost]
+    queues: Any = None  # where rq's keys live (the engine's Redis unless on a cluster)
 
     def joined(self) -> dict[str, Any]:
         world, _ = load_world(self.control.redis, self.control.keys)
@@ -105,15 +108,32 @@ def _engine(redis_url: str, workdir: str, name: str, prefix: str, bridge: str,
     data_root = os.path.join(workdir, name)
     os.makedirs(data_root)
     env = program_env(redis_url, data_root, prefix, SUBNET, bridge, **extra)
-    r = redislib.Redis.from_url(redis_url)
     keys = keys_for(prefix=prefix)
-    return Engine(token=name, env=env, redis=r, keys=keys,
-                  client=Client(r, keys, actor=f"e2e-{name}", timeout=30), data_root=data_root,
+    if "," in redis_url:  # a Redis Cluster's seeds: the shard's primary, WAIT for a replica
+        from engine.cluster import shard_redis
+
+        r = shard_redis(redis_url, keys.tag)
+        client = Client(r, keys, actor=f"e2e-{name}", timeout=30, replicas=1, retry_for=30)
+    else:
+        r = redislib.Redis.from_url(redis_url)
+        client = Client(r, keys, actor=f"e2e-{name}", timeout=30)
+    return Engine(token=name, env=env, redis=r, keys=keys, client=client, data_root=data_root,
                   workdir=workdir, bridge=bridge, subnet=SUBNET)
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, str], Any]:
+    """(the engine's Redis URL, extra environment, the queues' client)."""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url, {}, redislib.Redis.from_url(server.url)
+    cluster: Any = request.getfixturevalue("redis_cluster")
+    queues: Any = request.getfixturevalue("queue_redis_server")
+    return cluster.url, {"MOOR_QUEUE_URL": queues.url}, redislib.Redis.from_url(queues.url)
+
+
 @pytest.fixture
-def cluster(redis_server: RedisServer) -> Iterator[Cluster]:
+def cluster(backend: tuple[str, dict[str, str], Any]) -> Iterator[Cluster]:
     check_capabilities()
     busybox = require_busybox()
     if any(ipaddress.IPv4Network(SUBNET).overlaps(route) for route in host_routes()):
@@ -123,19 +143,20 @@ def cluster(redis_server: RedisServer) -> Iterator[Cluster]:
     workdir = os.path.realpath(os.environ.get("TMPDIR", "/tmp"))
     workdir = os.path.join(workdir, f"moor-e2e-hosts-{token}")
     os.makedirs(workdir)
-    url = redis_server.url
+    url, extra, queues = backend
+    queues = queues if extra else None  # on a plain Redis the queues are the engine's
     control = _engine(url, workdir, "control", prefix, f"moorhr{token}",
-                      MOOR_HOST_CHECK_MS="200")
+                      MOOR_HOST_CHECK_MS="200", **extra)
     hosts = {}
     for name, zone in (("ha", "a"), ("hb", "b")):
         engine = _engine(url, workdir, name, prefix, f"moor{name}{token}", MOOR_HOST_ID=name,
-                         MOOR_HOST_LABELS=f"zone={zone}", MOOR_HOST_CAPACITY="10")
+                         MOOR_HOST_LABELS=f"zone={zone}", MOOR_HOST_CAPACITY="10", **extra)
         # Logs apart: each Engine writes <name>.log in the shared work dir.
         engine.workdir = os.path.join(workdir, f"{name}-logs")
         os.makedirs(engine.workdir)
         hosts[name] = SimHost(name, engine, derive_engine_id(engine.data_root, prefix, "0",
                                                              name))
-    found = Cluster(control, hosts)
+    found = Cluster(control, hosts, queues)
     try:
         control.start_reducer()
         wait_for(lambda: load_world(control.redis, control.keys)[0].networks, 30,
@@ -189,7 +210,11 @@ def _teardown(found: Cluster, workdir: str) -> list[str]:
         step(f"release chains {name}", functools.partial(portmap.release_chains, cfg, host.eid))
         step(f"release cgroup parent {name}",
              functools.partial(cgroups.release_parent, default_cgroup_parent(host.eid)))
-    step("delete keys", lambda: _delete_keys(control.redis, control.keys))
+    if found.queues is None:
+        step("delete keys", lambda: _delete_keys(control.redis, control.keys))
+    else:  # the engine's keys (one slot, on its primary), and rq's where they live
+        step("delete keys", lambda: _delete_shard_keys(control.redis, control.keys))
+        step("delete queue keys", lambda: _delete_keys(found.queues, control.keys))
     for cid in control.tracked:
         step(f"leaks of {cid[:12]}", functools.partial(_leaks, found, cid))
     for name, host in found.hosts.items():
@@ -207,7 +232,15 @@ def _teardown(found: Cluster, workdir: str) -> list[str]:
     control.redis.close()
     for host in found.hosts.values():
         host.engine.redis.close()
+    if found.queues is not None:
+        found.queues.close()
     return step.problems
+
+
+def _delete_shard_keys(redis: Any, keys: Any) -> None:
+    batch = list(redis.scan_iter(match=f"{keys.prefix}:*", count=1000))
+    if batch:
+        redis.delete(*batch)
 
 
 _RELEASE = """
@@ -305,9 +338,10 @@ def test_two_hosts_run_side_by_side_and_reconcile_only_their_own(cluster: Cluste
     # Journaled first, then released: wait for the release itself.
     wait_for(lambda: netns_with(own_orphan) == [], 30, "ha's reconcile to release it",
              lambda: ha.engine.log_tail("worker"))
+    queues = cluster.queues or control.redis  # rq's keys: beside a cluster, on the queue Redis
     wait_for(lambda: ha.engine.worker is not None and any(
-        ha.engine.redis.hget(key, "pid") == str(ha.engine.worker.pid).encode()
-        for key in ha.engine.redis.smembers(f"rq:workers:{control.keys.host_queue('ha')}")),
+        queues.hget(key, "pid") == str(ha.engine.worker.pid).encode()
+        for key in queues.smembers(f"rq:workers:{control.keys.host_queue('ha')}")),
         30, "ha's worker to take jobs again (its reconcile done)")
     for cid in (least, zoned):  # hb's: every resource as it was, nothing journaled
         doc = control.inspect(cid)
@@ -321,3 +355,11 @@ def test_two_hosts_run_side_by_side_and_reconcile_only_their_own(cluster: Cluste
     assert host_facts(ha.engine, pinned, doc["State"]["Pid"],
                       doc["NetworkSettings"]["SandboxKey"]) == facts[pinned]
     assert cluster.joined()["ha"].alive
+    # A stop's exit goes out from the container's supervisor, over the engine's Redis (on a
+    # cluster: to the primary of the shard's slot, following MOVED from a seed).
+    control.client.stop(zoned, timeout=1)
+    died = [r for _, r in control.events(after=cursor)
+            if isinstance(r.event, e.ContainerDied) and r.meta.container_id == zoned]
+    assert len(died) == 1 and died[0].event.exit_code in (137, 143), died
+    assert died[0].meta.actor.startswith("supervisor@"), died[0].meta  # not the worker
+    assert ps_status(control, zoned).startswith("Exited")

@@ -16,9 +16,6 @@ from moor.embedded import bundled_redis_server
 from tests.conftest import RedisServer, start_redis
 from tests.harness import cleanup, fresh_keys
 
-# The local Redis Cluster (3 primaries + 3 replicas) and a plain Redis for rq's queues.
-from tests.cluster import queue_redis_server, redis_cluster  # noqa: F401
-
 
 @pytest.fixture(scope="session")
 def redis62_server() -> Iterator[RedisServer]:

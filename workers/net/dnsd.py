@@ -393,11 +393,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stores(url: str, prefix: str, auth: dict[str, Any]) -> list[tuple[Any, Any]] | None:
     """Every shard's (redis, keys) in a sharded deployment (MOOR_SHARDS, inherited from
-    the worker that started the resolver), else None (the one shard)."""
+    the worker that started the resolver) or on a Redis Cluster, else None (one shard on
+    one server)."""
     from engine.config import shard_count
 
     count = shard_count()
-    if count == 1:
+    if count == 1 and "," not in url:
         return None
     every = [keys_for(str(i), prefix=prefix, count=count) for i in range(count)]
     if "," in url:  # a Redis Cluster: a client per shard, pinned to its slot's primary
