@@ -15,9 +15,8 @@ of this is "0" and costs nothing.
 from __future__ import annotations
 
 import zlib
-from typing import NamedTuple
 
-__all__ = ["ID_DIGITS", "Topology", "home_of_name", "in_shard", "shard_of_id"]
+__all__ = ["ID_DIGITS", "home_of_name", "in_shard", "shard_of_id"]
 
 ID_DIGITS = 8  # the id digits that choose the shard
 
@@ -34,26 +33,6 @@ def home_of_name(name: str, count: int) -> str:
     if count <= 1:
         return "0"
     return str(zlib.crc32(name.encode()) % count)
-
-
-class Topology(NamedTuple):
-    """How many shards a deployment has, and which one this process serves (if one)."""
-
-    count: int = 1
-    shard: str = "0"
-
-    @property
-    def shards(self) -> tuple[str, ...]:
-        return tuple(str(i) for i in range(self.count))
-
-    @property
-    def sharded(self) -> bool:
-        return self.count > 1
-
-    def owns_name(self, name: str) -> bool:
-        """Tell whether this shard is `name`'s home."""
-        return home_of_name(name, self.count) == self.shard
-
 
 
 def in_shard(container_id: str, shard: str, count: int) -> bool:

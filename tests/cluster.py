@@ -49,13 +49,9 @@ class ClusterError(RuntimeError):
 
 def id_in_shard(shard: str, count: int) -> str:
     """Return a fresh container id that belongs to `shard` of `count` (engine.shards)."""
-    from commands.client import new_container_id
-    from engine.shards import shard_of_id
+    from commands.client.router import new_id_in
 
-    while True:
-        cid = new_container_id()
-        if shard_of_id(cid, count) == shard:
-            return cid
+    return new_id_in(shard, count)
 
 
 def _free_port(taken: set[int]) -> int:

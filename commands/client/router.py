@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from commands import schema as c
-from commands.client.session import Client, Submitted
+from commands.client.session import Client, Submitted, new_container_id
 from engine.errors import MoorError, NotFound, NotModified, error_for_status
 from engine.resp import redis_errors
 from engine.shards import ID_DIGITS, home_of_name, in_shard, shard_of_id
@@ -84,8 +84,8 @@ CATALOG: frozenset[type] = frozenset({
 def new_id_in(shard: str, count: int) -> str:
     """Return a fresh 64-hex id in `shard` whose short form is not all digits (as Docker)."""
     while True:
-        cid = secrets.token_hex(32)
-        if not cid[:12].isdigit() and in_shard(cid, shard, count):
+        cid = new_container_id()
+        if in_shard(cid, shard, count):
             return cid
 
 
