@@ -22,7 +22,9 @@ import redis
 from redis.connection import Connection, ConnectionPool
 from redis.crc import key_slot
 
-__all__ = ["ShardConnection", "cluster_client", "cluster_nodes", "is_cluster", "seeds_of",
+from engine.seeds import seeds_of
+
+__all__ = ["ShardConnection", "cluster_client", "cluster_nodes", "is_cluster", "on_cluster",
            "shard_redis", "slot_of"]
 
 _LOOKUP_TIMEOUT = 1.0  # seconds per node asked for the slot map
@@ -36,27 +38,6 @@ _MOVED = (redis.exceptions.MovedError, redis.exceptions.AskError,
 def slot_of(tag: str) -> int:
     """Return the hash slot of a shard's keys (all tagged `{tag}`: engine.keys.Keys.tag)."""
     return key_slot(tag.encode())
-
-
-def seeds_of(url: str) -> list[tuple[str, int]]:
-    """Return the nodes a URL names: redis://h1:p1,h2:p2/0 lists several seeds."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    seeds = []
-    for item in netloc.split(","):
-        host, _, port = item.rpartition(":")
-        seeds.append((host.strip("[]") or "127.0.0.1", int(port or 6379)))
-    return seeds
-
-
-def _first_url(url: str) -> str:
-    """Return the URL with only its first seed (what redis-py's from_url understands)."""
-    if "," not in url:
-        return url
-    parts = urlsplit(url)
-    auth, at, netloc = parts.netloc.rpartition("@")
-    first = netloc.split(",", 1)[0]
-    return parts._replace(netloc=f"{auth}{at}{first}").geturl()
 
 
 def is_cluster(url: str, **kwargs: Any) -> bool:
@@ -76,6 +57,20 @@ def is_cluster(url: str, **kwargs: Any) -> bool:
         return False
     finally:
         client.close()
+
+
+def on_cluster(url: str | None, shards: int, **auth: Any) -> bool:
+    """Tell whether a deployment's Redis is a Redis Cluster: MOOR_CLUSTER=0/1 says so;
+    else several seeds mean yes, one shard on one named server no (no round trip), and a
+    sharded deployment asks the server. The one home of that rule (programs and workers)."""
+    from engine.config import cluster_flag
+
+    flag = cluster_flag()
+    if flag is not None:
+        return flag
+    if not url or (shards == 1 and "," not in url):
+        return False
+    return is_cluster(url, **{k: v for k, v in auth.items() if k in ("username", "password")})
 
 
 class _SlotMap:

@@ -29,6 +29,7 @@ __all__ = [
     "host_id",
     "host_labels",
     "host_lease_ms",
+    "cluster_flag",
     "key_prefix",
     "load_policy",
     "queue_url",
@@ -93,6 +94,13 @@ def shard_of_process(explicit: str | None = None) -> str:
         raise InvalidParameter(f"invalid shard {text!r} (0 to {count - 1}: MOOR_SHARDS is "
                                f"{count})")
     return str(int(text))
+
+
+def cluster_flag() -> bool | None:
+    """Return what MOOR_CLUSTER says of the engine's Redis (1: a Redis Cluster, 0: not),
+    None when it is unset (engine.cluster.on_cluster then finds out)."""
+    flag = os.environ.get("MOOR_CLUSTER", "")
+    return flag == "1" if flag in ("0", "1") else None
 
 
 def queue_url() -> str | None:

@@ -96,16 +96,9 @@ class Reducer:
         self.intake = CommandReader(redis, keys, batch, reclaim_ms, policy)
         self.writer = BatchWriter(redis, keys, self.outbox)
         self.sweeper = sweeper
+        self.hostwatch = HostWatch()  # hosts' leases (engine.hostwatch): idle without hosts
         self.metrics = ReducerMetrics()
         self.metrics.watch(self)
-
-    @property
-    def hostwatch(self) -> HostWatch:
-        """The host leases' watch (engine.hostwatch), made on first use."""
-        watch: HostWatch | None = self.__dict__.get("_hostwatch")
-        if watch is None:
-            watch = self.__dict__["_hostwatch"] = HostWatch()
-        return watch
 
     @property
     def epoch(self) -> int | None:

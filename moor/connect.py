@@ -105,29 +105,19 @@ def redis_and_keys(explicit: str | None = None, prefix: str | None = None, *,
 
 def _cluster_named(explicit: str | None) -> bool:
     """Tell, without a round trip, whether the user said the Redis is a cluster."""
-    from engine.config import named_redis_url
+    from engine.config import cluster_flag, named_redis_url
 
-    flag = os.environ.get("MOOR_CLUSTER", "")
-    if flag in ("0", "1"):
-        return flag == "1"
-    return "," in (named_redis_url(explicit) or "")
+    flag = cluster_flag()
+    return flag if flag is not None else "," in (named_redis_url(explicit) or "")
 
 
 def on_cluster(explicit: str | None = None) -> bool:
-    """Tell whether the engine's Redis is a Redis Cluster (MOOR_CLUSTER=0/1 says so;
-    else asked when sharded or several seeds are named)."""
+    """Tell whether the engine's Redis is a Redis Cluster (engine.cluster.on_cluster)."""
+    from engine.cluster import on_cluster as deployment_on_cluster
     from engine.config import named_redis_url, shard_count
 
-    flag = os.environ.get("MOOR_CLUSTER", "")
-    if flag in ("0", "1"):
-        return flag == "1"
     url = named_redis_url(explicit)
-    if not url or (shard_count() == 1 and "," not in url):
-        return False
-    from engine.cluster import is_cluster
-
-    auth = {k: v for k, v in _auth(url, None).items() if k in ("username", "password")}
-    return is_cluster(url, **auth)
+    return deployment_on_cluster(url, shard_count(), **(_auth(url, None) if url else {}))
 
 
 def shard_stores(explicit: str | None = None, prefix: str | None = None, *,

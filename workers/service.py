@@ -87,6 +87,7 @@ def _stores(url: str, root: str) -> tuple[Any, Any, Any]:
     engine of its own (engine.config.engine_id). On Redis Cluster the shard's client is
     pinned to its slot's primary and the rq queues live on MOOR_QUEUE_URL's plain Redis.
     """
+    from engine.cluster import on_cluster
     from engine.config import queue_url, shard_count, shard_of_process
 
     auth = connect_kwargs(url, root, WORKER)
@@ -95,7 +96,7 @@ def _stores(url: str, root: str) -> tuple[Any, Any, Any]:
     queues = queue_url()
     queue_redis = (redis.Redis.from_url(queues, **connect_kwargs(queues, root, WORKER))
                    if queues else None)
-    if "," in url or (count > 1 and _is_cluster(url, auth)):
+    if on_cluster(url, count, **auth):
         from engine.cluster import shard_redis
 
         if queue_redis is None:
@@ -103,12 +104,6 @@ def _stores(url: str, root: str) -> tuple[Any, Any, Any]:
                               "Redis for the job queues (rq cannot run on Redis Cluster)")
         return shard_redis(url, keys.tag, **auth), keys, queue_redis
     return redis.Redis.from_url(url, **auth), keys, queue_redis
-
-
-def _is_cluster(url: str, auth: dict[str, Any]) -> bool:
-    from engine.cluster import is_cluster
-
-    return is_cluster(url, **{k: v for k, v in auth.items() if k in ("username", "password")})
 
 
 def serve(url: str, *, burst: bool = False, reconcile_first: bool = True) -> int:

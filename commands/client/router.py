@@ -160,9 +160,11 @@ class ShardedClient(Client):
 
     def container(self, ref: str) -> Named:
         """Return a container's id and name, wherever it lives (404 when none matches)."""
-        shard, cid = self.locate(ref)
-        raw = self.clients[shard].redis.hget(self.clients[shard].keys.containers, cid) \
-            if cid else None
+        return self._named(ref, *self.locate(ref))
+
+    def _named(self, ref: str, shard: str, cid: str) -> Named:
+        client = self.clients[shard]
+        raw = client.redis.hget(client.keys.containers, cid) if cid else None
         if raw is None:
             raise NotFound(f"No such container: {ref}")
         return _CONTAINER.decode(raw)
@@ -338,12 +340,11 @@ class ShardedClient(Client):
         shard, cid = self.locate(ref)
         new = new_name[1:] if new_name.startswith("/") else new_name
         target = home_of_name(new, self.count) if new else shard
+        old = self._named(ref, shard, cid).name if cid else ""
         if not cid or target == shard:
-            old = self.container(ref).name if cid else ""
             done = self.clients[shard].rename(ref, new_name)
             self._release(old, cid, shard)
             return done
-        old = self.container(cid).name
         reserve = self.clients[target]
         try:
             reserve.submit(c.ReserveName(name=new, holder=cid))

@@ -145,12 +145,7 @@ def normalize_image_ref(ref: str) -> str:
     """Write a reference as Docker shows it: "docker.io/library/busybox" -> "busybox:latest"."""
     if ref.startswith("sha256:") or "@" in ref:
         return ref
-    for registry in ("docker.io/", "index.docker.io/"):
-        if ref.startswith(registry):
-            ref = ref[len(registry):]
-            if ref.startswith("library/") and ref.count("/") == 1:
-                ref = ref[len("library/"):]
-            break
+    ref = _familiar_name(ref)
     last = ref.rsplit("/", 1)[-1]
     return ref if ":" in last else f"{ref}:latest"
 
@@ -161,13 +156,18 @@ def familiar_digest_ref(ref: str) -> str:
     last = name.rsplit("/", 1)[-1]
     if ":" in last:  # a tag beside the digest is ignored, as Docker does
         name = name[:len(name) - len(last)] + last.split(":", 1)[0]
+    return f"{_familiar_name(name)}@{digest}"
+
+
+def _familiar_name(name: str) -> str:
+    """Drop Docker Hub's registry and `library/`, as Docker shows a name."""
     for registry in ("docker.io/", "index.docker.io/"):
         if name.startswith(registry):
             name = name[len(registry):]
             if name.startswith("library/") and name.count("/") == 1:
                 name = name[len("library/"):]
             break
-    return f"{name}@{digest}"
+    return name
 
 
 def resolve_image(world: World, ref: str) -> str:

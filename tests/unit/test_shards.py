@@ -259,8 +259,7 @@ def test_no_environment_leaks_from_these_tests() -> None:
 # --- reaching a shard on a cluster -----------------------------------------------------------
 
 def test_seeds_and_moved_answers_name_the_nodes_to_try() -> None:
-    from engine.cluster import seeds_of
-    from workers.proc.supervisor import moved_url, seed_urls
+    from engine.seeds import moved_url, seed_urls, seeds_of
 
     url = "redis://u:p@10.0.0.1:7001,10.0.0.2:7002/0"
     assert seeds_of(url) == [("10.0.0.1", 7001), ("10.0.0.2", 7002)]

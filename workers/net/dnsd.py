@@ -38,6 +38,7 @@ from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from engine.acl import WORKER, connect_kwargs
 from engine.core.state import Container
 from engine.keys import keys_for
+from engine.seeds import seed_urls
 from engine.snapshot import WorldParts
 from workers.net import netns
 from workers.net.dnsconf import RESOLVER_IP
@@ -385,8 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     auth = connect_kwargs(args.redis_url, args.root, WORKER)
-    redis = redislib.Redis.from_url(args.redis_url.split(",")[0] if "," in args.redis_url
-                                    else args.redis_url, **auth)
+    redis = redislib.Redis.from_url(seed_urls(args.redis_url)[0], **auth)
     Resolver(args.root, redis, args.prefix, _stores(args.redis_url, args.prefix, auth)).run()
     return 0
 
@@ -397,12 +397,14 @@ def _stores(url: str, prefix: str, auth: dict[str, Any]) -> list[tuple[Any, Any]
     one server)."""
     from engine.config import shard_count
 
+    from engine.cluster import on_cluster, shard_redis
+
     count = shard_count()
-    if count == 1 and "," not in url:
+    cluster = on_cluster(url, count, **auth)
+    if count == 1 and not cluster:
         return None
     every = [keys_for(str(i), prefix=prefix, count=count) for i in range(count)]
-    if "," in url:  # a Redis Cluster: a client per shard, pinned to its slot's primary
-        from engine.cluster import shard_redis
+    if cluster:  # a client per shard, pinned to its slot's primary
 
         return [(shard_redis(url, k.tag, **auth), k) for k in every]
     shared = redislib.Redis.from_url(url, **auth)

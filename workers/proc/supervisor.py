@@ -182,29 +182,6 @@ def report_client(report: ExitReport) -> Any:
     return redis.Redis.from_url(report.redis_url, **kwargs)
 
 
-def seed_urls(url: str) -> list[str]:
-    """Return one URL per node a URL names: redis://h1:p1,h2:p2/0 (a Redis Cluster's
-    seeds) gives two; any other URL itself."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "," not in rest:
-        return [url]
-    auth, at, hosts = rest.rpartition("@")
-    hosts, slash, tail = hosts.partition("/")
-    return [f"{scheme}://{auth}{at}{node}{slash}{tail}" for node in hosts.split(",")]
-
-
-def moved_url(url: str, message: str) -> str | None:
-    """Return the URL of the node a MOVED answer names ("MOVED 866 10.0.0.2:7001"), with
-    the scheme, credentials and database of `url`; None for any other answer."""
-    words = message.split()
-    if len(words) < 3 or words[0] != "MOVED":
-        return None
-    scheme, _, rest = url.partition("://")
-    auth, at, hosts = rest.rpartition("@")
-    _, slash, tail = hosts.partition("/")
-    return f"{scheme}://{auth}{at}{words[2]}{slash}{tail}"
-
-
 def exit_client(report: ExitReport, url: str | None = None) -> Any:
     """Build (not connect) the client the exit goes out on: one RESP connection of
     ``engine.resp`` for redis:// and unix:// URLs, so that a supervisor never loads
@@ -240,6 +217,7 @@ def _report(report: ExitReport, status: ExitStatus, state_dir: str,
     since it is then what reconcile reads should this host go down before Redis is back.
     """
     from engine.resp import redis_errors
+    from engine.seeds import moved_url, seed_urls
 
     fields = report_entry(report, status)
     delay = 0.05

@@ -557,7 +557,7 @@ def main() -> None:
         if os.getppid() != worker:
             return  # it died before we could tie ourselves to it
         # What B and C use at run time, loaded once here and shared by every fork.
-        from engine import acl, resp  # noqa: F401 - the exit report's client and credential
+        from engine import acl, resp, seeds  # noqa: F401 - the exit report's needs
         from engine.config import engine_id
         from workers.proc import supervisor, title
 
